@@ -1,0 +1,144 @@
+"""Shared pieces of the thin asset layer: partitions, resources, metadata helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import psutil
+
+from asign_assets.manifest import Manifest
+from asign_assets.storage import Storage, default_home
+
+samples_partitions = dg.DynamicPartitionsDefinition(name="samples")
+
+GPU_POOL = "gpu"
+# Requests a GPU when the code runs on Kubernetes (k8s_job_executor / k8s run launcher).
+K8S_GPU_TAGS = {
+    "dagster-k8s/config": json.dumps(
+        {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}}}
+    )
+}
+
+
+class StorageResource(dg.ConfigurableResource):
+    """Where assets live: a local folder or an fsspec URL. Empty means $ASIGN_HOME or ~/.asign."""
+
+    root: str = ""
+
+    def get(self) -> Storage:
+        return Storage(self.root or default_home())
+
+
+class DeviceResource(dg.ConfigurableResource):
+    """The only place a compute device is chosen: ``auto``, ``cpu`` or ``cuda[:N]``."""
+
+    device: str = "auto"
+
+    def torch_device(self):
+        from asign_assets.device import resolve_device
+
+        return resolve_device(self.device)
+
+
+@dataclass
+class StageMonitor:
+    """Wall time and peak RSS of one asset computation (sampled in a thread)."""
+
+    interval_s: float = 0.05
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def _poll(self) -> None:
+        proc = psutil.Process(os.getpid())
+        while not self._stop.is_set():
+            try:
+                rss = proc.memory_info().rss
+                for child in proc.children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        rss += child.memory_info().rss
+            except psutil.Error:
+                rss = 0
+            self.peak_rss_mb = max(self.peak_rss_mb, rss / 2**20)
+            self._stop.wait(self.interval_s)
+
+    @contextlib.contextmanager
+    def run(self) -> Iterator["StageMonitor"]:
+        thread = threading.Thread(target=self._poll, daemon=True)
+        t0 = time.perf_counter()
+        thread.start()
+        try:
+            yield self
+        finally:
+            self.seconds = time.perf_counter() - t0
+            self._stop.set()
+            thread.join()
+
+    def metadata(self) -> dict[str, Any]:
+        return {"seconds": dg.MetadataValue.float(round(self.seconds, 3)), "peak_rss_mb": dg.MetadataValue.float(round(self.peak_rss_mb, 1))}
+
+
+def load_manifest_for(context: dg.AssetExecutionContext, storage: Storage) -> Manifest:
+    """The partition's registered manifest, without truth (only evaluation sees truth)."""
+    return storage.load_registered(context.partition_key).without_truth()
+
+
+def digest_files(paths: list[Path], extra: Any = None) -> str:
+    """Content hash used as the asset's data version (drives staleness downstream)."""
+    h = hashlib.sha256()
+    if extra is not None:
+        h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    for p in paths:
+        p = Path(p)
+        files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+        for f in files:
+            h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()[:20]
+
+
+def digest_arrays(*arrays: Any, extra: Any = None) -> str:
+    """Content hash of numpy arrays (and a JSON-able extra), for data versions."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    if extra is not None:
+        h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    for a in arrays:
+        a = np.ascontiguousarray(np.asarray(a))
+        h.update(str(a.dtype).encode() + str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:20]
+
+
+def path_meta(storage: Storage, sample_id: str, name: str) -> dg.MetadataValue:
+    uri = storage.sample_uri(sample_id, name)
+    return dg.MetadataValue.path(uri)
+
+
+def md_table(rows: list[dict[str, Any]], floatfmt: str = ".3f") -> str:
+    """A small markdown table for Dagster metadata."""
+    if not rows:
+        return "_empty_"
+    cols = list(rows[0])
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = [format(v, floatfmt) if isinstance(v, float) else str(v) for v in (r[c] for c in cols)]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def log_progress(context: dg.AssetExecutionContext, message: str) -> None:
+    context.log.info(f"[{context.asset_key.to_user_string()} {context.partition_key}] {message}")

@@ -1,0 +1,107 @@
+"""Ingest assets: `sections` (validated inputs) and `expression` (measured counts)."""
+
+
+import dagster as dg
+
+from asign_assets import sections as sections_lib
+from asign_assets.assets.common import (
+    StageMonitor,
+    StorageResource,
+    digest_arrays,
+    digest_files,
+    load_manifest_for,
+    log_progress,
+    md_table,
+    path_meta,
+    samples_partitions,
+)
+
+
+class ExpressionConfig(dg.Config):
+    """Gene selection and normalisation of the measured section."""
+
+    n_genes: int = 250
+    selection: str = "mean"  # "mean" or "hvg"
+    normalisation: str = "log1p_cp10k"  # or "stnet": log((c+1)/sum(c+1))
+    min_counts: int = 100
+
+
+@dg.asset(
+    partitions_def=samples_partitions,
+    group_name="ingest",
+    code_version="1",
+    kinds={"parquet", "png"},
+    description="Validated inputs of a sample: every section's image, tissue mask, thumbnail and spots "
+    "(virtual lattice where a section has no spot table). Fails, writing nothing, on bad input.",
+)
+def sections(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
+    store = storage.get()
+    sid = context.partition_key
+    with StageMonitor().run() as mon:
+        manifest = load_manifest_for(context, store)
+        prep = sections_lib.prepare_sections(manifest)
+        for r in prep.records:
+            log_progress(context, f"section {r.name}: {r.n_spots} spots ({r.n_virtual} virtual), tissue {r.tissue_area_mm2:.2f} mm2")
+        with store.write(sid, "sections") as tmp:
+            sections_lib.write_sections(prep, tmp)
+            version = digest_files([tmp / "spots.parquet", tmp / "sections.json"])
+    rows = [
+        {"section": r.name, "z_um": r.z_um, "measured": r.measured, "spots": r.n_spots, "virtual": r.n_virtual,
+         "tissue_mm2": r.tissue_area_mm2, "image_px": f"{r.width}x{r.height}"}
+        for r in prep.records
+    ]
+    meta = {
+        "sections": dg.MetadataValue.md(md_table(rows, ".2f")),
+        "n_sections": len(prep.records),
+        "n_spots": prep.spots.height,
+        "measured_section": manifest.measured.name,
+        "join_report": prep.join_report.summary() if prep.join_report else "",
+        "path": path_meta(store, sid, "sections"),
+        **mon.metadata(),
+    }
+    if prep.lattice is not None:
+        meta["virtual_lattice"] = f"{prep.lattice.kind}, pitch {prep.lattice.pitch_um:.1f} um, angle {prep.lattice.angle_rad:.3f} rad"
+    return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(version))
+
+
+@dg.asset(
+    partitions_def=samples_partitions,
+    group_name="ingest",
+    code_version="1",
+    kinds={"anndata"},
+    deps=[sections],
+    description="The measured section's counts: low-library spots dropped, top genes selected, normalised (AnnData).",
+)
+def expression(context: dg.AssetExecutionContext, config: ExpressionConfig, storage: StorageResource) -> dg.MaterializeResult:
+    from asign_assets.expression import ExpressionParams, build_expression
+
+    store = storage.get()
+    sid = context.partition_key
+    with StageMonitor().run() as mon:
+        manifest = load_manifest_for(context, store)
+        spots_df = sections_lib.load_spots(store.local_path(sid, "sections"))
+        spec = manifest.measured
+        _spots, counts, _report = sections_lib.read_measured(spec)
+        measured_ids = spots_df.filter(spots_df["measured"])["spot_id"].to_list()
+        counts = counts.subset_spots(measured_ids)
+        params = ExpressionParams(
+            n_genes=config.n_genes, selection=config.selection,  # type: ignore[arg-type]
+            normalisation=config.normalisation, min_counts=config.min_counts,  # type: ignore[arg-type]
+        )
+        adata, info = build_expression(counts.X, counts.spot_ids, counts.genes, params, source=str(spec.counts))
+        adata.uns["section"] = spec.name
+        with store.write(sid, "expression.h5ad") as tmp:
+            adata.write_h5ad(tmp)
+        version = digest_arrays(adata.X, extra={"genes": list(adata.var_names), "params": params.__dict__})
+    log_progress(context, f"{adata.n_obs} spots x {adata.n_vars} genes")
+    return dg.MaterializeResult(
+        metadata={
+            "n_spots": adata.n_obs,
+            "n_genes": adata.n_vars,
+            **{k: (v if isinstance(v, (int, float, str)) else str(v)) for k, v in info.items()},
+            "top_genes": ", ".join(list(adata.var_names[:10])),
+            "path": path_meta(store, sid, "expression.h5ad"),
+            **mon.metadata(),
+        },
+        data_version=dg.DataVersion(version),
+    )

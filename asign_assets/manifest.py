@@ -1,0 +1,253 @@
+"""Sample manifests: one YAML file per sample describing its stack of sections.
+
+A manifest is the only thing a user writes. Paths inside it are relative to the
+manifest file. Exactly one section is ``measured``: its counts are the input. Other
+sections may carry ``truth`` counts, which only the evaluation stage may open.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from asign_assets.errors import InputError
+
+SAMPLE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SECTION_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+_TOP_KEYS = {"sample_id", "pixel_size_um", "spot_diameter_um", "spot_pitch_um", "sections", "description"}
+_SECTION_KEYS = {"name", "z_um", "image", "spots", "counts", "truth", "measured", "pixel_size_um"}
+
+
+@dataclass(frozen=True)
+class SectionSpec:
+    """One serial section: an H&E image, optionally spots, counts (measured) or truth."""
+
+    name: str
+    z_um: float
+    image: Path
+    pixel_size_um: float
+    measured: bool = False
+    spots: Path | None = None
+    counts: Path | None = None
+    truth: Path | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated sample manifest with absolute paths."""
+
+    sample_id: str
+    path: Path
+    spot_diameter_um: float
+    spot_pitch_um: float
+    sections: tuple[SectionSpec, ...]
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def measured_index(self) -> int:
+        return next(i for i, s in enumerate(self.sections) if s.measured)
+
+    @property
+    def measured(self) -> SectionSpec:
+        return self.sections[self.measured_index]
+
+    @property
+    def section_names(self) -> list[str]:
+        return [s.name for s in self.sections]
+
+    @property
+    def has_truth(self) -> bool:
+        return any(s.truth is not None for s in self.sections)
+
+    def without_truth(self) -> "Manifest":
+        """The view every non-evaluation stage gets: truth paths are gone."""
+        return dataclasses.replace(
+            self, sections=tuple(dataclasses.replace(s, truth=None) for s in self.sections)
+        )
+
+    def input_fingerprint(self) -> str:
+        """Hash of everything except truth, so truth edits never look like new input."""
+        payload = yaml.safe_dump(to_dict(self.without_truth(), relative_to=None), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _require(raw: dict, key: str, src: Path, where: str = "") -> Any:
+    if key not in raw or raw[key] is None:
+        raise InputError(src, "is required but missing", field=f"{where}{key}")
+    return raw[key]
+
+
+def _positive_float(value: Any, src: Path, fld: str) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise InputError(src, f"must be a number, got {value!r}", field=fld) from None
+    if not out > 0 or out != out or out == float("inf"):
+        raise InputError(src, f"must be a positive finite number, got {value!r}", field=fld)
+    return out
+
+
+def _path(value: Any, base: Path, src: Path, fld: str, must_exist: bool) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(src, f"must be a file path string, got {value!r}", field=fld)
+    p = Path(value).expanduser()
+    p = (base / p) if not p.is_absolute() else p
+    p = p.resolve()
+    if must_exist and not p.exists():
+        raise InputError(src, f"file not found: {p}", field=fld)
+    return p
+
+
+def parse_manifest(raw: Any, src: Path, check_files: bool = True) -> Manifest:
+    """Validate a manifest mapping; ``src`` is the YAML file (paths are relative to it)."""
+    src = Path(src)
+    base = src.resolve().parent
+    if not isinstance(raw, dict):
+        raise InputError(src, "manifest must be a YAML mapping with sample_id and sections")
+    unknown = sorted(set(raw) - _TOP_KEYS)
+    if unknown:
+        raise InputError(src, f"unknown key(s) {unknown}; allowed: {sorted(_TOP_KEYS)}", field=unknown[0])
+    sample_id = str(_require(raw, "sample_id", src))
+    if not SAMPLE_ID_RE.match(sample_id):
+        raise InputError(
+            src, f"{sample_id!r} must be 1-64 letters, digits, '_', '.', '-' (starting with a letter or digit)",
+            field="sample_id",
+        )
+    diameter = _positive_float(_require(raw, "spot_diameter_um", src), src, "spot_diameter_um")
+    pitch = _positive_float(_require(raw, "spot_pitch_um", src), src, "spot_pitch_um")
+    global_px = raw.get("pixel_size_um")
+    if global_px is not None:
+        global_px = _positive_float(global_px, src, "pixel_size_um")
+    sections_raw = _require(raw, "sections", src)
+    if not isinstance(sections_raw, list):
+        raise InputError(src, "must be a list of sections in stack order", field="sections")
+    if len(sections_raw) < 2:
+        raise InputError(
+            src, f"a stack needs at least 2 sections (one measured, one to impute); got {len(sections_raw)}",
+            field="sections",
+        )
+    sections: list[SectionSpec] = []
+    seen: set[str] = set()
+    for i, sraw in enumerate(sections_raw):
+        where = f"sections[{i}]."
+        if not isinstance(sraw, dict):
+            raise InputError(src, "each section must be a mapping", field=f"sections[{i}]")
+        unknown = sorted(set(sraw) - _SECTION_KEYS)
+        if unknown:
+            raise InputError(src, f"unknown key(s) {unknown}; allowed: {sorted(_SECTION_KEYS)}", field=where + unknown[0])
+        name = str(_require(sraw, "name", src, where))
+        if not SECTION_NAME_RE.match(name):
+            raise InputError(src, f"section name {name!r} must be letters, digits, '_', '.', '-'", field=where + "name")
+        if name in seen:
+            raise InputError(src, f"duplicate section name {name!r}", field=where + "name")
+        seen.add(name)
+        try:
+            z = float(_require(sraw, "z_um", src, where))
+        except (TypeError, ValueError):
+            raise InputError(src, f"must be a number, got {sraw.get('z_um')!r}", field=where + "z_um") from None
+        px = sraw.get("pixel_size_um", global_px)
+        if px is None:
+            raise InputError(src, "no pixel size: give pixel_size_um globally or per section", field=where + "pixel_size_um")
+        px = _positive_float(px, src, where + "pixel_size_um")
+        measured = sraw.get("measured", False)
+        if not isinstance(measured, bool):
+            raise InputError(src, f"must be true or false, got {measured!r}", field=where + "measured")
+        image = _path(_require(sraw, "image", src, where), base, src, where + "image", check_files)
+        spots = _path(sraw["spots"], base, src, where + "spots", check_files) if sraw.get("spots") else None
+        counts = _path(sraw["counts"], base, src, where + "counts", check_files) if sraw.get("counts") else None
+        truth = _path(sraw["truth"], base, src, where + "truth", check_files) if sraw.get("truth") else None
+        if measured and counts is None:
+            raise InputError(src, "the measured section needs its counts", field=where + "counts")
+        if measured and truth is not None:
+            raise InputError(src, "the measured section's counts are its truth; remove 'truth'", field=where + "truth")
+        sections.append(SectionSpec(name, z, image, px, measured, spots, counts, truth))
+    n_measured = sum(s.measured for s in sections)
+    if n_measured != 1:
+        names = [s.name for s in sections if s.measured]
+        problem = "no section has measured: true" if n_measured == 0 else f"{n_measured} sections are measured ({names}); exactly one must be"
+        raise InputError(src, problem, field="sections[].measured")
+    for i, s in enumerate(sections):
+        if not s.measured and s.counts is not None:
+            raise InputError(
+                src, "only the measured section may give counts; use 'truth' for held-out counts used by evaluation",
+                field=f"sections[{i}].counts",
+            )
+    zs = [s.z_um for s in sections]
+    if len(set(zs)) != len(zs):
+        raise InputError(src, f"z_um values must be distinct, got {zs}", field="sections[].z_um")
+    return Manifest(
+        sample_id=sample_id,
+        path=src.resolve(),
+        spot_diameter_um=diameter,
+        spot_pitch_um=pitch,
+        sections=tuple(sections),
+        description=str(raw.get("description", "")),
+    )
+
+
+def load_manifest(path: str | Path, check_files: bool = True) -> Manifest:
+    """Read and validate a manifest file; errors name the file and the field."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InputError(path, "manifest file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(path, f"not valid YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise InputError(path, "not a text file") from None
+    return parse_manifest(raw, path, check_files=check_files)
+
+
+def to_dict(manifest: Manifest, relative_to: Path | None = None) -> dict[str, Any]:
+    """Plain mapping for YAML; paths relative to ``relative_to`` when given, else absolute."""
+
+    def p(x: Path | None) -> str | None:
+        if x is None:
+            return None
+        if relative_to is not None:
+            try:
+                return str(Path(x).relative_to(Path(relative_to).resolve()))
+            except ValueError:
+                import os
+
+                return os.path.relpath(x, Path(relative_to).resolve())
+        return str(x)
+
+    out: dict[str, Any] = {
+        "sample_id": manifest.sample_id,
+        "spot_diameter_um": manifest.spot_diameter_um,
+        "spot_pitch_um": manifest.spot_pitch_um,
+        "sections": [],
+    }
+    if manifest.description:
+        out["description"] = manifest.description
+    for s in manifest.sections:
+        d: dict[str, Any] = {"name": s.name, "z_um": s.z_um, "image": p(s.image), "pixel_size_um": s.pixel_size_um}
+        if s.measured:
+            d["measured"] = True
+        for key in ("spots", "counts", "truth"):
+            val = getattr(s, key)
+            if val is not None:
+                d[key] = p(val)
+        out["sections"].append(d)
+    return out
+
+
+def write_manifest(manifest: Manifest, path: str | Path, relative: bool = True) -> Path:
+    """Write a manifest YAML; relative paths keep a data folder movable."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = to_dict(manifest, relative_to=path.parent if relative else None)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,307 @@
+"""Readers for counts and spot tables into one internal representation.
+
+Counts become a :class:`CountMatrix` (sparse spots x genes with ids and gene names);
+spot tables become a polars frame ``spot_id, x_px, y_px`` in the section's own
+full-resolution pixels. Supported on-disk formats:
+
+- HER2ST / legacy ST: ``ST-cnts/<S>.tsv.gz`` (rows ``XxY``) and ``ST-spotfiles/<S>_selection.tsv``;
+- 10x Visium Space Ranger: ``filtered_feature_bc_matrix.h5`` and ``spatial/tissue_positions.csv``,
+  ``tissue_positions_list.csv`` (no header) or ``tissue_positions.parquet``;
+- AnnData ``.h5ad`` with ``obsm['spatial']`` (own-image pixels);
+- generic tables (``.tsv``, ``.csv``, ``.parquet``) with ``spot_id, x_px, y_px`` columns,
+  and dense count tables (first column spot id, one column per gene).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from asign_assets.errors import InputError
+
+log = logging.getLogger(__name__)
+
+SPOT_COLUMNS = ("spot_id", "x_px", "y_px")
+
+
+@dataclass(frozen=True)
+class CountMatrix:
+    """Raw counts of one section: ``X[i, j]`` is the count of gene ``genes[j]`` at ``spot_ids[i]``."""
+
+    spot_ids: np.ndarray
+    genes: np.ndarray
+    X: sp.csr_matrix
+    source: str
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.X.shape
+
+    def subset_spots(self, ids: np.ndarray) -> "CountMatrix":
+        index = {s: i for i, s in enumerate(self.spot_ids)}
+        rows = np.fromiter((index[s] for s in ids), dtype=np.int64, count=len(ids))
+        return CountMatrix(np.asarray(ids, dtype=object), self.genes, self.X[rows], self.source)
+
+
+@dataclass(frozen=True)
+class JoinReport:
+    """What joining spots and counts dropped, so the user can see it."""
+
+    n_spots: int
+    n_counts: int
+    n_joined: int
+    spots_without_counts: list[str]
+    counts_without_spots: list[str]
+
+    def summary(self) -> str:
+        return (
+            f"{self.n_joined} spots joined; {len(self.spots_without_counts)} spot(s) without counts dropped"
+            f"{' ' + str(self.spots_without_counts[:5]) if self.spots_without_counts else ''}; "
+            f"{len(self.counts_without_spots)} count row(s) without a spot dropped"
+            f"{' ' + str(self.counts_without_spots[:5]) if self.counts_without_spots else ''}"
+        )
+
+
+def _validate_counts(X: sp.csr_matrix, spot_ids: np.ndarray, genes: np.ndarray, src: Path) -> None:
+    if X.shape[0] == 0:
+        raise InputError(src, "count table has no spots")
+    if X.shape[1] == 0:
+        raise InputError(src, "count table has no genes")
+    data = X.data
+    if data.size:
+        if not np.all(np.isfinite(data)):
+            raise InputError(src, "counts contain NaN or infinite values")
+        if data.min() < 0:
+            raise InputError(src, f"counts contain negative values (min {data.min()})")
+        if not np.all(np.equal(np.mod(data, 1), 0)):
+            raise InputError(src, "counts contain non-integer values; asign needs raw UMI/read counts, not normalised data")
+    for what, ids in (("spot ids", spot_ids), ("gene names", genes)):
+        uniq, counts = np.unique(ids.astype(str), return_counts=True)
+        if (counts > 1).any():
+            raise InputError(src, f"duplicate {what}: {list(uniq[counts > 1][:5])}")
+
+
+def _read_text_bytes(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(path, f"cannot read file: {exc}") from None
+    if not raw:
+        raise InputError(path, "file is empty")
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise InputError(path, f"corrupt or truncated gzip file ({exc})") from None
+    return raw
+
+
+def _read_dense_table(path: Path) -> CountMatrix:
+    raw = _read_text_bytes(path)
+    sep = "\t" if (".tsv" in path.name or ".txt" in path.name or b"\t" in raw[:4096]) else ","
+    header = raw.split(b"\n", 1)[0].decode(errors="replace").rstrip("\r").split(sep)[1:]
+    uniq, n = np.unique(np.array(header, dtype=object).astype(str), return_counts=True)
+    if (n > 1).any():
+        raise InputError(path, f"duplicate gene names: {list(uniq[n > 1][:5])}")
+    try:
+        df = pl.read_csv(io.BytesIO(raw), separator=sep, infer_schema_length=0)
+    except Exception as exc:  # polars raises several error types for bad tables
+        raise InputError(path, f"cannot parse count table: {exc}") from None
+    if df.width < 2:
+        raise InputError(path, "count table needs a spot id column and at least one gene column")
+    id_col = df.columns[0]
+    genes = np.array(df.columns[1:], dtype=object)
+    spot_ids = df[id_col].cast(pl.Utf8).to_numpy().astype(object)
+    try:
+        values = df.select(pl.all().exclude(id_col).cast(pl.Float64, strict=True)).to_numpy()
+    except Exception:
+        raise InputError(path, "count table has non-numeric values") from None
+    if np.isnan(values).any():
+        raise InputError(path, "counts contain NaN or empty values")
+    X = sp.csr_matrix(values.astype(np.float32))
+    if values.size and values.min() < 0:
+        raise InputError(path, f"counts contain negative values (min {values.min()})")
+    _validate_counts(X, spot_ids, genes, path)
+    return CountMatrix(spot_ids, genes, X, str(path))
+
+
+def _read_10x_h5(path: Path) -> CountMatrix:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if "matrix" not in f:
+                raise InputError(path, "not a 10x feature-barcode matrix (no 'matrix' group)")
+            m = f["matrix"]
+            shape = tuple(int(v) for v in m["shape"][()])
+            data = m["data"][()]
+            indices = m["indices"][()]
+            indptr = m["indptr"][()]
+            barcodes = np.array([b.decode() for b in m["barcodes"][()]], dtype=object)
+            feats = m["features"]
+            names = np.array([b.decode() for b in feats["name"][()]], dtype=object)
+            if "feature_type" in feats:
+                ftype = np.array([b.decode() for b in feats["feature_type"][()]])
+                keep = ftype == "Gene Expression"
+            else:
+                keep = np.ones(len(names), dtype=bool)
+    except InputError:
+        raise
+    except (OSError, KeyError) as exc:
+        raise InputError(path, f"cannot read 10x HDF5 matrix: {exc}") from None
+    # 10x stores genes x barcodes in CSC, i.e. barcodes x genes in CSR.
+    X = sp.csr_matrix((data.astype(np.float32), indices, indptr), shape=(shape[1], shape[0]))
+    X = X[:, np.flatnonzero(keep)]
+    names = names[keep]
+    if len(set(names)) != len(names):
+        # 10x gene symbols can repeat; make them unique like scanpy's var_names_make_unique.
+        seen: dict[str, int] = {}
+        uniq = []
+        for n in names:
+            k = seen.get(n, 0)
+            uniq.append(n if k == 0 else f"{n}-{k}")
+            seen[n] = k + 1
+        names = np.array(uniq, dtype=object)
+    _validate_counts(X, barcodes, names, path)
+    return CountMatrix(barcodes, names, X.tocsr(), str(path))
+
+
+def _read_h5ad(path: Path):
+    import anndata as ad
+
+    try:
+        return ad.read_h5ad(path)
+    except Exception as exc:
+        raise InputError(path, f"cannot read AnnData file: {exc}") from None
+
+
+def read_counts(path: str | Path) -> CountMatrix:
+    """Read a count matrix, choosing the format from the file name."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "counts file not found")
+    name = path.name.lower()
+    if name.endswith(".h5ad"):
+        adata = _read_h5ad(path)
+        X = adata.layers["counts"] if "counts" in adata.layers else adata.X
+        X = sp.csr_matrix(X, dtype=np.float32)
+        spot_ids = np.asarray(adata.obs_names, dtype=object)
+        genes = np.asarray(adata.var_names, dtype=object)
+        _validate_counts(X, spot_ids, genes, path)
+        return CountMatrix(spot_ids, genes, X, str(path))
+    if name.endswith(".h5"):
+        return _read_10x_h5(path)
+    if any(name.endswith(ext) for ext in (".tsv", ".tsv.gz", ".csv", ".csv.gz", ".txt", ".txt.gz")):
+        return _read_dense_table(path)
+    raise InputError(path, "unknown counts format; use .tsv(.gz), .csv(.gz), 10x .h5 or .h5ad")
+
+
+def _spots_frame(ids, x, y, path: Path) -> pl.DataFrame:
+    df = pl.DataFrame({"spot_id": np.asarray(ids).astype(str), "x_px": np.asarray(x, dtype=np.float64), "y_px": np.asarray(y, dtype=np.float64)})
+    if df.height == 0:
+        raise InputError(path, "spot table has no spots")
+    if df["x_px"].is_nan().any() or df["y_px"].is_nan().any():
+        raise InputError(path, "spot coordinates contain NaN")
+    dup = df.filter(pl.col("spot_id").is_duplicated())["spot_id"].unique().to_list()
+    if dup:
+        raise InputError(path, f"duplicate spot ids: {sorted(dup)[:5]}")
+    return df
+
+
+def _read_table(path: Path, header: bool = True) -> pl.DataFrame:
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        try:
+            return pl.read_parquet(path)
+        except Exception as exc:
+            raise InputError(path, f"cannot read parquet table: {exc}") from None
+    raw = _read_text_bytes(path)
+    sep = "\t" if (".tsv" in name or b"\t" in raw[:4096]) else ","
+    try:
+        return pl.read_csv(io.BytesIO(raw), separator=sep, has_header=header, infer_schema_length=10000)
+    except Exception as exc:
+        raise InputError(path, f"cannot parse table: {exc}") from None
+
+
+_VISIUM_COLS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
+
+
+def read_spots(path: str | Path) -> pl.DataFrame:
+    """Read a spot table into ``spot_id, x_px, y_px`` (own full-resolution pixels)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "spot table not found")
+    name = path.name.lower()
+    if name.endswith(".h5ad"):
+        adata = _read_h5ad(path)
+        if "spatial" not in adata.obsm:
+            raise InputError(path, "AnnData has no obsm['spatial'] spot coordinates")
+        xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+        return _spots_frame(adata.obs_names, xy[:, 0], xy[:, 1], path)
+    if name == "tissue_positions_list.csv":
+        df = _read_table(path, header=False)
+        if df.width != 6:
+            raise InputError(path, f"Visium tissue_positions_list.csv needs 6 columns, found {df.width}")
+        df.columns = _VISIUM_COLS
+    else:
+        df = _read_table(path)
+    cols = set(df.columns)
+    if {"pixel_x", "pixel_y", "x", "y"} <= cols:  # HER2ST / legacy ST selection file
+        if "selected" in cols:
+            df = df.filter(pl.col("selected") == 1)
+        ids = [f"{int(round(a))}x{int(round(b))}" for a, b in zip(df["x"].to_list(), df["y"].to_list())]
+        return _spots_frame(ids, df["pixel_x"].to_numpy(), df["pixel_y"].to_numpy(), path)
+    if set(_VISIUM_COLS) <= cols:  # Space Ranger tissue_positions(.csv|.parquet)
+        df = df.filter(pl.col("in_tissue") == 1)
+        return _spots_frame(df["barcode"].to_numpy(), df["pxl_col_in_fullres"].to_numpy(), df["pxl_row_in_fullres"].to_numpy(), path)
+    if set(SPOT_COLUMNS) <= cols:
+        return _spots_frame(df["spot_id"].to_numpy(), df["x_px"].to_numpy(), df["y_px"].to_numpy(), path)
+    raise InputError(
+        path,
+        f"spot table is missing columns: need spot_id, x_px, y_px (or a HER2ST selection / Visium "
+        f"tissue_positions layout); found {sorted(cols)}",
+    )
+
+
+def join_spots_counts(
+    spots: pl.DataFrame,
+    counts: CountMatrix,
+    source: str | Path,
+    warn_below: float = 0.9,
+    fail_below: float = 0.5,
+) -> tuple[pl.DataFrame, CountMatrix, JoinReport]:
+    """Keep spots present in both tables, in spot-table order, and say what was dropped.
+
+    Fails when fewer than ``fail_below`` of the spots have counts (usually the wrong
+    file); warns below ``warn_below``.
+    """
+    count_ids = set(counts.spot_ids.astype(str))
+    spot_ids = spots["spot_id"].to_list()
+    keep = np.array([s in count_ids for s in spot_ids], dtype=bool)
+    spot_set = set(spot_ids)
+    report = JoinReport(
+        n_spots=len(spot_ids),
+        n_counts=len(count_ids),
+        n_joined=int(keep.sum()),
+        spots_without_counts=[s for s, k in zip(spot_ids, keep) if not k],
+        counts_without_spots=sorted(c for c in count_ids if c not in spot_set),
+    )
+    frac = report.n_joined / max(report.n_spots, 1)
+    if frac < fail_below:
+        raise InputError(
+            source,
+            f"only {report.n_joined} of {report.n_spots} spots ({frac:.0%}) have counts; "
+            f"spot ids and count rows do not match (e.g. spots {spot_ids[:3]}, counts {list(counts.spot_ids[:3])})",
+        )
+    if frac < warn_below:
+        log.warning("%s: only %.0f%% of spots have counts: %s", source, 100 * frac, report.summary())
+    joined = spots.filter(pl.Series(keep))
+    return joined, counts.subset_spots(np.asarray(joined["spot_id"].to_list(), dtype=object)), report

@@ -1,0 +1,184 @@
+"""The `sections` stage: validate every input of a sample and lay out its spots.
+
+Everything a later stage needs from the raw files is checked here, before any output
+is written: images decode, spots lie inside their image, the measured section's spots
+and counts join. Sections without a spot table get a virtual lattice over their tissue
+with the measured section's geometry. Truth counts are never opened here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from PIL import Image
+
+from asign_assets import imaging, lattice
+from asign_assets.errors import InputError
+from asign_assets.manifest import Manifest, SectionSpec
+from asign_assets.readers import CountMatrix, JoinReport, join_spots_counts, read_counts, read_spots
+
+THUMB_MAX_SIDE = 1024
+MIN_MEASURED_SPOTS = 20
+
+
+@dataclass
+class SectionRecord:
+    """Per-section facts written to sections.json and shown as metadata."""
+
+    name: str
+    section_index: int
+    z_um: float
+    pixel_size_um: float
+    image: str
+    width: int
+    height: int
+    measured: bool
+    thumb_scale: float
+    tissue_area_mm2: float
+    n_spots: int
+    n_virtual: int
+
+
+@dataclass
+class PreparedSections:
+    records: list[SectionRecord]
+    spots: pl.DataFrame
+    thumbnails: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]
+    join_report: JoinReport | None
+    lattice: lattice.LatticeGeometry | None
+    seconds: float
+
+
+def _check_spots_in_image(spots: pl.DataFrame, spec: SectionSpec, width: int, height: int) -> None:
+    x = spots["x_px"].to_numpy()
+    y = spots["y_px"].to_numpy()
+    outside = (x < 0) | (y < 0) | (x >= width) | (y >= height)
+    if outside.any():
+        span = f"x {x.min():.0f}..{x.max():.0f}, y {y.min():.0f}..{y.max():.0f}"
+        smaller = (x.max() > 1.5 * width) or (y.max() > 1.5 * height)
+        hint = " (the image is far smaller than the spot coordinates imply: wrong image or a downscaled export?)" if smaller else ""
+        raise InputError(
+            spec.spots or spec.image,
+            f"section {spec.name}: {int(outside.sum())} of {len(x)} spots lie outside the {width}x{height} image "
+            f"[{spec.image.name}] (spots span {span}){hint}",
+        )
+
+
+def read_measured(spec: SectionSpec) -> tuple[pl.DataFrame, CountMatrix, JoinReport]:
+    """Spots and counts of the measured section, joined on spot id."""
+    assert spec.counts is not None
+    counts = read_counts(spec.counts)
+    if spec.spots is not None:
+        spots = read_spots(spec.spots)
+    elif spec.counts.name.lower().endswith(".h5ad"):
+        spots = read_spots(spec.counts)
+    else:
+        raise InputError(spec.counts, f"section {spec.name}: the measured section needs a spot table ('spots') or an .h5ad with obsm['spatial']")
+    spots, counts, report = join_spots_counts(spots, counts, spec.counts)
+    if spots.height < MIN_MEASURED_SPOTS:
+        raise InputError(spec.counts, f"section {spec.name}: only {spots.height} measured spots; at least {MIN_MEASURED_SPOTS} are needed to train")
+    return spots, counts, report
+
+
+def prepare_sections(manifest: Manifest) -> PreparedSections:
+    """Validate inputs and build the spot table, thumbnails and masks (no writing)."""
+    t0 = time.perf_counter()
+    manifest = manifest.without_truth()
+    m_idx = manifest.measured_index
+    m_spec = manifest.sections[m_idx]
+    m_spots, _counts, report = read_measured(m_spec)
+
+    records: list[SectionRecord] = []
+    frames: list[pl.DataFrame] = []
+    thumbs: dict[str, np.ndarray] = {}
+    masks: dict[str, np.ndarray] = {}
+    geom: lattice.LatticeGeometry | None = None
+    # Measured first, so its lattice geometry is known for the virtual sections.
+    order = [m_idx] + [i for i in range(len(manifest.sections)) if i != m_idx]
+    per_section: dict[int, tuple] = {}
+    for i in order:
+        spec = manifest.sections[i]
+        width, height = imaging.read_image_size(spec.image)
+        thumb, scale = imaging.read_thumbnail(spec.image, THUMB_MAX_SIDE)
+        mask = imaging.tissue_mask(thumb)
+        if not mask.any():
+            raise InputError(spec.image, f"section {spec.name}: no tissue found in the image (blank or nearly white slide)")
+        virtual = False
+        if i == m_idx:
+            spots = m_spots
+        elif spec.spots is not None:
+            spots = read_spots(spec.spots)
+        else:
+            if geom is None:
+                xy = np.stack([m_spots["x_px"].to_numpy(), m_spots["y_px"].to_numpy()], 1)
+                geom = lattice.infer_lattice(xy, m_spec.pixel_size_um, manifest.spot_diameter_um)
+            xy_v, ids = lattice.lattice_over_mask(geom, mask, scale, spec.pixel_size_um, (width, height))
+            if len(ids) == 0:
+                raise InputError(spec.image, f"section {spec.name}: tissue too small for a single virtual spot")
+            spots = pl.DataFrame({"spot_id": ids, "x_px": xy_v[:, 0].astype(np.float64), "y_px": xy_v[:, 1].astype(np.float64)})
+            virtual = True
+        _check_spots_in_image(spots, spec, width, height)
+        per_section[i] = (spots, virtual, width, height, thumb, scale, mask)
+
+    for i, spec in enumerate(manifest.sections):
+        spots, virtual, width, height, thumb, scale, mask = per_section[i]
+        n = spots.height
+        frames.append(
+            spots.select(
+                pl.lit(spec.name).alias("section"),
+                pl.lit(i, dtype=pl.Int32).alias("section_index"),
+                pl.col("spot_id").cast(pl.Utf8),
+                pl.col("x_px").cast(pl.Float64),
+                pl.col("y_px").cast(pl.Float64),
+                pl.lit(virtual).alias("virtual"),
+                pl.lit(i == m_idx).alias("measured"),
+            )
+        )
+        thumbs[spec.name] = thumb
+        masks[spec.name] = mask
+        records.append(
+            SectionRecord(
+                name=spec.name, section_index=i, z_um=spec.z_um, pixel_size_um=spec.pixel_size_um,
+                image=str(spec.image), width=width, height=height, measured=i == m_idx,
+                thumb_scale=scale, tissue_area_mm2=round(imaging.tissue_area_mm2(mask, scale, spec.pixel_size_um), 4),
+                n_spots=n, n_virtual=n if virtual else 0,
+            )
+        )
+    return PreparedSections(
+        records=records, spots=pl.concat(frames), thumbnails=thumbs, masks=masks,
+        join_report=report, lattice=geom, seconds=time.perf_counter() - t0,
+    )
+
+
+def write_sections(prep: PreparedSections, out_dir: Path) -> None:
+    """Write the stage's files into a (temporary) folder."""
+    out_dir.mkdir(parents=True)
+    (out_dir / "thumbnails").mkdir()
+    (out_dir / "masks").mkdir()
+    (out_dir / "sections.json").write_text(json.dumps([asdict(r) for r in prep.records], indent=1))
+    prep.spots.write_parquet(out_dir / "spots.parquet", statistics=False)
+    for name, thumb in prep.thumbnails.items():
+        Image.fromarray(thumb).save(out_dir / "thumbnails" / f"{name}.png")
+        Image.fromarray(prep.masks[name].astype(np.uint8) * 255).save(out_dir / "masks" / f"{name}.png")
+
+
+def load_records(sections_dir: Path) -> list[SectionRecord]:
+    return [SectionRecord(**r) for r in json.loads((Path(sections_dir) / "sections.json").read_text())]
+
+
+def load_spots(sections_dir: Path) -> pl.DataFrame:
+    return pl.read_parquet(Path(sections_dir) / "spots.parquet")
+
+
+def load_mask(sections_dir: Path, name: str) -> np.ndarray:
+    return np.asarray(Image.open(Path(sections_dir) / "masks" / f"{name}.png")) > 127
+
+
+def load_thumbnail(sections_dir: Path, name: str) -> np.ndarray:
+    return np.asarray(Image.open(Path(sections_dir) / "thumbnails" / f"{name}.png").convert("RGB"))

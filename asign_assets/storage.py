@@ -1,0 +1,231 @@
+"""The storage root: one folder per sample, every asset written atomically.
+
+The root is a local path or an fsspec URL (``s3://``, ``gs://``, ``memory://``) via
+universal-pathlib, so several machines can share assets. Library code always works
+on local paths: :meth:`Storage.write` hands out a local temporary sibling and moves it
+into place only when the block succeeds, so a crash or an error never leaves half an
+asset where a reader (the next step, the viewer) would find it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from asign_assets.errors import InputError
+from asign_assets.manifest import SAMPLE_ID_RE, Manifest, load_manifest, write_manifest
+
+TMP_PREFIX = ".tmp-"
+OLD_PREFIX = ".old-"
+DEFAULT_HOME = "~/.asign"
+
+
+def default_home() -> str:
+    return os.environ.get("ASIGN_HOME") or str(Path(DEFAULT_HOME).expanduser())
+
+
+def _is_url(root: str) -> bool:
+    return "://" in root and not root.startswith("file://")
+
+
+def check_sample_id(sample_id: str) -> str:
+    if not isinstance(sample_id, str) or not SAMPLE_ID_RE.match(sample_id):
+        raise InputError(None, f"invalid sample id {sample_id!r}", field="sample_id")
+    return sample_id
+
+
+def _check_name(name: str) -> str:
+    parts = Path(name).parts
+    if not parts or any(p in ("..", "") or p.startswith(".") for p in parts) or Path(name).is_absolute():
+        raise ValueError(f"invalid asset name {name!r}")
+    return name
+
+
+class Storage:
+    """Asset files under ``<root>/samples/<sample_id>/<name>``."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        root = str(root) if root is not None else default_home()
+        if root.startswith("file://"):
+            root = root[len("file://"):]
+        self.is_local = not _is_url(root)
+        self.root = str(Path(root).expanduser().resolve()) if self.is_local else root.rstrip("/")
+        self._cache: Path | None = None
+
+    # ---------------------------------------------------------------- layout
+    def __repr__(self) -> str:
+        return f"Storage({self.root!r})"
+
+    def _upath(self, *parts: str):
+        from upath import UPath
+
+        return UPath(self.root).joinpath(*parts)
+
+    def sample_uri(self, sample_id: str, name: str = "") -> str:
+        check_sample_id(sample_id)
+        parts = ["samples", sample_id] + ([_check_name(name)] if name else [])
+        if self.is_local:
+            return str(Path(self.root).joinpath(*parts))
+        return "/".join([self.root, *parts])
+
+    @property
+    def local_root(self) -> Path:
+        if not self.is_local:
+            raise ValueError(f"{self.root} is not a local path")
+        return Path(self.root)
+
+    def exists(self, sample_id: str, name: str) -> bool:
+        if self.is_local:
+            return Path(self.sample_uri(sample_id, name)).exists()
+        return self._upath("samples", sample_id, name).exists()
+
+    def list_samples(self) -> list[str]:
+        if self.is_local:
+            base = Path(self.root) / "samples"
+            names = [p.name for p in base.iterdir() if p.is_dir()] if base.exists() else []
+        else:
+            base = self._upath("samples")
+            names = [p.name for p in base.iterdir()] if base.exists() else []
+        return sorted(n for n in names if SAMPLE_ID_RE.match(n))
+
+    # ---------------------------------------------------------------- writing
+    @contextlib.contextmanager
+    def write(self, sample_id: str, name: str) -> Iterator[Path]:
+        """Yield a local temporary path; on success it replaces ``name`` atomically.
+
+        The temporary path does not exist yet: create a file or a directory there.
+        On any exception it is deleted and the previous version stays untouched.
+        """
+        target_uri = self.sample_uri(sample_id, name)
+        token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        if self.is_local:
+            target = Path(target_uri)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._sweep(target.parent)
+            tmp = target.with_name(f"{TMP_PREFIX}{target.name}-{token}")
+        else:
+            tmpdir = Path(tempfile.mkdtemp(prefix="asign-"))
+            tmp = tmpdir / Path(name).name
+        try:
+            yield tmp
+            if not tmp.exists():
+                raise RuntimeError(f"asset {name!r} of sample {sample_id!r} wrote nothing")
+            if self.is_local:
+                _replace(tmp, target)
+            else:
+                self._upload(tmp, sample_id, name, token)
+        finally:
+            if tmp.exists():
+                _remove(tmp)
+            if not self.is_local:
+                shutil.rmtree(tmp.parent, ignore_errors=True)
+
+    def write_bytes(self, sample_id: str, name: str, data: bytes) -> None:
+        with self.write(sample_id, name) as tmp:
+            tmp.write_bytes(data)
+
+    def _upload(self, local: Path, sample_id: str, name: str, token: str) -> None:
+        target = self._upath("samples", sample_id, name)
+        staging = target.with_name(f"{TMP_PREFIX}{target.name}-{token}")
+        fs = target.fs
+        fs.put(str(local), staging.path, recursive=local.is_dir())
+        if target.exists():
+            fs.rm(target.path, recursive=True)
+        fs.mv(staging.path, target.path, recursive=True)
+
+    @staticmethod
+    def _sweep(folder: Path, older_than_s: float = 6 * 3600) -> None:
+        """Remove temporaries left by crashed writers (old enough to be dead)."""
+        now = time.time()
+        for p in folder.iterdir():
+            if p.name.startswith((TMP_PREFIX, OLD_PREFIX)):
+                try:
+                    if now - p.stat().st_mtime > older_than_s:
+                        _remove(p)
+                except OSError:
+                    pass
+
+    # ---------------------------------------------------------------- reading
+    def local_path(self, sample_id: str, name: str) -> Path:
+        """A local path to read ``name`` from (downloaded to a cache for remote roots)."""
+        uri = self.sample_uri(sample_id, name)
+        if self.is_local:
+            p = Path(uri)
+            if not p.exists():
+                raise FileNotFoundError(f"{p}: asset output not found; materialise its asset first")
+            return p
+        src = self._upath("samples", sample_id, name)
+        if not src.exists():
+            raise FileNotFoundError(f"{uri}: asset output not found; materialise its asset first")
+        if self._cache is None:
+            self._cache = Path(tempfile.mkdtemp(prefix="asign-cache-"))
+        key = hashlib.sha1(uri.encode()).hexdigest()[:12]
+        dest = self._cache / key / Path(name).name
+        if dest.exists():
+            _remove(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        src.fs.get(src.path, str(dest), recursive=src.is_dir())
+        return dest
+
+    # ---------------------------------------------------------------- manifests
+    def manifest_path(self, sample_id: str) -> Path:
+        if not self.is_local:
+            raise ValueError("registered manifests live under a local ASIGN_HOME")
+        return Path(self.root) / "manifests" / f"{check_sample_id(sample_id)}.yaml"
+
+    def register(self, manifest: Manifest) -> Path:
+        """Keep a resolved (absolute-path) copy of the manifest that the assets read."""
+        return write_manifest(manifest, self._manifest_file(manifest.sample_id), relative=False)
+
+    def _manifest_file(self, sample_id: str) -> Path:
+        if self.is_local:
+            return self.manifest_path(sample_id)
+        # Remote roots keep manifests next to the dagster home of this machine.
+        return Path(os.environ.get("ASIGN_MANIFESTS", Path(default_local_state()) / "manifests")) / f"{check_sample_id(sample_id)}.yaml"
+
+    def load_registered(self, sample_id: str) -> Manifest:
+        path = self._manifest_file(sample_id)
+        if not path.exists():
+            raise InputError(path, f"sample {sample_id!r} is not registered; run `asign run <manifest>` or drop its manifest in the inbox")
+        return load_manifest(path)
+
+    def registered_samples(self) -> list[str]:
+        folder = self._manifest_file("x").parent
+        return sorted(p.stem for p in folder.glob("*.yaml")) if folder.exists() else []
+
+
+def default_local_state() -> str:
+    home = default_home()
+    return home if not _is_url(home) else str(Path("~/.asign").expanduser())
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+def _replace(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` onto ``target``; directories are swapped via a short-lived sibling."""
+    if tmp.is_dir() and target.exists():
+        old = target.with_name(f"{OLD_PREFIX}{target.name}-{uuid.uuid4().hex[:12]}")
+        os.replace(target, old)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            os.replace(old, target)
+            raise
+        _remove(old)
+    else:
+        if target.is_dir() and not tmp.is_dir():
+            _remove(target)
+        os.replace(tmp, target)
