@@ -1,8 +1,11 @@
 """Thin Dagster assets, one module per stage; the work is done by the library modules."""
 
+from asign_assets.assets.imaging import embeddings, tiles
 from asign_assets.assets.ingest import expression, sections
+from asign_assets.assets.results import evaluation, imputed_volume, model
+from asign_assets.assets.spatial import graph_3d, registrations
 
-ALL_ASSETS = [sections, expression]
+ALL_ASSETS = [sections, tiles, embeddings, registrations, graph_3d, expression, model, imputed_volume, evaluation]
 ALL_CHECKS: list = []
 
 __all__ = ["ALL_ASSETS", "ALL_CHECKS"]

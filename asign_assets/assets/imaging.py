@@ -1,0 +1,138 @@
+"""Imaging assets: `tiles` (multi-resolution patches) and `embeddings` (encoder features)."""
+
+import gc
+import time
+
+import dagster as dg
+import numpy as np
+
+from asign_assets import sections as sections_lib
+from asign_assets.assets.common import (
+    GPU_POOL,
+    DeviceResource,
+    StageMonitor,
+    StorageResource,
+    digest_arrays,
+    log_progress,
+    md_table,
+    path_meta,
+    samples_partitions,
+)
+from asign_assets.assets.ingest import sections
+
+
+class TilesConfig(dg.Config):
+    """Patch geometry at a common physical scale (um per px), so scanners are comparable."""
+
+    spot_size: int = 224
+    spot_um_per_px: float = 0.8
+    region_size: int = 512
+    global_size: int = 1024
+    region_downsample: int = 4
+    global_downsample: int = 8
+
+
+class EmbeddingsConfig(dg.Config):
+    """`histology` (default, no weights) or `torchscript:/path/model.pt` (your own encoder)."""
+
+    encoder: str = "histology"
+    batch_size: int = 64
+    standardise: bool = True
+
+
+@dg.asset(
+    partitions_def=samples_partitions,
+    group_name="imaging",
+    code_version="1",
+    kinds={"zarr"},
+    deps=[sections],
+    description="Spot (224 px), region (512 px grid) and global (1024 px grid) patches of every spot, "
+    "at a common physical scale, in zarr (one chunk per tile). Each full image is read once.",
+)
+def tiles(context: dg.AssetExecutionContext, config: TilesConfig, storage: StorageResource) -> dg.MaterializeResult:
+    import zarr
+
+    from asign_assets.imaging import read_rgb
+    from asign_assets.tiles import TileParams, write_section_tiles
+
+    store = storage.get()
+    sid = context.partition_key
+    params = TileParams(
+        spot_size=config.spot_size, spot_um_per_px=config.spot_um_per_px, region_size=config.region_size,
+        global_size=config.global_size, region_downsample=config.region_downsample, global_downsample=config.global_downsample,
+    )
+    rows = []
+    with StageMonitor().run() as mon:
+        sec_dir = store.local_path(sid, "sections")
+        records = sections_lib.load_records(sec_dir)
+        spots = sections_lib.load_spots(sec_dir)
+        with store.write(sid, "tiles.zarr") as tmp:
+            root = zarr.open_group(str(tmp), mode="w")
+            root.attrs["params"] = params.__dict__
+            root.attrs["sections"] = [r.name for r in records]
+            for rec in records:
+                t0 = time.perf_counter()
+                sub = spots.filter(spots["section"] == rec.name)
+                xy = np.stack([sub["x_px"].to_numpy(), sub["y_px"].to_numpy()], 1)
+                rgb = read_rgb(rec.image)  # one full-resolution image in memory at a time
+                meta = write_section_tiles(rgb, xy, rec.pixel_size_um, root.create_group(rec.name), params, source=rec.image)
+                del rgb
+                gc.collect()
+                dt = time.perf_counter() - t0
+                rows.append({"section": rec.name, "spots": len(xy), "region_tiles": meta.get("n_region", ""), "global_tiles": meta.get("n_global", ""), "seconds": round(dt, 2)})
+                log_progress(context, f"section {rec.name}: {len(xy)} spot patches in {dt:.1f} s")
+    version = digest_arrays(spots["x_px"].to_numpy(), spots["y_px"].to_numpy(), extra={"params": params.__dict__, "images": [(r.image, r.width, r.height) for r in records]})
+    return dg.MaterializeResult(
+        metadata={
+            "sections": dg.MetadataValue.md(md_table(rows, ".2f")),
+            "n_spots": int(spots.height),
+            "spot_um_per_px": params.spot_um_per_px,
+            "region_downsample": params.region_downsample,
+            "global_downsample": params.global_downsample,
+            "path": path_meta(store, sid, "tiles.zarr"),
+            **mon.metadata(),
+        },
+        data_version=dg.DataVersion(version),
+    )
+
+
+@dg.asset(
+    partitions_def=samples_partitions,
+    group_name="imaging",
+    code_version="1",
+    kinds={"zarr", "torch"},
+    deps=[tiles],
+    pool=GPU_POOL,
+    description="Features of every spot, region and global tile from the configured encoder, "
+    "standardised within each section (zarr). CNN/TorchScript encoders run in the `gpu` pool.",
+)
+def embeddings(context: dg.AssetExecutionContext, config: EmbeddingsConfig, storage: StorageResource, device: DeviceResource) -> dg.MaterializeResult:
+    import zarr
+
+    from asign_assets.encoders import embed_tiles, get_encoder
+
+    store = storage.get()
+    sid = context.partition_key
+    dev = device.torch_device()
+    with StageMonitor().run() as mon:
+        encoder = get_encoder(config.encoder, dev)
+        tiles_root = zarr.open_group(str(store.local_path(sid, "tiles.zarr")), mode="r")
+        names = list(tiles_root.attrs["sections"])
+        with store.write(sid, "embeddings.zarr") as tmp:
+            out = zarr.open_group(str(tmp), mode="w")
+            meta = embed_tiles(tiles_root, out, names, encoder, batch_size=config.batch_size, standardise=config.standardise)
+            version = digest_arrays(*[np.asarray(out[f"{n}/spot"][:]) for n in names], extra={"encoder": config.encoder})
+    per = meta.get("per_section") or meta.get("sections") or {}
+    rows = [{"section": k, **v} for k, v in per.items()] if isinstance(per, dict) else per
+    log_progress(context, f"encoder {encoder.name} v{encoder.version}: {encoder.dim} dims on {dev}")
+    return dg.MaterializeResult(
+        metadata={
+            "encoder": f"{encoder.name} v{encoder.version}",
+            "dim": int(encoder.dim),
+            "device": str(dev),
+            "sections": dg.MetadataValue.md(md_table(rows, ".2f")) if rows else "",
+            "path": path_meta(store, sid, "embeddings.zarr"),
+            **mon.metadata(),
+        },
+        data_version=dg.DataVersion(version),
+    )

@@ -1,0 +1,119 @@
+"""Server time of the viewer's gene-switch callback on a 100k-spot x 250-gene volume.
+
+    .venv/bin/python benchmarks/viewer_gene_switch.py [--spots 100000] [--genes 250] [--repeats 7]
+
+Builds a fake result tree in a temp dir (tests/viewer_fixtures.py), then times
+`dash_app.callbacks.switch_gene` (read one gene column from imputed_volume.zarr, build the
+Patch) and the same callback through Dash's HTTP endpoint (adds JSON serialisation):
+cold = gene not yet in the viewer's cache (one zarr chunk read), warm = cached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+
+def _ms(f, *a) -> float:
+    t = time.perf_counter()
+    f(*a)
+    return (time.perf_counter() - t) * 1e3
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--spots", type=int, default=100_000)
+    ap.add_argument("--genes", type=int, default=250)
+    ap.add_argument("--sections", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=7)
+    a = ap.parse_args(argv)
+
+    from viewer_fixtures import write_fake_result
+
+    from dash_app import callbacks as cb
+    from dash_app import data
+    from dash_app.app import create_app
+
+    grid = math.ceil(math.sqrt(a.spots / a.sections))
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        r = write_fake_result(
+            Path(tmp), n_sections=a.sections, grid=grid, n_genes=a.genes, with_layers=False, write_h5ad=False
+        )
+        n = len(r.X)
+        print(f"built {n} spots x {a.genes} genes in {time.perf_counter() - t:.1f} s")
+        home, s = r.home, r.sample
+        genes = r.genes
+
+        t_meta = _ms(data.load_volume, home, s)
+        t_sample = _ms(cb.select_sample, home, s, genes[0])
+        print(f"first load of the volume metadata: {t_meta:.0f} ms; sample switch (full 3D figure): {t_sample:.0f} ms")
+
+        picks = [genes[(7 * i + 3) % len(genes)] for i in range(a.repeats)]
+        cold = []
+        for g in picks:
+            data._gene_column.cache_clear()
+            cold.append(_ms(cb.switch_gene, home, s, g))
+        warm = [_ms(cb.switch_gene, home, s, g) for g in picks]
+
+        # The same callback through Dash's HTTP endpoint (validation + Patch serialisation).
+        app = create_app(home)
+        client = app.server.test_client()
+        deps = client.get("/_dash-dependencies").get_json()
+        out = next(d["output"] for d in deps if d["output"].startswith("..graph-3d.figure@") and "gene-note" in d["output"])
+        fig_prop = out.split("graph-3d.")[1].split("...")[0]
+
+        def post(g: str) -> None:
+            body = {
+                "output": out,
+                "outputs": [{"id": "graph-3d", "property": fig_prop}, {"id": "gene-note", "property": "children"}],
+                "inputs": [{"id": "gene", "property": "value", "value": g}],
+                "state": [{"id": "sample", "property": "value", "value": s}],
+                "changedPropIds": ["gene.value"],
+            }
+            resp = client.post("/_dash-update-component", json=body)
+            assert resp.status_code == 200
+            payload_sizes.append(len(resp.data))
+
+        payload_sizes: list[int] = []
+        http_cold = []
+        for g in picks:
+            data._gene_column.cache_clear()
+            http_cold.append(_ms(post, g))
+        http_warm = [_ms(post, g) for g in picks]
+
+        # Sample switch through HTTP: the full 3D figure (all coordinates, hover text).
+        sdep = next(d for d in deps if d["output"].startswith("..gene.options"))
+        outs = [dict(zip(("id", "property"), o.rsplit(".", 1))) for o in sdep["output"].strip(".").split("...")]
+        sbody = {
+            "output": sdep["output"],
+            "outputs": outs,
+            "inputs": [{"id": "sample", "property": "value", "value": s}],
+            "state": [{"id": "gene", "property": "value", "value": genes[1]}, {"id": "z-stretch", "property": "value", "value": 10}],
+            "changedPropIds": ["sample.value"],
+        }
+        t = time.perf_counter()
+        resp = client.post("/_dash-update-component", json=sbody)
+        t_sample_http = (time.perf_counter() - t) * 1e3
+        assert resp.status_code == 200, resp.data[:300]
+        print(f"sample switch, Dash HTTP request: {t_sample_http:.0f} ms; response {len(resp.data) / 1e6:.1f} MB")
+
+        med = statistics.median
+        print(f"gene switch, callback function: cold median {med(cold):.1f} ms (max {max(cold):.1f}), "
+              f"warm median {med(warm):.2f} ms")
+        print(f"gene switch, Dash HTTP request:  cold median {med(http_cold):.1f} ms (max {max(http_cold):.1f}), "
+              f"warm median {med(http_warm):.1f} ms; response {payload_sizes[0] / 1e6:.2f} MB")
+        ok = med(http_cold) <= 200
+        print(f"target <= 200 ms server time: {'met' if ok else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

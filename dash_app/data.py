@@ -1,0 +1,431 @@
+"""Read-only access to the result assets under $ASIGN_HOME for the viewer.
+
+The viewer never recomputes anything: every function here reads a file written by a
+pipeline stage (see docs/architecture.md). Reads are cached per (file identity, key);
+the identity includes the file's inode and mtime, so an asset that is re-materialised
+(atomically renamed into place) is picked up without restarting the viewer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from asign_assets.errors import InputError
+
+SAMPLE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Section names become file names (thumbnails/<section>.png): same shape as sample ids.
+SECTION_RE = SAMPLE_ID_RE
+# Gene names are looked up in var_names, never used in paths; this only bounds the length.
+MAX_GENE_LEN = 200
+
+ASSETS: dict[str, tuple[str, ...]] = {
+    # asset name shown in the page -> files (relative to the sample folder), any of which marks it present
+    "sections": ("sections/sections.json",),
+    "registrations": ("registrations/spots.parquet", "registrations/transforms"),
+    "graph_3d": ("graph_3d/graph.pt", "graph_3d/edges.parquet"),
+    "expression": ("expression.h5ad",),
+    "model": ("model/checkpoint.pt",),
+    "imputed_volume": ("imputed_volume.zarr", "imputed_volume.h5ad"),
+    "evaluation": ("evaluation.parquet",),
+    "truth": ("evaluation_truth.zarr",),
+    "overlay": ("registrations/overlay.png",),
+}
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def resolve_home(home: str | os.PathLike | None = None) -> Path:
+    """The storage root: the argument, else $ASIGN_HOME, else ~/.asign (local paths only)."""
+    raw = str(home) if home is not None else (os.environ.get("ASIGN_HOME") or "~/.asign")
+    if "://" in raw and not raw.startswith("file://"):
+        raise InputError(raw, "the viewer reads a local ASIGN_HOME only (no fsspec URLs)")
+    raw = raw.removeprefix("file://")
+    return Path(raw).expanduser().resolve()
+
+
+def sample_dir(home: str | os.PathLike, sample_id: object) -> Path:
+    """Validate a sample id coming from the browser and return its existing folder."""
+    if not isinstance(sample_id, str) or not SAMPLE_ID_RE.match(sample_id):
+        raise InputError(None, f"invalid sample id {str(sample_id)[:80]!r}", field="sample")
+    root = (Path(home) / "samples").resolve()
+    path = (root / sample_id).resolve()
+    if path.parent != root or not path.is_dir():
+        raise InputError(path, f"no such sample {sample_id!r} under {root}")
+    return path
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return (st.st_ino, st.st_mtime_ns)
+
+
+# --------------------------------------------------------------------------- sample list
+
+
+@dataclass(frozen=True)
+class SampleAssets:
+    sample: str
+    present: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def viewable(self) -> bool:
+        return self.present.get("imputed_volume", False)
+
+
+def list_samples(home: str | os.PathLike) -> list[SampleAssets]:
+    """Every sample folder with a valid id, with which assets it holds."""
+    root = Path(home) / "samples"
+    if not root.is_dir():
+        return []
+    out = []
+    for p in sorted(root.iterdir()):
+        if not p.is_dir() or not SAMPLE_ID_RE.match(p.name):
+            continue
+        present = {name: any((p / f).exists() for f in files) for name, files in ASSETS.items()}
+        out.append(SampleAssets(p.name, present))
+    return out
+
+
+# --------------------------------------------------------------------------- volume
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """Per-spot metadata of imputed_volume (everything except the expression matrix)."""
+
+    sample: str
+    path: Path  # imputed_volume.zarr or .h5ad
+    kind: str  # "zarr" | "h5ad"
+    genes: tuple[str, ...]
+    gene_index: dict[str, int]
+    sections: tuple[str, ...]  # stack order
+    section_code: np.ndarray  # int32 [N], index into sections
+    spot_id: np.ndarray  # object [N]
+    xyz_um: np.ndarray  # float64 [N, 3]
+    xy_px: np.ndarray  # float64 [N, 2], own image pixels
+    measured: np.ndarray  # bool [N]
+    virtual: np.ndarray  # bool [N]
+
+    @property
+    def n_spots(self) -> int:
+        return len(self.spot_id)
+
+    def check_gene(self, gene: object) -> int:
+        """Column index of a gene name from the browser; unknown names are refused."""
+        if not isinstance(gene, str) or len(gene) > MAX_GENE_LEN or gene not in self.gene_index:
+            raise InputError(self.path, f"gene {str(gene)[:80]!r} is not in var_names", field="gene")
+        return self.gene_index[gene]
+
+    def check_section(self, section: object) -> int:
+        if not isinstance(section, str) or section not in self.sections:
+            raise InputError(self.path, f"section {str(section)[:80]!r} is not in this volume", field="section")
+        return self.sections.index(section)
+
+
+def volume_path(home: str | os.PathLike, sample_id: str) -> tuple[Path, str]:
+    """Prefer the zarr store (one gene per chunk); fall back to the h5ad."""
+    d = sample_dir(home, sample_id)
+    if (d / "imputed_volume.zarr").exists():
+        return d / "imputed_volume.zarr", "zarr"
+    if (d / "imputed_volume.h5ad").exists():
+        return d / "imputed_volume.h5ad", "h5ad"
+    raise InputError(d / "imputed_volume.zarr", "not found: materialise the imputed_volume asset first")
+
+
+def load_volume(home: str | os.PathLike, sample_id: str) -> Volume:
+    path, kind = volume_path(home, sample_id)
+    return _load_volume(str(path), kind, _stamp(path), sample_id)
+
+
+@contextlib.contextmanager
+def _open(path: str, kind: str):
+    """The AnnData root group; h5py files are closed again, zarr needs no closing."""
+    if kind == "zarr":
+        import zarr
+
+        yield zarr.open_group(path, mode="r", use_consolidated=False)  # trust the files, not a stale index
+        return
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        yield f
+
+
+@functools.lru_cache(maxsize=8)
+def _load_volume(path: str, kind: str, stamp: tuple[int, int], sample_id: str) -> Volume:
+    from anndata.io import read_elem
+
+    p = Path(path)
+    try:
+        with _open(path, kind) as g:
+            obs = read_elem(g["obs"])
+            var = read_elem(g["var"])
+            spatial_3d = np.asarray(g["obsm"]["spatial_3d"][:], dtype=np.float64)
+            spatial = np.asarray(g["obsm"]["spatial"][:], dtype=np.float64) if "spatial" in g["obsm"] else None
+            shape = tuple(g["X"].shape) if hasattr(g["X"], "shape") else None
+    except KeyError as e:
+        raise InputError(p, f"not an imputed_volume AnnData: missing {e}") from None
+    except Exception as e:  # corrupt / half-written store
+        raise InputError(p, f"cannot read: {type(e).__name__}: {e}") from None
+    if shape is None:
+        raise InputError(p, "X is stored sparse; the viewer expects a dense X (one gene per chunk)")
+    n = len(obs)
+    for col in ("section", "spot_id"):
+        if col not in obs.columns:
+            raise InputError(p, f"obs has no column {col!r}", field=f"obs.{col}")
+    if shape[0] != n or spatial_3d.shape != (n, 3):
+        raise InputError(p, f"X {shape} / obsm['spatial_3d'] {spatial_3d.shape} do not match {n} obs rows")
+    genes = tuple(str(x) for x in var.index)
+    if shape[1] != len(genes):
+        raise InputError(p, f"X has {shape[1]} columns but var_names has {len(genes)}")
+
+    sec = obs["section"].astype(str).to_numpy()
+    order = _stack_order(p.parent, sec)
+    section_code = _codes(sec, order)
+
+    def flag(col: str) -> np.ndarray:
+        return obs[col].to_numpy(dtype=bool) if col in obs.columns else np.zeros(n, dtype=bool)
+
+    return Volume(
+        sample=sample_id,
+        path=p,
+        kind=kind,
+        genes=genes,
+        gene_index={gname: j for j, gname in enumerate(genes)},
+        sections=tuple(order),
+        section_code=section_code,
+        spot_id=obs["spot_id"].astype(str).to_numpy(dtype=object),
+        xyz_um=spatial_3d,
+        xy_px=spatial if spatial is not None else np.full((n, 2), np.nan),
+        measured=flag("measured"),
+        virtual=flag("virtual"),
+    )
+
+
+def _codes(values: np.ndarray, order: list[str]) -> np.ndarray:
+    uniq, inv = np.unique(values, return_inverse=True)
+    pos = np.array([order.index(u) for u in uniq], dtype=np.int32)
+    return pos[inv]
+
+
+def _stack_order(sample_folder: Path, sec: np.ndarray) -> list[str]:
+    """Sections in stack order: sections.json when present, else order of first appearance."""
+    _, first = np.unique(sec, return_index=True)
+    seen = [str(sec[i]) for i in sorted(first)]
+    try:
+        listed = [r["name"] for r in read_sections(sample_folder)]
+    except InputError:
+        listed = []
+    seen_set, listed_set = set(seen), set(listed)
+    return [s for s in listed if s in seen_set] + [s for s in seen if s not in listed_set]
+
+
+def gene_values(home: str | os.PathLike, sample_id: str, gene: object) -> np.ndarray:
+    """Imputed values of one gene at every spot (float32 [N]); reads one column only."""
+    vol = load_volume(home, sample_id)
+    j = vol.check_gene(gene)
+    return _gene_column(str(vol.path), vol.kind, _stamp(vol.path), j)
+
+
+@functools.lru_cache(maxsize=256)
+def _gene_column(path: str, kind: str, stamp: tuple[int, int], j: int) -> np.ndarray:
+    try:
+        with _open(path, kind) as g:
+            col = np.asarray(g["X"][:, j], dtype=np.float32)
+    except Exception as e:
+        raise InputError(path, f"cannot read X[:, {j}]: {type(e).__name__}: {e}") from None
+    col.setflags(write=False)
+    return col
+
+
+def value_range(values: np.ndarray) -> tuple[float, float]:
+    """Colour limits shared by every section; a flat gene still gets a non-empty range."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo, hi = float(finite.min()), float(finite.max())
+    if hi <= lo:
+        hi = lo + 1e-6
+    return lo, hi
+
+
+# --------------------------------------------------------------------------- truth
+
+
+@dataclass(frozen=True, eq=False)
+class Truth:
+    path: Path
+    rows: np.ndarray  # int64 [M], row index into imputed_volume
+    gene_index: dict[str, int]
+
+
+def load_truth(home: str | os.PathLike, sample_id: str) -> Truth | None:
+    """evaluation_truth.zarr when present (None when absent)."""
+    path = sample_dir(home, sample_id) / "evaluation_truth.zarr"
+    if not path.exists():
+        return None
+    return _load_truth(str(path), _stamp(path))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_truth(path: str, stamp: tuple[int, int]) -> Truth:
+    from anndata.io import read_elem
+
+    try:
+        with _open(path, "zarr") as g:
+            obs = read_elem(g["obs"])
+            var = read_elem(g["var"])
+        rows = obs["row"].to_numpy(dtype=np.int64)
+    except KeyError as e:
+        raise InputError(path, f"not a truth AnnData: missing {e}") from None
+    except Exception as e:
+        raise InputError(path, f"cannot read: {type(e).__name__}: {e}") from None
+    return Truth(Path(path), rows, {str(x): j for j, x in enumerate(var.index)})
+
+
+def truth_values(home: str | os.PathLike, sample_id: str, gene: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(rows into the volume, truth values) for one gene; None if no truth for it."""
+    truth = load_truth(home, sample_id)
+    if truth is None or gene not in truth.gene_index:
+        return None
+    vals = _truth_column(str(truth.path), _stamp(truth.path), truth.gene_index[gene])
+    return truth.rows, vals
+
+
+@functools.lru_cache(maxsize=64)
+def _truth_column(path: str, stamp: tuple[int, int], j: int) -> np.ndarray:
+    try:
+        with _open(path, "zarr") as g:
+            col = np.asarray(g["X"][:, j], dtype=np.float32)
+    except Exception as e:
+        raise InputError(path, f"cannot read X[:, {j}]: {type(e).__name__}: {e}") from None
+    col.setflags(write=False)
+    return col
+
+
+# --------------------------------------------------------------------------- sections / images
+
+
+def read_sections(sample_folder: Path) -> list[dict]:
+    path = sample_folder / "sections" / "sections.json"
+    if not path.exists():
+        raise InputError(path, "not found: materialise the sections asset first")
+    try:
+        recs = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(path, f"cannot read: {e}") from None
+    if not isinstance(recs, list) or not all(isinstance(r, dict) and "name" in r for r in recs):
+        raise InputError(path, "expected a list of objects with a 'name'")
+    return recs
+
+
+def section_record(home: str | os.PathLike, sample_id: str, section: object) -> dict:
+    recs = read_sections(sample_dir(home, sample_id))
+    for r in recs:
+        if r["name"] == section:
+            return r
+    raise InputError(None, f"section {str(section)[:80]!r} is not in sections.json of {sample_id}", field="section")
+
+
+def thumbnail_path(home: str | os.PathLike, sample_id: str, section: object) -> Path:
+    """Validated path of a section's thumbnail (no traversal: the name must be listed and well formed)."""
+    if not isinstance(section, str) or not SECTION_RE.match(section):
+        raise InputError(None, f"invalid section name {str(section)[:80]!r}", field="section")
+    section_record(home, sample_id, section)
+    folder = (sample_dir(home, sample_id) / "sections" / "thumbnails").resolve()
+    path = (folder / f"{section}.png").resolve()
+    if path.parent != folder or not path.is_file():
+        raise InputError(path, "thumbnail not found")
+    return path
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:  # reads the header only
+        return im.size
+
+
+def overlay_path(home: str | os.PathLike, sample_id: str) -> Path | None:
+    path = sample_dir(home, sample_id) / "registrations" / "overlay.png"
+    return path if path.is_file() else None
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def read_evaluation(home: str | os.PathLike, sample_id: str):
+    """evaluation.parquet as a pandas frame (None when absent)."""
+    import pandas as pd
+
+    path = sample_dir(home, sample_id) / "evaluation.parquet"
+    if not path.exists():
+        return None
+    try:
+        df = pd.read_parquet(path)
+    except Exception as e:
+        raise InputError(path, f"cannot read: {type(e).__name__}: {e}") from None
+    missing = {"method", "section", "metric", "value"} - set(df.columns)
+    if missing:
+        raise InputError(path, f"missing columns {sorted(missing)}")
+    return df
+
+
+def metrics_table(df) -> tuple[list[str], list[dict]]:
+    """Long (method, section, metric, value) -> one row per section and method, one column per metric."""
+    wide = df.pivot_table(index=["section", "method"], columns="metric", values="value", aggfunc="mean", sort=False)
+    wide = wide.reset_index()
+    cols = [str(c) for c in wide.columns]
+    wide.columns = cols
+    return cols, wide.to_dict("records")
+
+
+def read_registration_qc(home: str | os.PathLike, sample_id: str):
+    import pandas as pd
+
+    path = sample_dir(home, sample_id) / "registrations" / "qc.parquet"
+    if not path.exists():
+        return None
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:
+        raise InputError(path, f"cannot read: {type(e).__name__}: {e}") from None
+
+
+# --------------------------------------------------------------------------- download
+
+
+def gene_csv(home: str | os.PathLike, sample_id: str, gene: str) -> str:
+    """CSV of one gene at every spot: section, spot_id, x_um, y_um, z_um, value."""
+    import pandas as pd
+
+    vol = load_volume(home, sample_id)
+    vals = gene_values(home, sample_id, gene)
+    df = pd.DataFrame(
+        {
+            "section": np.asarray(vol.sections, dtype=object)[vol.section_code],
+            "spot_id": vol.spot_id,
+            "x_um": vol.xyz_um[:, 0],
+            "y_um": vol.xyz_um[:, 1],
+            "z_um": vol.xyz_um[:, 2],
+            "value": vals,
+        }
+    )
+    buf = io.StringIO()
+    df.to_csv(buf, index=False, float_format="%.7g")
+    return buf.getvalue()
+
+
+def clear_caches() -> None:
+    for f in (_load_volume, _gene_column, _load_truth, _truth_column):
+        f.cache_clear()

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from asign_assets.errors import InputError
+from asign_assets.expression import ExpressionParams, build_expression, normalise, normalise_to_genes, select_genes
+
+
+def test_normalise_hand_example():
+    c = sp.csr_matrix(np.array([[1, 3, 0, 6], [0, 0, 0, 0]], dtype=float))
+    x = normalise(c, "log1p_cp10k")
+    assert x.dtype == np.float32
+    np.testing.assert_allclose(x[0], np.log1p([1000.0, 3000.0, 0.0, 6000.0]), rtol=1e-6)
+    np.testing.assert_array_equal(x[1], 0.0)
+    s = normalise(c, "stnet")
+    # (c + 1) / sum(c + 1) = (2, 4, 1, 7) / 14
+    np.testing.assert_allclose(s[0], np.log(np.array([2, 4, 1, 7]) / 14.0), rtol=1e-6)
+    np.testing.assert_allclose(s[1], np.log(0.25), rtol=1e-6)
+
+
+def test_select_genes_mean_and_hvg():
+    X = np.array([[1.0, 5.0, 2.0, 0.0], [1.0, 3.0, 8.0, 0.0]])
+    genes = np.array(["a", "b", "c", "d"])
+    idx = select_genes(X, genes, ExpressionParams(n_genes=2))
+    assert idx.tolist() == [2, 1]  # means 1, 4, 5, 0
+    hv = select_genes(X, genes, ExpressionParams(n_genes=1, selection="hvg"))
+    assert hv.tolist() == [2]  # dispersion 9/5 beats 1/4
+
+
+def _counts(n=30, g=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return sp.csr_matrix(rng.poisson(30, size=(n, g)).astype(float))
+
+
+def test_build_expression_drops_and_selects():
+    c = _counts().toarray()
+    c[:3] = 0
+    c[:3, 0] = 5  # three spots below 100 counts
+    ids = np.array([f"{i}x1" for i in range(30)])
+    genes = np.array([f"g{i}" for i in range(8)])
+    ad, info = build_expression(sp.csr_matrix(c), ids, genes, ExpressionParams(n_genes=5), source="C2.tsv.gz")
+    assert info["n_spots_dropped"] == 3 and ad.n_obs == 27 and ad.n_vars == 5
+    assert ad.X.dtype == np.float32
+    assert list(ad.obs_names[:2]) == ["3x1", "4x1"]
+    # X is normalised on all genes, then subset; layers['counts'] keeps raw counts
+    full = normalise(sp.csr_matrix(c[3:]), "log1p_cp10k")
+    cols = [list(genes).index(g) for g in ad.var_names]
+    np.testing.assert_allclose(ad.X, full[:, cols], rtol=1e-6)
+    np.testing.assert_array_equal(ad.layers["counts"].toarray(), c[3:][:, cols])
+    assert ad.uns["normalisation"]["normalisation"] == "log1p_cp10k"
+    # normalise_to_genes reproduces X for the same counts
+    np.testing.assert_allclose(normalise_to_genes(sp.csr_matrix(c[3:]), genes, ad.var_names), ad.X, rtol=1e-6)
+
+
+def test_errors_name_the_file():
+    c = _counts(n=10)
+    with pytest.raises(InputError, match="C3.tsv.gz: only 10 spots"):
+        build_expression(c, np.arange(10).astype(str), np.array([f"g{i}" for i in range(8)]), source="C3.tsv.gz")
+    with pytest.raises(InputError, match="missing"):
+        normalise_to_genes(c, np.array([f"g{i}" for i in range(8)]), np.array(["g1", "zz"]))
+    z = normalise_to_genes(c, np.array([f"g{i}" for i in range(8)]), np.array(["g1", "zz"]), missing="zero")
+    np.testing.assert_array_equal(z[:, 1], 0.0)

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from asign_assets.metrics import (
+    METRICS, evaluate_sections, gene_pcc, hvg_indices, mae, markdown_table, mse, spot_pcc, spot_pcc_z,
+)
+
+
+def test_hand_values():
+    truth = np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 0.0], [0.0, 1.0, 5.0]])
+    pred = np.array([[1.0, 2.0, 4.0], [3.0, 2.0, 1.0], [0.0, 1.0, 5.0]])
+    assert mse(pred, truth) == pytest.approx((1 + 1 + 4 + 1) / 9)
+    assert mae(pred, truth) == pytest.approx((1 + 1 + 2 + 1) / 9)
+    r0 = np.corrcoef(pred[0], truth[0])[0, 1]
+    r1 = np.corrcoef(pred[1], truth[1])[0, 1]
+    assert spot_pcc(pred, truth) == pytest.approx((r0 + r1 + 1.0) / 3)
+    rg = [np.corrcoef(pred[:, g], truth[:, g])[0, 1] for g in range(3)]
+    assert gene_pcc(pred, truth) == pytest.approx(np.mean(rg))
+    # row 0: (1,2,4) vs (1,2,3): r = 0.9819805...
+    assert r0 == pytest.approx(0.9819805060619657)
+
+
+def test_constant_prediction_scores_zero():
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(20, 6))
+    const = np.tile(truth.mean(0), (20, 1))
+    assert gene_pcc(const, truth) == 0.0
+    assert not np.isnan(gene_pcc(const, truth))
+    # the paper's spot_pcc is NOT zero for a constant profile when gene means differ
+    truth2 = truth + np.arange(6) * 3
+    assert spot_pcc(np.tile(truth2.mean(0), (20, 1)), truth2) > 0.9
+    # ... while z-scoring by the measured mean removes that effect
+    assert spot_pcc_z(np.tile(truth2.mean(0), (20, 1)), truth2, truth2.mean(0), truth2.std(0)) == 0.0
+
+
+def test_hvg_and_evaluate_sections():
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=(30, 60)) * np.linspace(0.1, 3, 60)
+    hv = hvg_indices(y, 50)
+    assert len(hv) == 50 and set(range(10)).isdisjoint(hv[-5:])
+    assert 59 in hv[:5]
+    truth = rng.normal(size=(40, 60))
+    secs = np.array(["a"] * 15 + ["b"] * 25)
+    preds = {"perfect": truth.copy(), "mean": np.zeros_like(truth)}
+    df = evaluate_sections(preds, truth, secs, truth.mean(0), truth.std(0), hv)
+    assert set(df["metric"].unique().to_list()) == set(METRICS)
+    assert set(df["section"].unique().to_list()) == {"a", "b", "pooled"}
+    get = lambda me, s, m: df.filter((df["method"] == me) & (df["section"] == s) & (df["metric"] == m))["value"][0]
+    assert get("perfect", "pooled", "gene_pcc") == pytest.approx(1.0)
+    assert get("mean", "pooled", "gene_pcc") == 0.0
+    # pooled = unweighted mean of per-section values
+    assert get("mean", "pooled", "mse") == pytest.approx((get("mean", "a", "mse") + get("mean", "b", "mse")) / 2)
+    md = markdown_table(df)
+    assert md.splitlines()[0].startswith("| method | mse")
+    assert "| perfect | 0.000 | 0.000 | 1.000" in md

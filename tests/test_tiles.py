@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from asign_assets.errors import InputError
+from asign_assets.tiles import TileParams, write_section_tiles
+
+SMALL = TileParams(spot_size=32, spot_um_per_px=1.0, region_size=64, global_size=128, region_downsample=2, global_downsample=4)
+
+
+def _coded_image(h=600, w=800) -> np.ndarray:
+    """Every pixel's colour encodes its (x, y), so a patch shows exactly where it came from."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([xx % 256, yy % 256, (xx // 256) * 16 + (yy // 256)], axis=-1).astype(np.uint8)
+
+
+def _group(tmp_path, name="s1"):
+    return zarr.open_group(str(tmp_path / "tiles.zarr"), mode="a").require_group(name)
+
+
+def test_spot_patch_exact_pixels_at_native_scale(tmp_path):
+    img = _coded_image()
+    xy = np.array([[300.0, 200.0], [517.0, 411.0]])
+    g = _group(tmp_path)
+    meta = write_section_tiles(img, xy, 1.0, g, SMALL)
+    spot = g["spot"][:]
+    assert spot.shape == (2, 32, 32, 3) and spot.dtype == np.uint8
+    for k, (x, y) in enumerate(xy.astype(int)):
+        np.testing.assert_array_equal(spot[k], img[y - 16 : y + 16, x - 16 : x + 16])
+        assert tuple(spot[k, 16, 16]) == tuple(img[y, x])  # the spot pixel sits at [s//2, s//2]
+    assert g["spot"].chunks == (1, 32, 32, 3)
+    assert meta["n_spots"] == 2 and g.attrs["spot_um_per_px"] == 1.0
+
+
+def test_spot_patch_resampled_to_common_physical_scale(tmp_path):
+    # 0.5 um/px image, patches at 1 um/px: a 40 px black square becomes a 20 px one.
+    img = np.full((400, 400, 3), 255, np.uint8)
+    img[180:220, 140:180] = 0  # centred on pixel (159.5, 199.5)
+    g = _group(tmp_path)
+    write_section_tiles(img, np.array([[159.5, 199.5]]), 0.5, g, SMALL)
+    patch = g["spot"][0].astype(int).mean(-1)
+    dark = patch < 128
+    rows, cols = np.nonzero(dark)
+    assert dark.sum() == pytest.approx(400, abs=45)
+    # patch pixel k spans source edges [127 + 2k, 129 + 2k]; the square spans [140, 180]
+    assert rows.min() in (6, 7) and rows.max() in (25, 26) and cols.min() in (6, 7) and cols.max() in (25, 26)
+    assert (rows.min() + rows.max()) / 2 == pytest.approx(16, abs=0.5)
+    assert patch[0, 0] == 255 and patch[16, 16] == 0
+
+
+def test_region_and_global_tiles_contain_their_spots(tmp_path):
+    img = _coded_image(1000, 1200)
+    rng = np.random.default_rng(0)
+    xy = np.c_[rng.uniform(100, 700, 40), rng.uniform(100, 500, 40)]
+    g = _group(tmp_path)
+    meta = write_section_tiles(img, xy, 1.0, g, SMALL)
+    region_xy, global_xy = g["region_xy_px"][:], g["global_xy_px"][:]
+    sr, sg = g["spot_region"][:], g["spot_global"][:]
+    assert sr.dtype == np.int32 and sg.dtype == np.int32
+    # each spot lies inside its tile (tile size 64 / 128 own px at 1 um/px)
+    assert np.all(np.abs(xy - region_xy[sr]) <= 32 + 1e-9)
+    assert np.all(np.abs(xy - global_xy[sg]) <= 64 + 1e-9)
+    # only tiles with spots are stored, each used by at least one spot
+    assert set(sr.tolist()) == set(range(meta["n_region"]))
+    assert set(sg.tolist()) == set(range(meta["n_global"]))
+    expected = len({(int((y + 0.5) // 64), int((x + 0.5) // 64)) for x, y in xy})
+    assert meta["n_region"] == expected
+    # stored downsampled: region 64 px / 2, global 128 px / 4
+    assert g["region"].shape == (meta["n_region"], 32, 32, 3) and g["global"].shape == (meta["n_global"], 32, 32, 3)
+    assert g.attrs["region_downsample"] == 2 and g.attrs["global_um_per_px"] == 4.0
+
+
+def test_region_tile_pixels_are_the_downsampled_area(tmp_path):
+    # smooth image so that bilinear downsampling ~ block mean
+    yy, xx = np.mgrid[0:512, 0:512]
+    img = np.stack([xx / 2, yy / 2, (xx + yy) / 4], axis=-1).astype(np.uint8)
+    g = _group(tmp_path)
+    write_section_tiles(img, np.array([[100.0, 150.0]]), 1.0, g, SMALL)
+    cx, cy = g["region_xy_px"][0]
+    assert (cx, cy) == (95.5, 159.5)  # tile col 1, row 2 of a 64 px grid (edges at 64, 128)
+    tile = g["region"][0].astype(float)
+    src = img[128:192, 64:128].astype(float).reshape(32, 2, 32, 2, 3).mean((1, 3))
+    assert np.abs(tile - src).max() <= 1.5
+
+
+def test_edge_spots_padded_white(tmp_path):
+    img = np.zeros((100, 100, 3), np.uint8)
+    g = _group(tmp_path)
+    write_section_tiles(img, np.array([[2.0, 3.0]]), 1.0, g, SMALL)
+    p = g["spot"][0]
+    assert (p[:13] == 255).all() and (p[:, :14] == 255).all()  # outside the image
+    assert (p[13:, 14:] == 0).all()  # inside
+
+
+def test_spots_outside_image_raise_before_writing(tmp_path):
+    img = np.zeros((100, 120, 3), np.uint8)
+    g = _group(tmp_path)
+    with pytest.raises(InputError, match="outside"):
+        write_section_tiles(img, np.array([[10.0, 10.0], [125.0, 50.0]]), 1.0, g, SMALL, source="C2.jpg")
+    with pytest.raises(InputError, match="far smaller"):
+        write_section_tiles(img, np.array([[10.0, 10.0], [400.0, 350.0]]), 1.0, g, SMALL, source="C2.jpg")
+    with pytest.raises(InputError, match="NaN"):
+        write_section_tiles(img, np.array([[np.nan, 10.0]]), 1.0, g, SMALL)
+    assert list(g.keys()) == []  # nothing written
+
+
+def test_tile_params_validation():
+    with pytest.raises(ValueError):
+        TileParams(region_size=500, region_downsample=3)
+    p = TileParams()
+    assert p.region_stored == 128 and p.global_stored == 128 and p.region_tile_um == pytest.approx(409.6)
