@@ -33,3 +33,31 @@ def asign_home(tmp_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
     (home / "dagster").mkdir(parents=True)
     return home
+
+
+FAST_RUN_CONFIG = {"ops": {"model": {"config": {"epochs": 30}}}}
+
+
+@pytest.fixture(scope="session")
+def materialised_small(small_stack, tmp_path_factory):
+    """The whole asset graph materialised once for `small_stack` (shared, read-only).
+
+    Returns (storage root, sample id, dagster result).
+    """
+    import dagster as dg
+
+    from asign_assets.definitions import build_definitions
+    from asign_assets.manifest import load_manifest
+    from asign_assets.storage import Storage
+
+    root = tmp_path_factory.mktemp("asign_home")
+    store = Storage(root)
+    manifest = load_manifest(small_stack.manifest_path)
+    store.register(manifest)
+    defs = build_definitions(storage_root=str(root), device="cpu")
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("samples", [manifest.sample_id])
+    result = defs.resolve_job_def("full_sample").execute_in_process(
+        partition_key=manifest.sample_id, instance=instance, run_config=FAST_RUN_CONFIG, raise_on_error=False
+    )
+    return store, manifest.sample_id, result

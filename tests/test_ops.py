@@ -199,12 +199,14 @@ def test_reprocess_schedule_tick():
     defs = _defs("1")
     schedule = defs.resolve_schedule_def("reprocess_stale")
     assert schedule.cron_schedule == "0 2 * * *" and schedule.job_name == "full_sample"
+    repo = defs.get_repository_def()
+    # Contexts are entered so the instance they open from the ref is closed again.
     with dg.instance_for_test() as instance:
-        ctx = dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def())
-        assert isinstance(schedule(ctx), dg.SkipReason)
+        with dg.build_schedule_context(instance=instance, repository_def=repo) as ctx:
+            assert isinstance(schedule(ctx), dg.SkipReason)
         instance.add_dynamic_partitions("samples", ["new"])
-        ctx = dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def())
-        [req] = schedule(ctx)
+        with dg.build_schedule_context(instance=instance, repository_def=repo) as ctx:
+            [req] = schedule(ctx)
         assert req.partition_key == "new" and [k.to_user_string() for k in req.asset_selection] == ["a", "b", "c"]
         assert req.tags[REASONS_TAG] == "a: never materialised; b: never materialised; c: never materialised"
 
@@ -277,7 +279,7 @@ def _load_yaml(rel: str) -> dict:
     return yaml.safe_load((ROOT / "docs" / "deploy" / rel).read_text())
 
 
-def test_k8s_executor_and_docs_config():
+def test_k8s_executor_and_docs_config(monkeypatch):
     dagster_k8s = pytest.importorskip("dagster_k8s", reason="dagster-k8s not installed (pip install 'asign[cluster]')")
     from dagster._config import process_config, resolve_to_config_type
 
@@ -303,8 +305,10 @@ def test_celery_executor_and_docs_config():
     dg.validate_run_config(job, _load_yaml("celery/run_config.yaml"))
 
 
-def test_deploy_instance_yaml_is_valid():
+def test_deploy_instance_yaml_is_valid(monkeypatch):
     """The example dagster.yaml files pass Dagster's own instance schema (no cluster needed)."""
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", "secret")
+    monkeypatch.setenv("DAGSTER_PG_HOST", "localhost")
     from dagster._config import process_config
     from dagster._core.instance.config import dagster_instance_config_schema
 

@@ -88,3 +88,29 @@ def test_presets():
     assert params_for("gpu").hidden > params_for("cpu").hidden
     with pytest.raises(ValueError):
         params_for("tpu")
+
+
+HER2ST = __import__("pathlib").Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "her2st"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HER2ST.is_dir(), reason=f"HER2ST data not found at {HER2ST}")
+def test_patient_c_measured_c4_beats_baselines(tmp_path):
+    """Whole chain on HER2ST patient C, measured C4: ASIGN beats every baseline on gene_pcc."""
+    import importlib.util
+
+    import polars as pl
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("patient_c_eval", root / "benchmarks" / "patient_c_eval.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data = HER2ST.resolve()
+    prep = bench.prepare(data, tmp_path)
+    graph = bench.build_graph(prep)
+    df, timing = bench.run_choice(data, prep, graph, "C4", params_for("cpu"), CPU)
+    g = {r["method"]: r["value"] for r in df.filter((pl.col("section") == "pooled") & (pl.col("metric") == "gene_pcc")).iter_rows(named=True)}
+    for b in ("mean", "overlap", "similarity", "gauss_knn", "image_2d"):
+        assert g["asign"] > g[b], (b, g)
+    assert 0.2 < g["asign"] < 0.45  # above ~0.45 would suggest truth leaking into the inputs
+    assert timing["train_s"] < 120
