@@ -48,6 +48,10 @@ def _open(path: Path) -> Iterator[Image.Image]:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(path, f"not a readable image ({exc})") from exc
     with im:
+        # Pillow only warns between 1x and 2x its bound and would then decode it all.
+        w, h = im.size
+        if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
+            raise InputError(path, f"image is larger than the {Image.MAX_IMAGE_PIXELS} pixel bound ({w}x{h} = {w * h} pixels)")
         yield im
 
 

@@ -132,9 +132,10 @@ def scan_inbox(inbox: Path, seen: Mapping[str, Sequence]) -> InboxScan:
             continue  # touched but identical and valid: nothing new to run
         try:
             manifest = load_manifest(path)
-        except (AsignError, ValueError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a bad file must never stop the sensor
             out.cursor[key] = [mtime, "!" + sha]  # "!" marks content that failed validation
-            out.rejected.append(RejectedManifest(path, sha, str(exc)))
+            reason = str(exc) if isinstance(exc, (AsignError, ValueError, OSError)) else f"unexpected {type(exc).__name__}: {exc}"
+            out.rejected.append(RejectedManifest(path, sha, reason))
             continue
         out.accepted.append(InboxManifest(path, sha, manifest))
     return out
@@ -150,7 +151,11 @@ def _sensor_interval() -> int:
 def _new_samples_fn(context: dg.SensorEvaluationContext, storage: StorageResource) -> dg.SensorResult:
     store = storage.get()
     inbox = inbox_dir(store)
-    inbox.mkdir(parents=True, exist_ok=True)
+    try:
+        inbox.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        context.log.warning(f"new_samples: cannot create the inbox {inbox}: {exc}")
+        return dg.SensorResult(skip_reason=f"inbox {inbox} unavailable: {exc}", cursor=context.cursor)
     scan = scan_inbox(inbox, parse_cursor(context.cursor))
     for bad in scan.rejected:
         context.log.warning(f"new_samples: skipping {bad.path.name}: {bad.reason} (fix it, or touch it to retry)")
@@ -180,7 +185,9 @@ def _new_samples_fn(context: dg.SensorEvaluationContext, storage: StorageResourc
         run_requests=run_requests,
         dynamic_partitions_requests=[samples_partitions.build_add_request(new_ids)] if new_ids else [],
         cursor=json.dumps(scan.cursor, sort_keys=True),
-        skip_reason=None if run_requests else f"no new or changed manifests in {inbox}",
+        skip_reason=None if run_requests else (
+            f"{len(scan.rejected)} invalid manifest(s) in {inbox} skipped (see the tick log)" if scan.rejected else f"no new or changed manifests in {inbox}"
+        ),
     )
 
 

@@ -86,7 +86,7 @@ def _validate_counts(X: sp.csr_matrix, spot_ids: np.ndarray, genes: np.ndarray, 
     for what, ids in (("spot ids", spot_ids), ("gene names", genes)):
         uniq, counts = np.unique(ids.astype(str), return_counts=True)
         if (counts > 1).any():
-            raise InputError(src, f"duplicate {what}: {list(uniq[counts > 1][:5])}")
+            raise InputError(src, f"duplicate {what}: {[str(x) for x in uniq[counts > 1][:5]]}")
 
 
 def _read_text_bytes(path: Path) -> bytes:
@@ -110,7 +110,7 @@ def _read_dense_table(path: Path) -> CountMatrix:
     header = raw.split(b"\n", 1)[0].decode(errors="replace").rstrip("\r").split(sep)[1:]
     uniq, n = np.unique(np.array(header, dtype=object).astype(str), return_counts=True)
     if (n > 1).any():
-        raise InputError(path, f"duplicate gene names: {list(uniq[n > 1][:5])}")
+        raise InputError(path, f"duplicate gene names: {[str(x) for x in uniq[n > 1][:5]]}")
     try:
         df = pl.read_csv(io.BytesIO(raw), separator=sep, infer_schema_length=0)
     except Exception as exc:  # polars raises several error types for bad tables
@@ -208,8 +208,9 @@ def _spots_frame(ids, x, y, path: Path) -> pl.DataFrame:
     df = pl.DataFrame({"spot_id": np.asarray(ids).astype(str), "x_px": np.asarray(x, dtype=np.float64), "y_px": np.asarray(y, dtype=np.float64)})
     if df.height == 0:
         raise InputError(path, "spot table has no spots")
-    if df["x_px"].is_nan().any() or df["y_px"].is_nan().any():
-        raise InputError(path, "spot coordinates contain NaN")
+    bad = df.filter(pl.col("x_px").is_nan() | pl.col("y_px").is_nan())["spot_id"].to_list()
+    if bad:
+        raise InputError(path, f"spot coordinates are missing or NaN for {len(bad)} spot(s) {bad[:5]} (a truncated file?)")
     dup = df.filter(pl.col("spot_id").is_duplicated())["spot_id"].unique().to_list()
     if dup:
         raise InputError(path, f"duplicate spot ids: {sorted(dup)[:5]}")
@@ -226,7 +227,11 @@ def _read_table(path: Path, header: bool = True) -> pl.DataFrame:
     raw = _read_text_bytes(path)
     sep = "\t" if (".tsv" in name or b"\t" in raw[:4096]) else ","
     try:
-        return pl.read_csv(io.BytesIO(raw), separator=sep, has_header=header, infer_schema_length=10000)
+        # Ids stay text: "001" must not become 1 (counts keep ids as text, so they would not join).
+        return pl.read_csv(
+            io.BytesIO(raw), separator=sep, has_header=header, infer_schema_length=10000,
+            schema_overrides={"spot_id": pl.Utf8, "barcode": pl.Utf8, "column_1": pl.Utf8},
+        )
     except Exception as exc:
         raise InputError(path, f"cannot parse table: {exc}") from None
 
@@ -292,14 +297,16 @@ def join_spots_counts(
         n_counts=len(count_ids),
         n_joined=int(keep.sum()),
         spots_without_counts=[s for s, k in zip(spot_ids, keep) if not k],
-        counts_without_spots=sorted(c for c in count_ids if c not in spot_set),
+        counts_without_spots=sorted(str(c) for c in count_ids if c not in spot_set),
     )
     frac = report.n_joined / max(report.n_spots, 1)
     if frac < fail_below:
+        transposed = len(spot_set & set(counts.genes.astype(str))) > report.n_joined
         raise InputError(
             source,
             f"only {report.n_joined} of {report.n_spots} spots ({frac:.0%}) have counts; "
-            f"spot ids and count rows do not match (e.g. spots {spot_ids[:3]}, counts {list(counts.spot_ids[:3])})",
+            f"spot ids and count rows do not match (e.g. spots {spot_ids[:3]}, counts {[str(c) for c in counts.spot_ids[:3]]})"
+            + ("; the count table looks transposed (spots as columns): rows must be spots, columns genes" if transposed else ""),
         )
     if frac < warn_below:
         log.warning("%s: only %.0f%% of spots have counts: %s", source, 100 * frac, report.summary())

@@ -10,9 +10,16 @@ asset where a reader (the next step, the viewer) would find it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import errno
+import functools
 import hashlib
 import os
+import re
 import shutil
+import socket
+import sys
 import tempfile
 import time
 import uuid
@@ -25,6 +32,40 @@ from asign_assets.manifest import SAMPLE_ID_RE, Manifest, load_manifest, write_m
 TMP_PREFIX = ".tmp-"
 OLD_PREFIX = ".old-"
 DEFAULT_HOME = "~/.asign"
+# Temporaries are named <prefix><name>-<host>-<pid>-<uuid>, so a sweep can tell a crashed
+# writer (same host, process gone) from a live one, even on a folder shared by machines.
+_WRITER_RE = re.compile(r"^\.(?:tmp|old)-(?P<name>.+)-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{12}$")
+HOST_ID = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _writer_token() -> str:
+    return f"{HOST_ID}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process of this host is still running (a zombie is not)."""
+    if pid == os.getpid():
+        return True
+    try:
+        import psutil
+
+        return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except ImportError:  # pragma: no cover - psutil is a dependency
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    except Exception:  # vanished between the two calls, or access denied
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            return True
+        return True
 
 
 def default_home() -> str:
@@ -104,7 +145,7 @@ class Storage:
         On any exception it is deleted and the previous version stays untouched.
         """
         target_uri = self.sample_uri(sample_id, name)
-        token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        token = _writer_token()
         if self.is_local:
             target = Path(target_uri)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -142,15 +183,32 @@ class Storage:
 
     @staticmethod
     def _sweep(folder: Path, older_than_s: float = 6 * 3600) -> None:
-        """Remove temporaries left by crashed writers (old enough to be dead)."""
+        """Remove temporaries left by crashed writers.
+
+        A temporary written on this host is removed as soon as its writer process is gone
+        (the pid is in its name); one from another host (a shared folder) or without a
+        parsable name only once it is ``older_than_s`` old. A ``.old-`` copy whose target
+        is missing (a crash between the two renames of a directory swap) is put back.
+        """
         now = time.time()
         for p in folder.iterdir():
-            if p.name.startswith((TMP_PREFIX, OLD_PREFIX)):
-                try:
-                    if now - p.stat().st_mtime > older_than_s:
-                        _remove(p)
-                except OSError:
-                    pass
+            if not p.name.startswith((TMP_PREFIX, OLD_PREFIX)):
+                continue
+            m = _WRITER_RE.match(p.name)
+            try:
+                if m is not None and m["host"] == HOST_ID:
+                    dead = not _pid_alive(int(m["pid"]))
+                else:
+                    dead = now - p.lstat().st_mtime > older_than_s
+                if not dead:
+                    continue
+                target = folder / m["name"] if m is not None else None
+                if p.name.startswith(OLD_PREFIX) and target is not None and not target.exists():
+                    os.replace(p, target)
+                else:
+                    _remove(p)
+            except OSError:
+                pass
 
     # ---------------------------------------------------------------- reading
     def local_path(self, sample_id: str, name: str) -> Path:
@@ -214,10 +272,49 @@ def _remove(p: Path) -> None:
             p.unlink()
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+@functools.lru_cache(maxsize=1)
+def _renameat2():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):  # glibc < 2.28 or another libc
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths (Linux renameat2); False where unsupported."""
+    fn = _renameat2()
+    if fn is None:
+        return False
+    at_fdcwd = -100
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):  # filesystem cannot
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def _replace(tmp: Path, target: Path) -> None:
-    """Rename ``tmp`` onto ``target``; directories are swapped via a short-lived sibling."""
+    """Rename ``tmp`` onto ``target``.
+
+    A directory replacing a directory is swapped atomically where the OS can
+    (``renameat2(RENAME_EXCHANGE)``, so a reader always finds one complete version);
+    elsewhere via a short-lived ``.old-`` sibling that a sweep puts back after a crash.
+    """
     if tmp.is_dir() and target.exists():
-        old = target.with_name(f"{OLD_PREFIX}{target.name}-{uuid.uuid4().hex[:12]}")
+        if target.is_dir() and _exchange(tmp, target):
+            _remove(tmp)  # now holds the previous version
+            return
+        old = target.with_name(f"{OLD_PREFIX}{target.name}-{_writer_token()}")
         os.replace(target, old)
         try:
             os.replace(tmp, target)

@@ -6,11 +6,16 @@ patches. With the defaults:
 
 - spot patch: 224 px at 0.8 um/px = 179 um square centred on the spot (the
   reference's 224 px field on HER2ST/legacy-ST scans, which are ~0.7-0.8 um/px,
-  i.e. the 100 um spot plus context, without upsampling);
+  i.e. the 100 um spot plus context, without upsampling); ``spot_downsample`` stores
+  it coarser (e.g. 56 px at 3.2 um/px) for scans coarser than 0.8 um/px, where 224 px
+  would only upsample (``auto_spot_downsample`` picks the factor for a stack);
 - region tiles: a grid of 512 px x 0.8 um/px = 410 um tiles, stored 4x
   downsampled (128 px at 3.2 um/px);
 - global tiles: a grid of 1024 px x 0.8 um/px = 819 um tiles, stored 8x
   downsampled (128 px at 6.4 um/px).
+
+Tile arrays are sharded (``batch`` tiles per file, one chunk per tile inside), so a
+Visium-size stack writes thousands of files, not hundreds of thousands.
 
 Grids are anchored at the image's top-left corner; only tiles that contain at
 least one spot are stored (row-major order). A spot's own pixel (rounded) sits at
@@ -33,7 +38,7 @@ from asign_assets.errors import InputError
 if TYPE_CHECKING:  # pragma: no cover
     import zarr
 
-__all__ = ["TileParams", "write_section_tiles", "extract_patch"]
+__all__ = ["TileParams", "auto_spot_downsample", "write_section_tiles", "extract_patch"]
 
 _FILL = 255
 
@@ -48,14 +53,25 @@ class TileParams:
     global_size: int = 1024
     region_downsample: int = 4
     global_downsample: int = 8
-    batch: int = 256  # spots resampled and written per step (bounds memory)
+    batch: int = 256  # spots resampled and written per step (bounds memory); also the zarr shard length
+    spot_downsample: int = 1  # store spot patches at spot_um_per_px * this (see auto_spot_downsample)
 
     def __post_init__(self) -> None:
-        if self.spot_size < 1 or self.spot_um_per_px <= 0:
-            raise ValueError("spot_size and spot_um_per_px must be positive")
+        if self.spot_size < 1 or self.spot_um_per_px <= 0 or self.batch < 1:
+            raise ValueError("spot_size, spot_um_per_px and batch must be positive")
+        if self.spot_downsample < 1 or self.spot_size % self.spot_downsample:
+            raise ValueError(f"spot_size ({self.spot_size}) must be a positive multiple of spot_downsample ({self.spot_downsample})")
         for size, f, name in ((self.region_size, self.region_downsample, "region"), (self.global_size, self.global_downsample, "global")):
             if f < 1 or size < 1 or size % f:
                 raise ValueError(f"{name}_size ({size}) must be a positive multiple of {name}_downsample ({f})")
+
+    @property
+    def spot_stored(self) -> int:
+        return self.spot_size // self.spot_downsample
+
+    @property
+    def spot_stored_um_per_px(self) -> float:
+        return self.spot_um_per_px * self.spot_downsample
 
     @property
     def region_stored(self) -> int:
@@ -72,6 +88,24 @@ class TileParams:
     @property
     def global_tile_um(self) -> float:
         return self.global_size * self.spot_um_per_px
+
+
+def auto_spot_downsample(pixel_sizes_um: "list[float] | np.ndarray", params: TileParams = TileParams(), max_downsample: int = 8) -> int:
+    """Largest power-of-two storage factor that never stores spot patches finer than the
+    FINEST section's own pixels (one factor per stack, so features stay comparable).
+
+    At 0.8 um/px a 224 px patch upsamples a 4 um/px scan 5x: 25x the pixels, disk and
+    encoder time for no information. HER2ST (~0.69 um/px) and full-resolution Visium
+    (~0.25-0.5 um/px) get 1, i.e. the unchanged 224 px patches."""
+    finest = float(np.min(np.asarray(pixel_sizes_um, dtype=np.float64)))
+    f = 1
+    while (
+        f * 2 <= max_downsample
+        and params.spot_size % (f * 2) == 0
+        and params.spot_um_per_px * f * 2 <= finest * (1 + 1e-6)
+    ):
+        f *= 2
+    return f
 
 
 def extract_patch(rgb: np.ndarray, box: tuple[float, float, float, float], out: int) -> np.ndarray:
@@ -137,10 +171,14 @@ def _grid(xy: np.ndarray, tile_px: float) -> tuple[np.ndarray, np.ndarray]:
     return tiles, inverse.reshape(-1).astype(np.int32)
 
 
-def _create(group: "zarr.Group", name: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...] | None = None):
+def _create(group: "zarr.Group", name: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...] | None = None, shard: int = 0):
+    """One chunk per tile; with ``shard`` > 1, ``shard`` tiles share one file (zarr v3
+    sharding): a tile is still read alone, but 100k tiles are not 100k tiny files."""
     kw: dict[str, Any] = {"shape": shape, "dtype": dtype, "overwrite": True}
     if chunks is not None:
         kw["chunks"] = tuple(max(1, c) for c in chunks)
+        if shard > 1 and shape[0] > 1:
+            kw["shards"] = (min(shard, shape[0]),) + kw["chunks"][1:]
     return group.create_array(name, **kw)
 
 
@@ -167,16 +205,16 @@ def write_section_tiles(
     n = xy.shape[0]
     um = float(pixel_size_um)
 
-    spot_scale = params.spot_um_per_px / um  # own px per patch px
+    spot_scale = params.spot_stored_um_per_px / um  # own px per stored patch px
     region_px = params.region_tile_um / um
     global_px = params.global_tile_um / um
     region_rc, spot_region = _grid(xy, region_px)
     global_rc, spot_global = _grid(xy, global_px)
 
-    s, rs, gs = params.spot_size, params.region_stored, params.global_stored
-    a_spot = _create(group, "spot", (n, s, s, 3), np.uint8, (1, s, s, 3))
-    a_region = _create(group, "region", (len(region_rc), rs, rs, 3), np.uint8, (1, rs, rs, 3))
-    a_global = _create(group, "global", (len(global_rc), gs, gs, 3), np.uint8, (1, gs, gs, 3))
+    s, rs, gs = params.spot_stored, params.region_stored, params.global_stored
+    a_spot = _create(group, "spot", (n, s, s, 3), np.uint8, (1, s, s, 3), params.batch)
+    a_region = _create(group, "region", (len(region_rc), rs, rs, 3), np.uint8, (1, rs, rs, 3), params.batch)
+    a_global = _create(group, "global", (len(global_rc), gs, gs, 3), np.uint8, (1, gs, gs, 3), params.batch)
 
     # Spot patches, in batches so memory stays bounded for Visium-size sections.
     half = (s // 2 + 0.5) * spot_scale
@@ -214,7 +252,9 @@ def write_section_tiles(
         "pixel_size_um": um,
         "spot_um_per_px": params.spot_um_per_px,
         "spot_size": s,
-        "spot_patch_um": s * params.spot_um_per_px,
+        "spot_downsample": params.spot_downsample,
+        "spot_stored_um_per_px": params.spot_stored_um_per_px,
+        "spot_patch_um": params.spot_size * params.spot_um_per_px,
         "region_tile_um": params.region_tile_um,
         "global_tile_um": params.global_tile_um,
         "region_stored_px": rs,

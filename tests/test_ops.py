@@ -274,6 +274,20 @@ def test_definitions_wire_sensor_and_schedule():
     assert defs.resolve_schedule_def("reprocess_stale").job_name == "full_sample"
 
 
+def test_gpu_steps_are_pooled_and_model_requests_a_gpu():
+    """What docs/deployment.md promises about the `gpu` pool and the Kubernetes GPU request."""
+    from asign_assets.assets.common import GPU_POOL, K8S_GPU_TAGS
+    from asign_assets.definitions import build_definitions
+
+    defs = build_definitions(storage_root="/tmp/unused-asign-root")
+    model = defs.resolve_assets_def("model").op
+    assert model.pool == GPU_POOL == "gpu"
+    limits = json.loads(model.tags["dagster-k8s/config"])["container_config"]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "1" and model.tags["dagster-k8s/config"] == K8S_GPU_TAGS["dagster-k8s/config"]
+    pooled = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys() if defs.resolve_assets_def(key).op.pool == GPU_POOL}
+    assert pooled == {"embeddings", "model", "imputed_volume"}, f"update docs/deployment.md (gpu pool): {pooled}"
+
+
 # --------------------------------------------------------------------------- executors
 def _load_yaml(rel: str) -> dict:
     return yaml.safe_load((ROOT / "docs" / "deploy" / rel).read_text())
