@@ -90,7 +90,7 @@ class TileParams:
         return self.global_size * self.spot_um_per_px
 
 
-def auto_spot_downsample(pixel_sizes_um: "list[float] | np.ndarray", params: TileParams = TileParams(), max_downsample: int = 8) -> int:
+def auto_spot_downsample(pixel_sizes_um: "list[float] | np.ndarray", params: TileParams = TileParams(), max_downsample: int = 4) -> int:
     """Largest power-of-two storage factor that never stores spot patches finer than the
     FINEST section's own pixels (one factor per stack, so features stay comparable).
 

@@ -39,7 +39,7 @@ from torch_geometric.utils import k_hop_subgraph, subgraph
 
 from asign_assets.baselines import fit_ridge
 from asign_assets.msagnet import CrossLayerImputation, MSAGNet
-from asign_assets.propagation import label_propagation
+from asign_assets.propagation import PropagationOperator, label_propagation, propagation_operator
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,9 @@ class TrainParams:
     use_ridge: bool = True
     use_propagation_input: bool = True
     threads: int = 1  # torch intra-op threads while training/imputing; 0 = leave torch's setting
+    ensemble: int = 1  # members trained on different validation folds / known masks / inits; outputs averaged
+    calibrate: bool = False  # per-gene linear calibration fitted on out-of-fold validation predictions
+    calib_shrink: float = 20.0  # pseudo-spots pulling each gene's calibration slope to the all-gene slope
 
 
 PRESETS: dict[str, TrainParams] = {
@@ -87,17 +90,35 @@ class TrainResult:
     curves: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     best_epoch: int = 0
+    # members 1.. of an ensemble (member 0 is model_state/cli_state); each {"model_state", "cli_state"}
+    extra_members: list[dict[str, dict[str, Tensor]]] = field(default_factory=list)
+    # output name -> [2, G] (intercept, slope) applied to unmeasured rows by impute()
+    calibration: dict[str, Tensor] = field(default_factory=dict)
+    member_curves: list[list[dict]] = field(default_factory=list)
+    member_best_epochs: list[int] = field(default_factory=list)
+
+    @property
+    def n_members(self) -> int:
+        return 1 + len(self.extra_members)
+
+    def build_members(self, device: torch.device) -> list[tuple[MSAGNet, CrossLayerImputation]]:
+        states = [(self.model_state, self.cli_state)] + [(m["model_state"], m["cli_state"]) for m in self.extra_members]
+        return [self._build(ms, cs, device) for ms, cs in states]
 
     def build(self, device: torch.device) -> tuple[MSAGNet, CrossLayerImputation]:
+        """Member 0 (the only member without an ensemble)."""
+        return self._build(self.model_state, self.cli_state, device)
+
+    def _build(self, model_state: dict[str, Tensor], cli_state: dict[str, Tensor], device: torch.device) -> tuple[MSAGNet, CrossLayerImputation]:
         p = self.params
         model = MSAGNet(
             self.config["in_dim"], self.config["n_genes"], p.hidden, p.heads, p.blocks,
             aux_dim=self.config["aux_dim"], dropout=p.dropout,
             region_dim=self.config["region_dim"], global_dim=self.config["global_dim"],
         )
-        model.load_state_dict(self.model_state)
+        model.load_state_dict(model_state)
         cli = CrossLayerImputation(self.config["n_genes"], p.iters)
-        cli.load_state_dict(self.cli_state)
+        cli.load_state_dict(cli_state)
         return model.to(device).eval(), cli.to(device).eval()
 
 
@@ -218,6 +239,182 @@ def _aux(prop: Tensor, known: Tensor, base: Tensor | None, params: TrainParams) 
 # ----------------------------------------------------------------------------- training
 
 
+@dataclass
+class _Prepared:
+    """Everything members of an ensemble share: the training subgraph and its inputs."""
+
+    sub: _Sub
+    xs: Tensor
+    xr: Tensor
+    xg: Tensor
+    spot_emb_sub: np.ndarray
+    y_local: Tensor
+    meas_local: Tensor
+    op: PropagationOperator
+    n_genes: int
+
+
+def _prepare(graph: Data, spot_emb: Tensor, region_emb: Tensor, global_emb: Tensor, y_measured: Tensor, measured_idx: Tensor, params: TrainParams, device: torch.device) -> _Prepared:
+    n, G = int(graph.num_nodes), y_measured.shape[1]
+    xs, xr, xg = _standardise(spot_emb), _standardise(region_emb), _standardise(global_emb)
+    # bounded training subgraph: measured section + hops-hop neighbours
+    nodes, _, _, _ = k_hop_subgraph(measured_idx, params.hops, graph.edge_index, num_nodes=n)
+    sub = _make_sub(graph, nodes, region_emb.shape[0], global_emb.shape[0])
+    m = sub.nodes.numel()
+    pos_of = torch.full((n,), -1, dtype=torch.long)
+    pos_of[sub.nodes] = torch.arange(m)
+    meas_local = pos_of[measured_idx]
+    y_local = torch.zeros(m, G)
+    y_local[meas_local] = y_measured
+    op = propagation_operator(sub.edge_index.to(device), sub.edge_weight.to(device), m)
+    return _Prepared(sub, xs, xr, xg, spot_emb[sub.nodes].numpy(), y_local, meas_local, op, G)
+
+
+def _val_folds(n_meas: int, params: TrainParams, gen: torch.Generator) -> list[Tensor]:
+    """Validation positions (into the measured list) of each member.
+
+    One member: a random ``val_frac``. An ensemble: disjoint folds of a
+    ``max(ensemble, round(1 / val_frac))``-fold split, so members see different training
+    spots and their validation predictions are out-of-fold (used for calibration).
+    """
+    perm = torch.randperm(n_meas, generator=gen)
+    if params.ensemble <= 1:
+        n_val = max(1, int(round(params.val_frac * n_meas)))
+        return [perm[:n_val]]
+    n_folds = max(params.ensemble, int(round(1.0 / max(params.val_frac, 1e-3))))
+    return [perm[f::n_folds] for f in range(params.ensemble)]
+
+
+def _train_member(pp: _Prepared, params: TrainParams, seed: int, val_pos: Tensor, device: torch.device) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    sub, m, G = pp.sub, pp.sub.nodes.numel(), pp.n_genes
+    is_val = torch.zeros(pp.meas_local.numel(), dtype=torch.bool)
+    is_val[val_pos] = True
+    val_local, tr_local = pp.meas_local[is_val], pp.meas_local[~is_val]
+    y_local = pp.y_local
+
+    # image ridge regressor on training spots: LOO fits for them, predictions elsewhere
+    base = None
+    if params.use_ridge:
+        tr_np = tr_local.numpy()
+        ridge = fit_ridge(pp.spot_emb_sub[tr_np], y_local[tr_local].numpy())
+        base_np = ridge.predict(pp.spot_emb_sub)
+        base_np[tr_np] = ridge.loo
+        base = torch.from_numpy(base_np)
+
+    model = MSAGNet(
+        pp.xs.shape[1], G, params.hidden, params.heads, params.blocks,
+        aux_dim=(G + 1) if params.use_propagation_input else 0, dropout=params.dropout,
+        region_dim=pp.xr.shape[1], global_dim=pp.xg.shape[1],
+    ).to(device)
+    model.set_gene_bias(y_local[tr_local].mean(0).to(device))
+    cli = CrossLayerImputation(G, params.iters).to(device)
+    opt_params = list(model.parameters()) + list(cli.parameters())
+    if params.optimizer == "sgd":
+        opt = torch.optim.SGD(opt_params, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
+        sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=params.epochs, power=0.9)
+    else:
+        opt = torch.optim.AdamW(opt_params, lr=params.lr, weight_decay=params.weight_decay)
+        sched = None
+
+    # tile targets from training spots only (val never leaks into the loss)
+    rt, rcount = _scatter_mean(y_local[tr_local], sub.spot_region[tr_local], sub.regions.numel())
+    gt, gcount = _scatter_mean(y_local[tr_local], sub.spot_global[tr_local], sub.globals_.numel())
+    r_has, g_has = rcount > 0, gcount > 0
+
+    y_dev = y_local.to(device)
+    known_val = torch.zeros(m, dtype=torch.bool)
+    known_val[tr_local] = True
+    prop_val = label_propagation(None, None, m, y_dev, known_val.to(device), iters=params.iters, operator=pp.op)
+    aux_val = _aux(prop_val.cpu(), known_val, base, params)
+    val_dev = val_local.to(device)
+    vy = y_dev[val_dev]
+
+    best = (-np.inf, 0, None, None)
+    curves: list[dict] = []
+    n_known = max(1, int(round(params.known_frac * tr_local.numel())))
+    for epoch in range(params.epochs):
+        model.train()
+        cli.train()
+        kp = torch.randperm(tr_local.numel(), generator=gen)
+        known = torch.zeros(m, dtype=torch.bool)
+        known[tr_local[kp[:n_known]]] = True
+        target_idx = tr_local[kp[n_known:]].to(device)
+        prop = label_propagation(None, None, m, y_dev, known.to(device), iters=params.iters, operator=pp.op)
+        out = _forward(model, sub, pp.xs, pp.xr, pp.xg, _aux(prop.cpu(), known, base, params), base, device)
+        net = out["spot"]
+        blend = cli(net, prop)
+        loss = _spot_loss(blend[target_idx], y_dev[target_idx]) + 0.5 * _spot_loss(net[target_idx], y_dev[target_idx])
+        lr_ = 0.125 * (
+            (_pcc_loss(out["region"][r_has], rt[r_has].to(device)) if int(r_has.sum()) > 1 else 0.0)
+            + (_pcc_loss(out["global"][g_has], gt[g_has].to(device)) if int(g_has.sum()) > 1 else 0.0)
+        )
+        sr_mean, _ = _scatter_mean(net, sub.spot_region.to(device), sub.regions.numel())
+        sg_mean, _ = _scatter_mean(net, sub.spot_global.to(device), sub.globals_.numel())
+        cons = 0.125 * 0.5 * (
+            torch.nn.functional.mse_loss(out["region"], sr_mean.detach())
+            + torch.nn.functional.mse_loss(out["global"], sg_mean.detach())
+        )
+        total = loss + lr_ + cons
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+
+        model.eval()
+        cli.eval()
+        with torch.no_grad():
+            vo = _forward(model, sub, pp.xs, pp.xr, pp.xg, aux_val, base, device)
+            vb = cli(vo["spot"], prop_val)[val_dev]
+            val_loss = float(_spot_loss(vb, vy))
+            val_pcc = float(_pcc_rows(vb.T, vy.T).mean()) if vb.shape[0] > 1 else float("nan")
+        curves.append({
+            "epoch": epoch, "train_loss": float(total.detach()), "val_loss": val_loss, "val_gene_pcc": val_pcc,
+            "alpha_mean": float(cli.weight.detach().mean()),
+        })
+        score = val_pcc if np.isfinite(val_pcc) else -val_loss
+        if score > best[0] + 1e-5:
+            best = (score, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()},
+                    {k: v.detach().clone() for k, v in cli.state_dict().items()})
+        elif epoch - best[1] >= params.patience:
+            break
+    # out-of-fold predictions of the best state on this member's validation spots
+    model.load_state_dict(best[2])
+    cli.load_state_dict(best[3])
+    model.eval()
+    cli.eval()
+    with torch.no_grad():
+        vnet = _forward(model, sub, pp.xs, pp.xr, pp.xg, aux_val, base, device)["spot"]
+        vblend = cli(vnet, prop_val)
+    return {
+        "model_state": {k: v.cpu() for k, v in best[2].items()}, "cli_state": {k: v.cpu() for k, v in best[3].items()},
+        "curves": curves, "best_epoch": best[1],
+        "oof": {"model": vnet[val_dev].cpu(), "blend": vblend[val_dev].cpu()}, "oof_y": vy.cpu(),
+    }
+
+
+def fit_calibration(pred: Tensor, y: Tensor, shrink: float = 20.0) -> Tensor:
+    """Per-gene (intercept, slope) [2, G] regressing held-out truth on predictions.
+
+    The slope is the least-squares slope, pulled towards the all-gene slope by ``shrink``
+    pseudo-spots (few held-out spots make per-gene slopes noisy) and clipped to [0, 1]:
+    a pure shrinkage towards the gene's mean, so it lowers MSE where predictions are
+    over-dispersed and never flips or inflates them (per-gene PCC is unchanged).
+    """
+    p = pred.double()
+    t = y.double()
+    pc, tc = p - p.mean(0), t - t.mean(0)
+    sxx, sxy = pc.pow(2).sum(0), (pc * tc).sum(0)
+    b_all = float(sxy.sum() / sxx.sum().clamp_min(1e-12))
+    n = p.shape[0]
+    b_gene = torch.where(sxx > 1e-12, sxy / sxx.clamp_min(1e-12), torch.full_like(sxx, b_all))
+    b = ((n * b_gene + shrink * b_all) / (n + shrink)).clamp(0.0, 1.0)
+    a = t.mean(0) - b * p.mean(0)
+    return torch.stack([a, b]).float()
+
+
 def train_model(
     graph: Data,
     spot_emb: Tensor,
@@ -228,124 +425,41 @@ def train_model(
     params: TrainParams = TrainParams(),
     device: torch.device = torch.device("cpu"),
 ) -> TrainResult:
-    """Train on the measured section only; returns the best (early-stopped) state."""
+    """Train on the measured section only; returns the best (early-stopped) state(s).
+
+    With ``params.ensemble = K`` trains K members (seeds ``seed .. seed+K-1``, disjoint
+    validation folds); with ``params.calibrate`` fits a per-gene calibration of the
+    ensemble's outputs on the pooled out-of-fold validation predictions.
+    """
     t0 = time.perf_counter()
     spot_emb, region_emb, global_emb = (torch.as_tensor(x).float() for x in (spot_emb, region_emb, global_emb))
     y_measured = torch.as_tensor(y_measured).float()
     measured_idx = torch.as_tensor(measured_idx).long()
     _check_inputs(graph, spot_emb, y_measured, measured_idx)
-    n, G = int(graph.num_nodes), y_measured.shape[1]
+    if params.ensemble < 1:
+        raise ValueError(f"ensemble must be >= 1, got {params.ensemble}")
+    G = y_measured.shape[1]
     with _deterministic(params.seed, params.threads):
         gen = torch.Generator().manual_seed(params.seed)
-        xs, xr, xg = _standardise(spot_emb), _standardise(region_emb), _standardise(global_emb)
-
-        # bounded training subgraph: measured section + hops-hop neighbours
-        nodes, _, _, _ = k_hop_subgraph(measured_idx, params.hops, graph.edge_index, num_nodes=n)
-        sub = _make_sub(graph, nodes, region_emb.shape[0], global_emb.shape[0])
-        m = sub.nodes.numel()
-        pos_of = torch.full((n,), -1, dtype=torch.long)
-        pos_of[sub.nodes] = torch.arange(m)
-        meas_local = pos_of[measured_idx]
-        y_local = torch.zeros(m, G)
-        y_local[meas_local] = y_measured
-
-        perm = torch.randperm(measured_idx.numel(), generator=gen)
-        n_val = max(1, int(round(params.val_frac * measured_idx.numel())))
-        val_local, tr_local = meas_local[perm[:n_val]], meas_local[perm[n_val:]]
-
-        # image ridge regressor on training spots: LOO fits for them, predictions elsewhere
-        base = None
-        if params.use_ridge:
-            emb_np = spot_emb[sub.nodes].numpy()
-            tr_np = tr_local.numpy()
-            ridge = fit_ridge(emb_np[tr_np], y_local[tr_local].numpy())
-            base_np = ridge.predict(emb_np)
-            base_np[tr_np] = ridge.loo
-            base = torch.from_numpy(base_np)
-
-        model = MSAGNet(
-            spot_emb.shape[1], G, params.hidden, params.heads, params.blocks,
-            aux_dim=(G + 1) if params.use_propagation_input else 0, dropout=params.dropout,
-            region_dim=region_emb.shape[1], global_dim=global_emb.shape[1],
-        ).to(device)
-        model.set_gene_bias(y_local[tr_local].mean(0).to(device))
-        cli = CrossLayerImputation(G, params.iters).to(device)
-        opt_params = list(model.parameters()) + list(cli.parameters())
-        if params.optimizer == "sgd":
-            opt = torch.optim.SGD(opt_params, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
-            sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=params.epochs, power=0.9)
-        else:
-            opt = torch.optim.AdamW(opt_params, lr=params.lr, weight_decay=params.weight_decay)
-            sched = None
-
-        # tile targets from training spots only (val never leaks into the loss)
-        rt, rcount = _scatter_mean(y_local[tr_local], sub.spot_region[tr_local], sub.regions.numel())
-        gt, gcount = _scatter_mean(y_local[tr_local], sub.spot_global[tr_local], sub.globals_.numel())
-        r_has, g_has = rcount > 0, gcount > 0
-
-        ei_d, ew_d = sub.edge_index.to(device), sub.edge_weight.to(device)
-        y_dev = y_local.to(device)
-        known_val = torch.zeros(m, dtype=torch.bool)
-        known_val[tr_local] = True
-        prop_val = label_propagation(ei_d, ew_d, m, y_dev, known_val.to(device), iters=params.iters)
-
-        best = (-np.inf, 0, None, None)
-        curves: list[dict] = []
-        n_known = max(1, int(round(params.known_frac * tr_local.numel())))
-        for epoch in range(params.epochs):
-            model.train()
-            cli.train()
-            kp = torch.randperm(tr_local.numel(), generator=gen)
-            known = torch.zeros(m, dtype=torch.bool)
-            known[tr_local[kp[:n_known]]] = True
-            target_idx = tr_local[kp[n_known:]].to(device)
-            prop = label_propagation(ei_d, ew_d, m, y_dev, known.to(device), iters=params.iters)
-            out = _forward(model, sub, xs, xr, xg, _aux(prop.cpu(), known, base, params), base, device)
-            net = out["spot"]
-            blend = cli(net, prop)
-            loss = _spot_loss(blend[target_idx], y_dev[target_idx]) + 0.5 * _spot_loss(net[target_idx], y_dev[target_idx])
-            lr_ = 0.125 * (
-                (_pcc_loss(out["region"][r_has], rt[r_has].to(device)) if int(r_has.sum()) > 1 else 0.0)
-                + (_pcc_loss(out["global"][g_has], gt[g_has].to(device)) if int(g_has.sum()) > 1 else 0.0)
-            )
-            sr_mean, _ = _scatter_mean(net, sub.spot_region.to(device), sub.regions.numel())
-            sg_mean, _ = _scatter_mean(net, sub.spot_global.to(device), sub.globals_.numel())
-            cons = 0.125 * 0.5 * (
-                torch.nn.functional.mse_loss(out["region"], sr_mean.detach())
-                + torch.nn.functional.mse_loss(out["global"], sg_mean.detach())
-            )
-            total = loss + lr_ + cons
-            opt.zero_grad()
-            total.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-
-            model.eval()
-            cli.eval()
-            with torch.no_grad():
-                vo = _forward(model, sub, xs, xr, xg, _aux(prop_val.cpu(), known_val, base, params), base, device)
-                vb = cli(vo["spot"], prop_val)[val_local.to(device)]
-                vy = y_dev[val_local.to(device)]
-                val_loss = float(_spot_loss(vb, vy))
-                val_pcc = float(_pcc_rows(vb.T, vy.T).mean()) if vb.shape[0] > 1 else float("nan")
-            curves.append({
-                "epoch": epoch, "train_loss": float(total.detach()), "val_loss": val_loss, "val_gene_pcc": val_pcc,
-                "alpha_mean": float(cli.weight.detach().mean()),
-            })
-            score = val_pcc if np.isfinite(val_pcc) else -val_loss
-            if score > best[0] + 1e-5:
-                best = (score, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()},
-                        {k: v.detach().clone() for k, v in cli.state_dict().items()})
-            elif epoch - best[1] >= params.patience:
-                break
+        pp = _prepare(graph, spot_emb, region_emb, global_emb, y_measured, measured_idx, params, device)
+        folds = _val_folds(measured_idx.numel(), params, gen)
+        members = [_train_member(pp, params, params.seed + i, folds[i], device) for i in range(len(folds))]
+        calibration: dict[str, Tensor] = {}
+        if params.calibrate:
+            oy = torch.cat([mb["oof_y"] for mb in members])
+            for key in ("model", "blend"):
+                calibration[key] = fit_calibration(torch.cat([mb["oof"][key] for mb in members]), oy, params.calib_shrink)
     config = {
         "in_dim": spot_emb.shape[1], "n_genes": G, "aux_dim": (G + 1) if params.use_propagation_input else 0,
         "region_dim": region_emb.shape[1], "global_dim": global_emb.shape[1],
     }
+    m0 = members[0]
     return TrainResult(
-        model_state={k: v.cpu() for k, v in best[2].items()}, cli_state={k: v.cpu() for k, v in best[3].items()},
-        params=params, config=config, curves=curves, seconds=time.perf_counter() - t0, best_epoch=best[1],
+        model_state=m0["model_state"], cli_state=m0["cli_state"], params=params, config=config, curves=m0["curves"],
+        seconds=time.perf_counter() - t0, best_epoch=m0["best_epoch"],
+        extra_members=[{"model_state": mb["model_state"], "cli_state": mb["cli_state"]} for mb in members[1:]],
+        calibration=calibration, member_curves=[mb["curves"] for mb in members],
+        member_best_epochs=[mb["best_epoch"] for mb in members],
     )
 
 
@@ -365,6 +479,9 @@ def impute(
     """Whole-volume imputation: 'model', 'propagation', 'blend' (and 'image_ridge') [N, G].
 
     All measured spots are known; measured rows of every output keep the measured values.
+    An ensemble's members are averaged ('model' and 'blend'), then the calibration (when
+    trained) is applied. The network runs one section (+ its ``hops``-hop neighbours) at
+    a time, so memory is bounded by the largest section's neighbourhood.
     """
     params = result.params
     spot_emb, region_emb, global_emb = (torch.as_tensor(x).float() for x in (spot_emb, region_emb, global_emb))
@@ -374,7 +491,7 @@ def impute(
     n, G = int(graph.num_nodes), y_measured.shape[1]
     if G != result.config["n_genes"]:
         raise ValueError(f"model was trained on {result.config['n_genes']} genes, got {G}")
-    model, cli = result.build(device)
+    members = result.build_members(device)
     xs, xr, xg = _standardise(spot_emb), _standardise(region_emb), _standardise(global_emb)
     y_full = torch.zeros(n, G)
     y_full[measured_idx] = y_measured
@@ -388,22 +505,31 @@ def impute(
             base = torch.from_numpy(ridge.predict(spot_emb.numpy()))
         aux = _aux(prop, known, base, params)
         net = torch.zeros(n, G)
+        blend = torch.zeros(n, G)
         sections = graph.section.long()
         for s in torch.unique(sections):
             own = torch.nonzero(sections == s).flatten()
             nodes, _, _, _ = k_hop_subgraph(own, params.hops, graph.edge_index, num_nodes=n)
             sub = _make_sub(graph, nodes, region_emb.shape[0], global_emb.shape[0])
-            out = _forward(model, sub, xs, xr, xg, None if aux is None else aux[sub.nodes],
-                           None if base is None else base[sub.nodes], device)["spot"].cpu()
             is_own = sections[sub.nodes] == s
-            net[sub.nodes[is_own]] = out[is_own]
-        blend = cli(net.to(device), prop.to(device)).cpu()
+            tgt = sub.nodes[is_own]
+            p_own = prop[tgt].to(device)
+            for model, cli in members:
+                out = _forward(model, sub, xs, xr, xg, None if aux is None else aux[sub.nodes],
+                               None if base is None else base[sub.nodes], device)["spot"][is_own.to(device)]
+                net[tgt] += out.cpu()
+                blend[tgt] += cli(out, p_own).cpu()
+        net /= len(members)
+        blend /= len(members)
+        for key, v in (("model", net), ("blend", blend)):
+            cal = result.calibration.get(key)
+            if cal is not None:
+                v.mul_(cal[1]).add_(cal[0])
     res = {"model": net, "propagation": prop, "blend": blend}
     if base is not None:
         res["image_ridge"] = base
     outp = {}
     for k, v in res.items():
-        v = v.clone()
         v[measured_idx] = y_measured
         outp[k] = v.numpy().astype(np.float32)
     return outp
@@ -419,13 +545,19 @@ def save_checkpoint(result: TrainResult, path: str | Path) -> None:
     torch.save({
         "model_state": result.model_state, "cli_state": result.cli_state, "params": asdict(result.params),
         "config": result.config, "curves": result.curves, "seconds": result.seconds, "best_epoch": result.best_epoch,
+        "extra_members": result.extra_members, "calibration": result.calibration,
+        "member_curves": result.member_curves, "member_best_epochs": result.member_best_epochs,
     }, tmp)
     tmp.replace(path)
 
 
 def load_checkpoint(path: str | Path) -> TrainResult:
     d = torch.load(Path(path), map_location="cpu", weights_only=True)
+    known = set(TrainParams.__dataclass_fields__)
     return TrainResult(
-        model_state=d["model_state"], cli_state=d["cli_state"], params=TrainParams(**d["params"]),
+        model_state=d["model_state"], cli_state=d["cli_state"],
+        params=TrainParams(**{k: v for k, v in d["params"].items() if k in known}),
         config=dict(d["config"]), curves=list(d["curves"]), seconds=float(d["seconds"]), best_epoch=int(d["best_epoch"]),
+        extra_members=list(d.get("extra_members", [])), calibration=dict(d.get("calibration", {})),
+        member_curves=list(d.get("member_curves", [])), member_best_epochs=[int(x) for x in d.get("member_best_epochs", [])],
     )

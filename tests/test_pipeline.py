@@ -79,3 +79,35 @@ def test_registration_outputs(materialised_small):
     assert qc.height == 4 and (qc["dice_after"] >= 0.85).all()
     assert (reg / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (reg / "transforms").iterdir()) == ["S01.tfm", "S02.tfm", "S03.tfm", "S04.tfm"]
+
+
+def test_assets_on_fsspec_memory_storage(small_stack, tmp_path, monkeypatch):
+    """Storage can be an fsspec URL: assets write and read through it (memory:// here)."""
+    import dagster as dg
+
+    from asign_assets.assets import expression, registrations, sections
+    from asign_assets.assets.common import DeviceResource, StorageResource
+    from asign_assets.manifest import load_manifest
+    from asign_assets.storage import Storage
+
+    monkeypatch.setenv("ASIGN_MANIFESTS", str(tmp_path / "manifests"))
+    root = "memory://asign-pipeline-test"
+    store = Storage(root)
+    manifest = load_manifest(small_stack.manifest_path)
+    store.register(manifest)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("samples", [manifest.sample_id])
+    res = dg.materialize(
+        [sections, registrations, expression], partition_key=manifest.sample_id, instance=instance,
+        resources={"storage": StorageResource(root=root), "device": DeviceResource(device="cpu")},
+    )
+    assert res.success
+    from upath import UPath
+
+    base = UPath(root) / "samples" / manifest.sample_id
+    assert (base / "sections" / "spots.parquet").exists()
+    assert (base / "registrations" / "qc.parquet").exists()
+    assert (base / "expression.h5ad").exists()
+    qc = pl.read_parquet(store.local_path(manifest.sample_id, "registrations") / "qc.parquet")
+    assert (qc["dice_after"] >= 0.85).all()
+    assert not any(p.name.startswith(".tmp-") for p in base.iterdir())
