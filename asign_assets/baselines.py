@@ -95,20 +95,34 @@ def propagate_types(graph, y_measured: np.ndarray, measured_idx: np.ndarray, typ
     return label_propagation(ei, w, int(graph.num_nodes), y, mask, iters=iters).numpy()
 
 
-def gauss_knn(pos_xy: np.ndarray, y_measured: np.ndarray, measured_idx: np.ndarray, k: int = 8, sigma: float | None = None) -> np.ndarray:
-    """Gaussian-weighted mean of the k nearest measured spots in the common frame's xy."""
-    src = np.asarray(pos_xy, np.float64)[measured_idx]
+def gauss_knn(
+    pos_xy: np.ndarray, y_measured: np.ndarray, measured_idx: np.ndarray, k: int = 8, sigma: float | None = None,
+    chunk: int = 8192,
+) -> np.ndarray:
+    """Gaussian-weighted mean of the k nearest measured spots in the common frame's xy.
+
+    Queries run in chunks of ``chunk`` spots so the [spots, k, genes] gather stays small
+    (at 100k spots x 8 x 250 genes it would be 1.6 GB in one piece).
+    """
+    pos_xy = np.asarray(pos_xy, np.float64)
+    src = pos_xy[measured_idx]
+    ym = np.asarray(y_measured, np.float32)
     tree = cKDTree(src)
     if sigma is None:
-        d1, _ = tree.query(src, k=2)
-        sigma = 0.5 * float(np.median(d1[:, 1]))
+        d1, _ = tree.query(src, k=min(2, len(src)))
+        d1 = d1.reshape(len(src), -1)
+        sigma = 0.5 * float(np.median(d1[:, -1])) if d1.shape[1] > 1 else 1.0
+    sigma = max(float(sigma), 1e-9)
     k = min(k, len(src))
-    d, j = tree.query(np.asarray(pos_xy, np.float64), k=k)
-    d, j = d.reshape(len(pos_xy), k), j.reshape(len(pos_xy), k)
-    # subtract the nearest distance so far-away spots still get a proper weighted mean
-    w = np.exp(-((d**2 - d[:, :1] ** 2) / (2 * sigma**2)))
-    w /= w.sum(1, keepdims=True)
-    return np.einsum("nk,nkg->ng", w, np.asarray(y_measured, np.float64)[j]).astype(np.float32)
+    out = np.empty((len(pos_xy), ym.shape[1]), np.float32)
+    for a in range(0, len(pos_xy), chunk):
+        d, j = tree.query(pos_xy[a : a + chunk], k=k)
+        d, j = d.reshape(-1, k), j.reshape(-1, k)
+        # subtract the nearest distance so far-away spots still get a proper weighted mean
+        w = np.exp(-((d**2 - d[:, :1] ** 2) / (2 * sigma**2))).astype(np.float32)
+        w /= w.sum(1, keepdims=True)
+        out[a : a + chunk] = np.einsum("nk,nkg->ng", w, ym[j])
+    return out
 
 
 def run_baselines(
@@ -126,7 +140,7 @@ def run_baselines(
     n = int(graph.num_nodes)
     emb = np.asarray(spot_emb, np.float32)
     out: dict[str, np.ndarray] = {}
-    out["mean"] = np.tile(y_measured.mean(0), (n, 1)).astype(np.float32)
+    out["mean"] = np.broadcast_to(y_measured.mean(0, dtype=np.float64).astype(np.float32), (n, y_measured.shape[1])).copy()
     out["overlap"] = propagate_types(graph, y_measured, measured_idx, (EDGE_INTRA, EDGE_OVERLAP), iters)
     out["similarity"] = propagate_types(graph, y_measured, measured_idx, (EDGE_INTRA, EDGE_SIMILARITY), iters)
     out["gauss_knn"] = gauss_knn(graph.pos[:, :2].numpy(), y_measured, measured_idx, k=knn_k, sigma=knn_sigma_um)

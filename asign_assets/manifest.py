@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import re
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,7 +249,11 @@ def write_manifest(manifest: Manifest, path: str | Path, relative: bool = True) 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = to_dict(manifest, relative_to=path.parent if relative else None)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    tmp.replace(path)
+    # A unique temporary: two processes registering the same sample must not share one.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

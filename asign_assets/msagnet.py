@@ -73,6 +73,22 @@ class EdgeAttentionBlock(MessagePassing):
         return v_j * alpha.unsqueeze(-1)
 
 
+def _single_key_attention(att: nn.MultiheadAttention, kv: Tensor) -> Tensor:
+    """``att(q, kv, kv)`` for one key per query, without the attention arithmetic.
+
+    Softmax over a single key is exactly 1, so every head returns its value projection and
+    the output is ``out_proj(v_proj(kv))`` whatever the query (same parameters as the
+    module; dropout on the single attention weight drops the whole message).
+    """
+    d = att.embed_dim
+    v = F.linear(kv, att.in_proj_weight[2 * d :], att.in_proj_bias[2 * d :] if att.in_proj_bias is not None else None)
+    out = att.out_proj(v)
+    if att.training and att.dropout > 0:
+        keep = torch.rand(out.shape[0], 1, device=out.device) >= att.dropout
+        out = out * keep / (1.0 - att.dropout)
+    return out
+
+
 class MSAGNet(nn.Module):
     def __init__(
         self,
@@ -150,10 +166,7 @@ class MSAGNet(nn.Module):
         for blk in self.r_blocks:
             hr = blk(hr, region_edge_index, ea_r)
         # 1. multi-resolution cross-attention (outputs summed)
-        q = hs.unsqueeze(1)
-        kr = hr[spot_region].unsqueeze(1)
-        kg = hg[spot_global].unsqueeze(1)
-        hs = hs + self.att_region(q, kr, kr, need_weights=False)[0].squeeze(1) + self.att_global(q, kg, kg, need_weights=False)[0].squeeze(1)
+        hs = hs + _single_key_attention(self.att_region, hr[spot_region]) + _single_key_attention(self.att_global, hg[spot_global])
         # 2. 3D spot graph
         ea_s = edge_features(edge_type, edge_weight, edge_index.shape[1], dev)
         for blk in self.s_blocks:

@@ -228,10 +228,9 @@ def _read_table(path: Path, header: bool = True) -> pl.DataFrame:
     sep = "\t" if (".tsv" in name or b"\t" in raw[:4096]) else ","
     try:
         # Ids stay text: "001" must not become 1 (counts keep ids as text, so they would not join).
-        return pl.read_csv(
-            io.BytesIO(raw), separator=sep, has_header=header, infer_schema_length=10000,
-            schema_overrides={"spot_id": pl.Utf8, "barcode": pl.Utf8, "column_1": pl.Utf8},
-        )
+        names = raw.split(b"\n", 1)[0].decode(errors="replace").rstrip("\r").split(sep) if header else []
+        ids = {c: pl.Utf8 for c in ("spot_id", "barcode") if c in names}
+        return pl.read_csv(io.BytesIO(raw), separator=sep, has_header=header, infer_schema_length=10000, schema_overrides=ids or None)
     except Exception as exc:
         raise InputError(path, f"cannot parse table: {exc}") from None
 

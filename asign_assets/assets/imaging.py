@@ -1,5 +1,6 @@
 """Imaging assets: `tiles` (multi-resolution patches) and `embeddings` (encoder features)."""
 
+import dataclasses
 import gc
 import time
 
@@ -30,14 +31,16 @@ class TilesConfig(dg.Config):
     global_size: int = 1024
     region_downsample: int = 4
     global_downsample: int = 8
+    spot_downsample: int = 0  # 0: automatic (never store patches finer than the finest scan)
 
 
 class EmbeddingsConfig(dg.Config):
     """`histology` (default, no weights) or `torchscript:/path/model.pt` (your own encoder)."""
 
     encoder: str = "histology"
-    batch_size: int = 64
+    batch_size: int = 256
     standardise: bool = True
+    threads: int = 1  # torch intra-op threads (1 avoids oversubscription next to other steps; 0 = torch default)
 
 
 @dg.asset(
@@ -53,11 +56,11 @@ def tiles(context: dg.AssetExecutionContext, config: TilesConfig, storage: Stora
     import zarr
 
     from asign_assets.imaging import read_rgb
-    from asign_assets.tiles import TileParams, write_section_tiles
+    from asign_assets.tiles import TileParams, auto_spot_downsample, write_section_tiles
 
     store = storage.get()
     sid = context.partition_key
-    params = TileParams(
+    base = TileParams(
         spot_size=config.spot_size, spot_um_per_px=config.spot_um_per_px, region_size=config.region_size,
         global_size=config.global_size, region_downsample=config.region_downsample, global_downsample=config.global_downsample,
     )
@@ -66,6 +69,8 @@ def tiles(context: dg.AssetExecutionContext, config: TilesConfig, storage: Stora
         sec_dir = store.local_path(sid, "sections")
         records = sections_lib.load_records(sec_dir)
         spots = sections_lib.load_spots(sec_dir)
+        factor = config.spot_downsample or auto_spot_downsample([r.pixel_size_um for r in records], base)
+        params = dataclasses.replace(base, spot_downsample=factor)
         with store.write(sid, "tiles.zarr") as tmp:
             root = zarr.open_group(str(tmp), mode="w")
             root.attrs["params"] = params.__dict__
@@ -87,6 +92,7 @@ def tiles(context: dg.AssetExecutionContext, config: TilesConfig, storage: Stora
             "sections": dg.MetadataValue.md(md_table(rows, ".2f")),
             "n_spots": int(spots.height),
             "spot_um_per_px": params.spot_um_per_px,
+            "spot_downsample": params.spot_downsample,
             "region_downsample": params.region_downsample,
             "global_downsample": params.global_downsample,
             "path": path_meta(store, sid, "tiles.zarr"),
@@ -114,14 +120,22 @@ def embeddings(context: dg.AssetExecutionContext, config: EmbeddingsConfig, stor
     store = storage.get()
     sid = context.partition_key
     dev = device.torch_device()
-    with StageMonitor().run() as mon:
-        encoder = get_encoder(config.encoder, dev)
-        tiles_root = zarr.open_group(str(store.local_path(sid, "tiles.zarr")), mode="r")
-        names = list(tiles_root.attrs["sections"])
-        with store.write(sid, "embeddings.zarr") as tmp:
-            out = zarr.open_group(str(tmp), mode="w")
-            meta = embed_tiles(tiles_root, out, names, encoder, batch_size=config.batch_size, standardise=config.standardise)
-            version = digest_arrays(*[np.asarray(out[f"{n}/spot"][:]) for n in names], extra={"encoder": config.encoder})
+    import torch
+
+    old_threads = torch.get_num_threads()
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    try:
+        with StageMonitor().run() as mon:
+            encoder = get_encoder(config.encoder, dev)
+            tiles_root = zarr.open_group(str(store.local_path(sid, "tiles.zarr")), mode="r")
+            names = list(tiles_root.attrs["sections"])
+            with store.write(sid, "embeddings.zarr") as tmp:
+                out = zarr.open_group(str(tmp), mode="w")
+                meta = embed_tiles(tiles_root, out, names, encoder, batch_size=config.batch_size, standardise=config.standardise)
+                version = digest_arrays(*[np.asarray(out[f"{n}/spot"][:]) for n in names], extra={"encoder": config.encoder})
+    finally:
+        torch.set_num_threads(old_threads)
     per = meta.get("per_section") or meta.get("sections") or {}
     rows = [{"section": k, **v} for k, v in per.items()] if isinstance(per, dict) else per
     log_progress(context, f"encoder {encoder.name} v{encoder.version}: {encoder.dim} dims on {dev}")
