@@ -1,5 +1,6 @@
 """Spatial assets: `registrations` (sections in a common 3D frame) and `graph_3d`."""
 
+import base64
 import io
 import json
 
@@ -45,11 +46,14 @@ class GraphConfig(dg.Config):
     k_tile: int = 6
 
 
-def _png(rgb: np.ndarray) -> bytes:
+def _png(rgb: np.ndarray, max_side: int | None = None) -> bytes:
     from PIL import Image
 
+    im = Image.fromarray(rgb)
+    if max_side is not None and max(im.size) > max_side:
+        im.thumbnail((max_side, max_side))  # small copy for Dagster metadata (stored in the event log)
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
+    im.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
 
 
@@ -125,7 +129,7 @@ def registrations(context: dg.AssetExecutionContext, config: RegistrationConfig,
     return dg.MaterializeResult(
         metadata={
             "qc": dg.MetadataValue.md(md_table(qc_rows)),
-            "overlay": dg.MetadataValue.md(f"![overlay](data:image/png;base64,{__import__('base64').b64encode(png).decode()})"),
+            "overlay": dg.MetadataValue.md(f"![overlay](data:image/png;base64,{base64.b64encode(_png(overlay, 480)).decode()})"),
             "overlay_path": path_meta(store, sid, "registrations/overlay.png"),
             "flipped_sections": ", ".join(qc.filter(pl.col("flipped"))["section"].to_list()) or "none",
             "path": path_meta(store, sid, "registrations"),
