@@ -26,7 +26,6 @@ SID = "det"
 RUN_CONFIG = {"ops": {"model": {"config": {"epochs": 5}}}}
 # Files that hold timings (qc "seconds", checkpoint "seconds"): compared by content instead.
 TIMED_FILES = {"registrations/qc.parquet", "model/checkpoint.pt"}
-EVALUATION_FILES = ("evaluation.parquet", "evaluation_truth.zarr")
 
 
 def _run(stack_manifest: Path, root: Path) -> dict[str, str]:

@@ -40,6 +40,9 @@ def sections(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.
     with StageMonitor().run() as mon:
         manifest = load_manifest_for(context, store)
         prep = sections_lib.prepare_sections(manifest)
+        jr = prep.join_report
+        if jr is not None and jr.n_joined < jr.n_spots:
+            context.log.warning(f"{manifest.measured.counts}: {jr.summary()}")
         for r in prep.records:
             log_progress(context, f"section {r.name}: {r.n_spots} spots ({r.n_virtual} virtual), tissue {r.tissue_area_mm2:.2f} mm2")
         with store.write(sid, "sections") as tmp:
