@@ -140,7 +140,7 @@ def run_baselines(
     n = int(graph.num_nodes)
     emb = np.asarray(spot_emb, np.float32)
     out: dict[str, np.ndarray] = {}
-    out["mean"] = np.broadcast_to(y_measured.mean(0, dtype=np.float64).astype(np.float32), (n, y_measured.shape[1])).copy()
+    out["mean"] = np.broadcast_to(y_measured.mean(0), (n, y_measured.shape[1])).astype(np.float32)
     out["overlap"] = propagate_types(graph, y_measured, measured_idx, (EDGE_INTRA, EDGE_OVERLAP), iters)
     out["similarity"] = propagate_types(graph, y_measured, measured_idx, (EDGE_INTRA, EDGE_SIMILARITY), iters)
     out["gauss_knn"] = gauss_knn(graph.pos[:, :2].numpy(), y_measured, measured_idx, k=knn_k, sigma=knn_sigma_um)

@@ -204,7 +204,9 @@ def make_demo_stack(out_dir: str | Path, config: DemoConfig = DemoConfig(), samp
     rng = np.random.default_rng(cfg.seed)
     px = cfg.pixel_size_um
     frame_um = cfg.image_px * px
-    extent = math.sqrt(cfg.spots_per_section * cfg.spot_pitch_um**2 / math.pi) * 2.2
+    # Mean tissue radius such that the disc holds about spots_per_section lattice cells.
+    cell = cfg.spot_pitch_um**2 * (math.sqrt(3) / 2 if cfg.lattice == "hex" else 1.0)
+    extent = 2.0 * math.sqrt(cfg.spots_per_section * cell / math.pi)
     tissue = LatentTissue(rng, extent, cfg.n_genes)
     genes = [f"G{i:04d}" for i in range(cfg.n_genes)]
     measured = cfg.measured_index if cfg.measured_index is not None else cfg.n_sections // 2

@@ -148,8 +148,14 @@ class MSAGNet(nn.Module):
         spot_global: Tensor,
         aux: Tensor | None = None,
         base: Tensor | None = None,
+        out_index: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Gene predictions per level: ``spot`` [N, G], ``region`` [R, G], ``global`` [Gt, G]."""
+        """Gene predictions per level: ``spot`` [N, G], ``region`` [R, G], ``global`` [Gt, G].
+
+        With ``out_index`` the spot level (top-down layer and head) runs only for those
+        spots and ``spot`` is [len(out_index), G] (``base``, when given, is for them too):
+        the graph blocks still read every node, the rest is the caller's context.
+        """
         dev = x_spot.device
         hs = self.in_spot(x_spot)
         if self.in_aux is not None:
@@ -171,6 +177,8 @@ class MSAGNet(nn.Module):
         ea_s = edge_features(edge_type, edge_weight, edge_index.shape[1], dev)
         for blk in self.s_blocks:
             hs = blk(hs, edge_index, ea_s)
+        if out_index is not None:
+            hs, spot_global, spot_region = hs[out_index], spot_global[out_index], spot_region[out_index]
         # 3. top-down transformer over [global, region, spot]
         tokens = torch.stack([hg[spot_global], hr[spot_region], hs], dim=1) + self.level_emb
         hs = self.top_down(tokens, src_mask=self.causal)[:, 2]

@@ -45,3 +45,16 @@ def test_ridge_loo_matches_refit():
     r0 = fit_ridge(X[1:], Y[1:], lambdas=np.array([r.lam]))
     assert np.allclose(r.loo[0], r0.predict(X[:1])[0], atol=0.15)
     assert np.corrcoef(r.predict(X)[:, 0], Y[:, 0])[0, 1] > 0.95
+
+
+def test_gauss_knn_chunked_equals_one_piece():
+    rng = np.random.default_rng(3)
+    xy = rng.uniform(0, 1000, (500, 2))
+    meas = np.arange(0, 500, 3)
+    y = rng.normal(size=(len(meas), 7)).astype(np.float32)
+    a = gauss_knn(xy, y, meas, k=5, sigma=40.0, chunk=37)
+    b = gauss_knn(xy, y, meas, k=5, sigma=40.0, chunk=10_000)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    # a measured spot's nearest measured spot is itself: with a tiny sigma it keeps its value
+    c = gauss_knn(xy, y, meas, k=5, sigma=1e-3, chunk=64)
+    np.testing.assert_allclose(c[meas], y, rtol=1e-5)

@@ -58,3 +58,30 @@ def test_converges():
     assert all(b <= a + 1e-6 for a, b in zip(hist[10:], hist[11:]))
     # the fixed point on a chain is linear interpolation between known nodes
     assert torch.allclose(out[6], y[0] + (y[13] - y[0]) * 6 / 13, atol=1e-2)
+
+
+def test_operator_reuse_matches_edge_list_path():
+    from asign_assets.propagation import propagate_once, propagation_operator
+
+    g = torch.Generator().manual_seed(1)
+    n = 50
+    ei = torch.randint(0, n, (2, 400), generator=g)
+    w = torch.rand(400, generator=g)
+    w[:20] = 0.0  # zero-weight edges must not count as incoming edges
+    y = torch.randn(n, 5, generator=g)
+    known = torch.rand(n, generator=g) < 0.3
+    op = propagation_operator(ei, w, n)
+    a = label_propagation(None, None, n, y, known, iters=7, operator=op)
+    b = label_propagation(ei, w, n, y, known, iters=7)
+    # reference: the gather/scatter step
+    e2, nw = row_normalised_adjacency(ei, w, n)
+    x = torch.where(known[:, None], y, y[known].mean(0, keepdim=True))
+    for _ in range(7):
+        x = torch.where(known[:, None], y, propagate_once(e2, nw, x, x))
+    assert torch.equal(a, b)
+    assert torch.allclose(a, x, atol=1e-5)
+    # reusing the operator with another known mask is the same as building it again
+    known2 = ~known
+    assert torch.equal(
+        label_propagation(None, None, n, y, known2, iters=3, operator=op), label_propagation(ei, w, n, y, known2, iters=3)
+    )

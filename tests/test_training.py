@@ -15,7 +15,7 @@ except ImportError:  # tests/ is not a package: pytest puts it on sys.path
     from test_msagnet import make_stack
 
 CPU = torch.device("cpu")
-FAST = params_for("cpu", hidden=32, heads=4, blocks=1, epochs=60, patience=60)
+FAST = params_for("cpu", hidden=32, heads=4, blocks=1, epochs=60, patience=60, ensemble=1, calibrate=False)
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +114,89 @@ def test_patient_c_measured_c4_beats_baselines(tmp_path):
         assert g["asign"] > g[b], (b, g)
     assert 0.2 < g["asign"] < 0.45  # above ~0.45 would suggest truth leaking into the inputs
     assert timing["train_s"] < 120
+
+
+ENS = params_for("cpu", hidden=16, heads=2, blocks=1, epochs=12, patience=12, ensemble=3, calibrate=True)
+
+
+@pytest.fixture(scope="module")
+def ensemble_trained(stack):
+    g, emb, remb, gemb, y, meas = stack
+    res = train_model(g, emb, remb, gemb, y[meas], meas, ENS, CPU)
+    return res, impute(res, g, emb, remb, gemb, y[meas], meas, CPU)
+
+
+def test_ensemble_members_calibration_and_determinism(tmp_path, stack, ensemble_trained):
+    g, emb, remb, gemb, y, meas = stack
+    res, out = ensemble_trained
+    assert res.n_members == 3 and len(res.member_curves) == 3 and len(res.member_best_epochs) == 3
+    # members differ (seeds, validation folds) ...
+    w0 = res.model_state["head_spot.1.weight"]
+    assert not torch.equal(w0, res.extra_members[0]["model_state"]["head_spot.1.weight"])
+    # ... and impute averages them: one member alone gives another answer
+    single = impute(replace_members(res, []), g, emb, remb, gemb, y[meas], meas, CPU)
+    assert not np.allclose(single["model"], out["model"])
+    # calibration slopes are shrinkage in [0, 1], one (intercept, slope) per gene
+    for key in ("model", "blend"):
+        cal = res.calibration[key]
+        assert cal.shape == (2, y.shape[1]) and float(cal[1].min()) >= 0.0 and float(cal[1].max()) <= 1.0
+    np.testing.assert_array_equal(out["blend"][meas.numpy()], y[meas].numpy())
+    # deterministic for a seed, and the checkpoint keeps every member and the calibration
+    res2 = train_model(g, emb, remb, gemb, y[meas], meas, ENS, CPU)
+    np.testing.assert_array_equal(impute(res2, g, emb, remb, gemb, y[meas], meas, CPU)["blend"], out["blend"])
+    save_checkpoint(res, tmp_path / "c.pt")
+    back = load_checkpoint(tmp_path / "c.pt")
+    assert back.n_members == 3 and set(back.calibration) == {"model", "blend"}
+    np.testing.assert_array_equal(impute(back, g, emb, remb, gemb, y[meas], meas, CPU)["blend"], out["blend"])
+
+
+def replace_members(res, extra):
+    import dataclasses
+
+    return dataclasses.replace(res, extra_members=extra, calibration={})
+
+
+def test_calibration_reduces_held_out_mse():
+    from asign_assets.training import fit_calibration
+
+    g = torch.Generator().manual_seed(0)
+    G = 30
+
+    def draw(n):
+        truth = torch.randn(n, G, generator=g) * torch.linspace(0.5, 2.0, G) + 3.0
+        # over-dispersed predictions: signal plus as much independent noise again
+        pred = truth + torch.randn(n, G, generator=g) * torch.linspace(0.5, 2.0, G)
+        return pred, truth
+
+    p_fit, t_fit = draw(200)
+    cal = fit_calibration(p_fit, t_fit, shrink=20.0)
+    p, t = draw(2000)  # fresh held-out spots
+    before = float(((p - t) ** 2).mean())
+    after = float(((cal[0] + cal[1] * p - t) ** 2).mean())
+    assert after < 0.7 * before  # optimal slope is 0.5: MSE halves in expectation
+    assert torch.allclose(cal[1], torch.full((G,), 0.5), atol=0.15)
+    # per-gene PCC is untouched by a positive per-gene affine map
+    r0 = gene_pcc(p.numpy(), t.numpy())
+    r1 = gene_pcc((cal[0] + cal[1] * p).numpy(), t.numpy())
+    assert abs(r0 - r1) < 1e-5
+
+
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_receptive_pruning_keeps_outputs(stack, blocks):
+    """Dropping edges that cannot reach the output spots leaves their predictions unchanged."""
+    from asign_assets.msagnet import MSAGNet
+    from asign_assets.training import _forward, _make_sub, _receptive, _standardise
+
+    g, emb, remb, gemb, y, meas = stack
+    torch.manual_seed(0)
+    sub = _make_sub(g, torch.arange(int(g.num_nodes)), remb.shape[0], gemb.shape[0])
+    model = MSAGNet(emb.shape[1], y.shape[1], 16, 2, blocks, region_dim=remb.shape[1], global_dim=gemb.shape[1]).eval()
+    torch.nn.init.normal_(model.head_spot[1].weight)  # the head starts at zero; make outputs informative
+    xs, xr, xg = _standardise(emb), _standardise(remb), _standardise(gemb)
+    out_local = meas  # the whole graph is the sub: local == global ids
+    pruned = _receptive(sub, out_local, blocks)
+    assert pruned.edge_index.shape[1] < sub.edge_index.shape[1] or blocks > 1
+    with torch.no_grad():
+        full = _forward(model, sub, xs, xr, xg, None, None, CPU)["spot"][out_local]
+        part = _forward(model, pruned, xs, xr, xg, None, None, CPU, out_local)["spot"]
+    torch.testing.assert_close(part, full, rtol=1e-4, atol=1e-5)

@@ -65,20 +65,22 @@ class InputsCache:
         self.y_measured = np.asarray(self.expr.X, dtype=np.float32)
 
 
-def _curves_png(curves: list[dict]) -> bytes:
+def _curves_png(members: list[list[dict]]) -> bytes:
+    """Training and validation curves, one line per ensemble member."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 2, figsize=(8, 3), dpi=90)
-    ep = [c["epoch"] for c in curves]
-    ax[0].plot(ep, [c["train_loss"] for c in curves], label="train")
-    ax[0].plot(ep, [c["val_loss"] for c in curves], label="validation")
+    for m, curves in enumerate(members):
+        ep = [c["epoch"] for c in curves]
+        ax[0].plot(ep, [c["train_loss"] for c in curves], color=f"C{m}", label=f"member {m} train")
+        ax[0].plot(ep, [c["val_loss"] for c in curves], color=f"C{m}", ls="--", label=f"member {m} validation")
+        ax[1].plot(ep, [c["val_gene_pcc"] for c in curves], color=f"C{m}")
     ax[0].set_xlabel("epoch")
     ax[0].set_ylabel("loss")
-    ax[0].legend()
-    ax[1].plot(ep, [c["val_gene_pcc"] for c in curves], color="C2")
+    ax[0].legend(fontsize=6)
     ax[1].set_xlabel("epoch")
     ax[1].set_ylabel("validation gene PCC")
     fig.tight_layout()
@@ -123,12 +125,13 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, storage: Stora
             inp.graph, torch.from_numpy(inp.spot_emb), torch.from_numpy(inp.region_emb), torch.from_numpy(inp.global_emb),
             torch.from_numpy(inp.y_measured), torch.from_numpy(inp.measured_idx), params, dev,
         )
-        png = _curves_png(result.curves) if result.curves else b""
+        members = [c for c in (getattr(result, "member_curves", None) or [result.curves]) if c]
+        png = _curves_png(members) if members else b""
         with store.write(sid, "model") as tmp:
             tmp.mkdir()
             save_checkpoint(result, tmp / "checkpoint.pt")
             (tmp / "config.json").write_text(json.dumps({"params": params.__dict__, "model": result.config, "genes": list(inp.expr.var_names), "device": str(dev)}, indent=1, default=str))
-            pl.DataFrame(result.curves).write_parquet(tmp / "curves.parquet", statistics=False)
+            pl.DataFrame([{**c, "member": m} for m, cs in enumerate(members) for c in cs]).write_parquet(tmp / "curves.parquet", statistics=False)
             if png:
                 (tmp / "curves.png").write_bytes(png)
     last = result.curves[result.best_epoch] if result.curves and result.best_epoch < len(result.curves) else {}
@@ -138,6 +141,7 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, storage: Stora
             "preset": params.preset,
             "device": str(dev),
             "epochs_run": len(result.curves),
+            "ensemble_members": len(members),
             "best_epoch": int(result.best_epoch),
             "best_val_gene_pcc": float(last.get("val_gene_pcc", float("nan"))),
             "train_seconds": float(round(result.seconds, 2)),
