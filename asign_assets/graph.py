@@ -58,7 +58,7 @@ class GraphParams:
     effective_radius_um: float = 200.0  # "radius": IoU of enlarged discs (~ one pitch)
     gaussian_sigma_um: float = 100.0  # "gaussian": exp(-d^2 / 2 sigma^2), sigma ~ pitch / 2
     overlap_max_dist_um: float | None = None  # None: 2r (iou), 2R (radius), 2.5 sigma (gaussian)
-    neighbour_sections: int = 1  # overlap edges between sections i and i+1..i+n
+    neighbour_sections: int = 2  # overlap edges between sections i and i+1..i+n (2 measured better on HER2ST C)
     # Similarity: top-k cosine among spots of other sections.
     k_similarity: int = 3
     similarity_radius_um: float | None = 600.0  # anatomy-aware candidates; None: whole sections (dense blocks, slow)

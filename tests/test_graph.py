@@ -47,7 +47,7 @@ def _build(spots, emb=None, **kw):
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(n, 8)).astype(np.float32) if emb is None else emb
     st, txy, tsec = _tiles(spots)
-    params = GraphParams(**{"pitch_um": PITCH, "k_intra": 4, "intra_max_pitch": 1.1, "overlap": "iou", "spot_radius_um": 40.0, "k_similarity": 2, "similarity_radius_um": None, "similarity_sections": None, "k_tile": 2, **kw})
+    params = GraphParams(**{"pitch_um": PITCH, "k_intra": 4, "intra_max_pitch": 1.1, "overlap": "iou", "spot_radius_um": 40.0, "k_similarity": 2, "similarity_radius_um": None, "similarity_sections": None, "k_tile": 2, "neighbour_sections": 1, **kw})
     return build_graph_3d(spots, emb, st, st, txy, tsec, txy, tsec, params)
 
 
