@@ -287,24 +287,23 @@ def join_spots_counts(
     Fails when fewer than ``fail_below`` of the spots have counts (usually the wrong
     file); warns below ``warn_below``.
     """
-    count_ids = set(counts.spot_ids.astype(str))
-    spot_ids = spots["spot_id"].to_list()
-    keep = np.array([s in count_ids for s in spot_ids], dtype=bool)
-    spot_set = set(spot_ids)
+    count_ids = counts.spot_ids.astype(str)
+    spot_ids = np.asarray(spots["spot_id"].to_list(), dtype=str)
+    keep = np.isin(spot_ids, count_ids)
     report = JoinReport(
         n_spots=len(spot_ids),
         n_counts=len(count_ids),
         n_joined=int(keep.sum()),
-        spots_without_counts=[s for s, k in zip(spot_ids, keep) if not k],
-        counts_without_spots=sorted(str(c) for c in count_ids if c not in spot_set),
+        spots_without_counts=spot_ids[~keep].tolist(),
+        counts_without_spots=sorted(count_ids[~np.isin(count_ids, spot_ids)].tolist()),
     )
     frac = report.n_joined / max(report.n_spots, 1)
     if frac < fail_below:
-        transposed = len(spot_set & set(counts.genes.astype(str))) > report.n_joined
+        transposed = int(np.isin(spot_ids, counts.genes.astype(str)).sum()) > report.n_joined
         raise InputError(
             source,
             f"only {report.n_joined} of {report.n_spots} spots ({frac:.0%}) have counts; "
-            f"spot ids and count rows do not match (e.g. spots {spot_ids[:3]}, counts {[str(c) for c in counts.spot_ids[:3]]})"
+            f"spot ids and count rows do not match (e.g. spots {spot_ids[:3].tolist()}, counts {[str(c) for c in counts.spot_ids[:3]]})"
             + ("; the count table looks transposed (spots as columns): rows must be spots, columns genes" if transposed else ""),
         )
     if frac < warn_below:

@@ -206,7 +206,6 @@ def build_volume(inp: InputsCache, preds: dict[str, np.ndarray], records, sec_di
 def imputed_volume(context: dg.AssetExecutionContext, storage: StorageResource, device: DeviceResource) -> dg.MaterializeResult:
     import torch
 
-    from asign_assets.manifest import Manifest  # noqa: F401  (documentation of the contract)
     from asign_assets.training import impute, load_checkpoint
 
     store = storage.get()
