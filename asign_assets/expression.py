@@ -143,13 +143,15 @@ def normalise_to_genes(
     genes_all: np.ndarray,
     selected_genes: np.ndarray,
     method: str = "log1p_cp10k",
-    missing: Literal["error", "zero"] = "error",
+    missing: Literal["error", "zero", "nan"] = "error",
     source: str = "<counts>",
 ) -> np.ndarray:
     """Normalise ``counts`` (columns ``genes_all``) on all genes, then take ``selected_genes``.
 
     A selected gene absent from ``genes_all`` raises :class:`InputError` by default;
-    ``missing='zero'`` treats it as never detected (normalised value of a zero count).
+    ``missing='nan'`` marks it unmeasured (NaN: the truth of a section whose gene panel
+    lacks it, which metrics must skip); ``missing='zero'`` treats it as never detected
+    (normalised value of a zero count), which is only right for genes known to be zero.
     """
     genes_all = np.asarray(genes_all).astype(str)
     selected = np.asarray(selected_genes).astype(str)
@@ -164,7 +166,9 @@ def normalise_to_genes(
         raise InputError(source, f"{int(absent.sum())} selected genes are missing: {names}")
     X = normalise(c, method)
     out = X[:, np.where(absent, 0, col)]
-    if absent.any():
+    if absent.any() and missing == "nan":
+        out[:, absent] = np.nan
+    elif absent.any():
         totals = np.asarray(c.sum(axis=1)).ravel()
         zero_val = np.zeros(len(totals), np.float32) if method == "log1p_cp10k" else np.log(
             1.0 / (totals + c.shape[1])

@@ -12,9 +12,18 @@ Definitions (pred and truth are [spots, genes] normalised expression of one sect
 
 A constant vector (prediction or truth) has no defined correlation; it scores 0, never NaN.
 
+Unmeasured genes: a truth entry that is NaN means the section's gene panel did not measure
+that gene (differing Visium panels). A gene is scored on a section only when its truth is
+finite at every evaluated spot of that section; every metric of that section, including
+``spot_pcc`` (across the scored genes) and ``gene_pcc_hvg50`` (the HVGs that were scored),
+uses only those genes. ``genes_scored`` records how many; an unmeasured gene never counts
+as zero. A gene measured at some spots of a section but not others is an input error.
+
 Pooling (row ``section == 'pooled'``): every metric is the unweighted mean over sections of
 its per-section value, so each section counts once whatever its number of spots (for
-``gene_pcc`` this is the required mean of per-section gene PCCs).
+``gene_pcc`` this is the required mean of per-section gene PCCs). ``genes_scored`` pooled
+is the number of genes scored on at least one section. A section with no scored gene
+reports ``genes_scored = 0`` only and is left out of the pooled means.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import numpy as np
 import polars as pl
 
 METRICS = ("mse", "mae", "spot_pcc", "spot_pcc_z", "gene_pcc", "gene_pcc_hvg50")
+GENES_SCORED = "genes_scored"
 _EPS = 1e-12
 
 
@@ -52,7 +62,9 @@ def gene_pcc_per_gene(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
 def gene_pcc(pred: np.ndarray, truth: np.ndarray, genes: np.ndarray | None = None) -> float:
     """Mean over genes (optionally a subset of gene indices) of the PCC across spots."""
     r = gene_pcc_per_gene(pred, truth)
-    return float((r if genes is None else r[np.asarray(genes)]).mean())
+    if genes is not None:
+        r = r[np.asarray(genes, dtype=np.int64)]
+    return float(r.mean()) if r.size else float("nan")
 
 
 def spot_pcc_z(pred: np.ndarray, truth: np.ndarray, ref_mean: np.ndarray, ref_sd: np.ndarray) -> float:
@@ -88,6 +100,19 @@ def section_metrics(
     }
 
 
+def scored_genes(truth: np.ndarray, section: str = "") -> np.ndarray:
+    """Boolean per gene: truth finite at every spot (measured); partial columns are an error."""
+    finite = np.isfinite(np.asarray(truth, dtype=np.float64))
+    full, some = finite.all(axis=0), finite.any(axis=0)
+    partial = some & ~full
+    if partial.any():
+        raise ValueError(
+            f"section {section!r}: {int(partial.sum())} gene(s) have truth at some spots and NaN at others "
+            f"(columns {np.flatnonzero(partial)[:5].tolist()}); a gene is either measured on a section or not"
+        )
+    return full
+
+
 def evaluate_sections(
     preds: Mapping[str, np.ndarray],
     truth: np.ndarray,
@@ -99,10 +124,16 @@ def evaluate_sections(
     """Long-form table (method, section, metric, value), per section and ``pooled``.
 
     ``truth`` and every prediction are [n, G] over the evaluated spots only (the caller
-    removes the measured section); ``sections`` names each row's section.
+    removes the measured section); ``sections`` names each row's section. NaN truth marks
+    genes the section did not measure (see the module docstring).
     """
     sections = np.asarray(sections).astype(str)
+    truth = np.asarray(truth)
     names = list(dict.fromkeys(sections.tolist()))
+    ref_mean, ref_sd = np.asarray(ref_mean), np.asarray(ref_sd)
+    sel_of = {s: sections == s for s in names}
+    scored_of = {s: scored_genes(truth[sel_of[s]], s) for s in names}
+    any_scored = np.logical_or.reduce(list(scored_of.values())) if names else np.zeros(truth.shape[1], bool)
     rows: list[dict] = []
     for method, pred in preds.items():
         pred = np.asarray(pred)
@@ -110,13 +141,22 @@ def evaluate_sections(
             raise ValueError(f"prediction {method!r} has shape {pred.shape}, truth {truth.shape}")
         per: dict[str, list[float]] = {m: [] for m in METRICS}
         for s in names:
-            sel = sections == s
-            vals = section_metrics(pred[sel], truth[sel], ref_mean, ref_sd, hvg_idx)
+            sel, cols = sel_of[s], scored_of[s]
+            rows.append({"method": method, "section": s, "metric": GENES_SCORED, "value": float(cols.sum())})
+            if not cols.any():
+                continue
+            # HVG positions inside the scored subset, in the original HVG order.
+            new_pos = np.cumsum(cols) - 1
+            hvg = np.asarray(hvg_idx, dtype=np.int64)
+            hvg = new_pos[hvg[cols[hvg]]]
+            vals = section_metrics(pred[sel][:, cols], truth[sel][:, cols], ref_mean[cols], ref_sd[cols], hvg)
             for m in METRICS:
                 rows.append({"method": method, "section": s, "metric": m, "value": vals[m]})
                 per[m].append(vals[m])
         for m in METRICS:
-            rows.append({"method": method, "section": "pooled", "metric": m, "value": float(np.mean(per[m]))})
+            if per[m]:
+                rows.append({"method": method, "section": "pooled", "metric": m, "value": float(np.mean(per[m]))})
+        rows.append({"method": method, "section": "pooled", "metric": GENES_SCORED, "value": float(any_scored.sum())})
     return pl.DataFrame(rows, schema={"method": pl.Utf8, "section": pl.Utf8, "metric": pl.Utf8, "value": pl.Float64})
 
 
@@ -124,10 +164,14 @@ def markdown_table(df: pl.DataFrame, section: str = "pooled", digits: int = 3) -
     """Methods x metrics markdown table for one section (default the pooled row)."""
     sub = df.filter(pl.col("section") == section)
     methods = list(dict.fromkeys(sub["method"].to_list()))
-    metrics = [m for m in METRICS if m in set(sub["metric"].to_list())]
+    present = set(sub["metric"].to_list())
+    metrics = [m for m in (*METRICS, GENES_SCORED) if m in present]
     lut = {(r["method"], r["metric"]): r["value"] for r in sub.iter_rows(named=True)}
     lines = ["| method | " + " | ".join(metrics) + " |", "| --- |" + " ---: |" * len(metrics)]
     for me in methods:
-        cells = [f"{lut[(me, m)]:.{digits}f}" if (me, m) in lut else "" for m in metrics]
+        cells = [
+            ("" if (me, m) not in lut else f"{lut[(me, m)]:.0f}" if m == GENES_SCORED else f"{lut[(me, m)]:.{digits}f}")
+            for m in metrics
+        ]
         lines.append(f"| {me} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -189,7 +189,7 @@ def run_choice(data: Path, prep: dict, graph, measured: str, params, device: tor
         X = c.X[[r[ids[i]] for i in nodes]]
         tot = np.asarray(X.sum(1)).ravel()
         ok = tot >= ExpressionParams().min_counts
-        truth_rows.append(normalise_to_genes(X[ok], c.genes, genes, "log1p_cp10k", missing="zero"))
+        truth_rows.append(normalise_to_genes(X[ok], c.genes, genes, "log1p_cp10k", missing="nan"))
         ev_rows.append(nodes[ok])
         ev_secs += [s] * int(ok.sum())
     ev = np.concatenate(ev_rows)

@@ -268,6 +268,9 @@ def section_view(
             if r.size == 0:
                 notes.append(f"section {section} has no truth spots")
                 continue
+            if not np.isfinite(truth_vals[sel]).any():
+                notes.append(f"{gene} was not measured on section {section} (not in its truth's gene panel)")
+                continue
             if kind == "truth":
                 v = truth_vals[sel]
             else:

@@ -62,3 +62,11 @@ def test_errors_name_the_file():
         normalise_to_genes(c, np.array([f"g{i}" for i in range(8)]), np.array(["g1", "zz"]))
     z = normalise_to_genes(c, np.array([f"g{i}" for i in range(8)]), np.array(["g1", "zz"]), missing="zero")
     np.testing.assert_array_equal(z[:, 1], 0.0)
+
+
+def test_normalise_to_genes_marks_unmeasured_genes_nan():
+    c = sp.csr_matrix(np.arange(16, dtype=np.float32).reshape(2, 8) + 1)
+    genes = np.array([f"g{i}" for i in range(8)])
+    out = normalise_to_genes(c, genes, np.array(["g1", "zz", "g3"]), missing="nan")
+    assert np.isnan(out[:, 1]).all() and np.isfinite(out[:, [0, 2]]).all()
+    np.testing.assert_allclose(out[:, [0, 2]], normalise_to_genes(c, genes, np.array(["g1", "g3"])), rtol=1e-6)

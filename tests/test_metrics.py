@@ -45,7 +45,7 @@ def test_hvg_and_evaluate_sections():
     secs = np.array(["a"] * 15 + ["b"] * 25)
     preds = {"perfect": truth.copy(), "mean": np.zeros_like(truth)}
     df = evaluate_sections(preds, truth, secs, truth.mean(0), truth.std(0), hv)
-    assert set(df["metric"].unique().to_list()) == set(METRICS)
+    assert set(df["metric"].unique().to_list()) == set(METRICS) | {"genes_scored"}
     assert set(df["section"].unique().to_list()) == {"a", "b", "pooled"}
     get = lambda me, s, m: df.filter((df["method"] == me) & (df["section"] == s) & (df["metric"] == m))["value"][0]
     assert get("perfect", "pooled", "gene_pcc") == pytest.approx(1.0)
@@ -54,4 +54,37 @@ def test_hvg_and_evaluate_sections():
     assert get("mean", "pooled", "mse") == pytest.approx((get("mean", "a", "mse") + get("mean", "b", "mse")) / 2)
     md = markdown_table(df)
     assert md.splitlines()[0].startswith("| method | mse")
-    assert "| perfect | 0.000 | 0.000 | 1.000" in md
+    assert "| perfect | 0.000 | 0.000 | 1.000" in md and md.rstrip().endswith("| 60 |")
+
+
+def test_unmeasured_genes_are_skipped_not_zero():
+    """A gene a section's panel lacks (NaN truth) is left out of every metric of that section."""
+    rng = np.random.default_rng(3)
+    truth = rng.normal(size=(30, 8))
+    pred = truth + rng.normal(scale=0.5, size=truth.shape)
+    secs = np.array(["a"] * 12 + ["b"] * 18)
+    t_nan = truth.copy()
+    t_nan[secs == "b", 5:] = np.nan  # section b did not measure genes 5..7
+    hv = np.array([6, 1, 2])
+    df = evaluate_sections({"p": pred}, t_nan, secs, truth.mean(0), truth.std(0), hv)
+    get = lambda s, m: df.filter((df["section"] == s) & (df["metric"] == m))["value"][0]
+    b = secs == "b"
+    assert get("a", "genes_scored") == 8 and get("b", "genes_scored") == 5 and get("pooled", "genes_scored") == 8
+    assert get("b", "gene_pcc") == pytest.approx(gene_pcc(pred[b][:, :5], truth[b][:, :5]))
+    assert get("b", "mse") == pytest.approx(mse(pred[b][:, :5], truth[b][:, :5]))
+    assert get("b", "spot_pcc") == pytest.approx(spot_pcc(pred[b][:, :5], truth[b][:, :5]))
+    # HVGs restricted to the scored ones (6 is unmeasured on b): genes 1 and 2
+    assert get("b", "gene_pcc_hvg50") == pytest.approx(gene_pcc(pred[b][:, [1, 2]], truth[b][:, [1, 2]]))
+    assert get("a", "gene_pcc_hvg50") == pytest.approx(gene_pcc(pred[~b][:, [6, 1, 2]], truth[~b][:, [6, 1, 2]]))
+    # scoring the unmeasured genes as zero would give a different (wrong) number
+    t_zero = np.where(np.isnan(t_nan), 0.0, t_nan)
+    wrong = evaluate_sections({"p": pred}, t_zero, secs, truth.mean(0), truth.std(0), hv)
+    assert wrong.filter((wrong["section"] == "b") & (wrong["metric"] == "gene_pcc"))["value"][0] != pytest.approx(get("b", "gene_pcc"))
+    assert "genes_scored" in markdown_table(df).splitlines()[0]
+
+
+def test_partially_measured_gene_is_an_error():
+    truth = np.ones((4, 3))
+    truth[0, 1] = np.nan
+    with pytest.raises(ValueError, match="some spots"):
+        evaluate_sections({"p": np.ones((4, 3))}, truth, np.array(["a"] * 4), np.zeros(3), np.ones(3), np.array([0]))

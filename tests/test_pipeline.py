@@ -64,7 +64,7 @@ def test_evaluation_table_and_model_beats_mean(materialised_small):
     store, sid, _ = materialised_small
     ev = pl.read_parquet(store.local_path(sid, "evaluation.parquet"))
     assert ev.columns == ["method", "section", "metric", "value"]
-    assert set(ev["metric"]) == {"mse", "mae", "spot_pcc", "spot_pcc_z", "gene_pcc", "gene_pcc_hvg50"}
+    assert set(ev["metric"]) == {"mse", "mae", "spot_pcc", "spot_pcc_z", "gene_pcc", "gene_pcc_hvg50", "genes_scored"}
     assert {"asign", "mean", "overlap", "similarity", "gauss_knn", "image_2d"} <= set(ev["method"])
     assert set(ev["section"]) == {"S01", "S02", "S04", "pooled"}  # S03 is measured
     pooled = {(r["method"], r["metric"]): r["value"] for r in ev.filter(pl.col("section") == "pooled").to_dicts()}

@@ -242,7 +242,10 @@ def imputed_volume(context: dg.AssetExecutionContext, storage: StorageResource, 
 
 
 def _truth_matrix(manifest, inp: InputsCache, genes: np.ndarray, method: str):
-    """Normalised truth of every non-measured section with truth, aligned to volume rows."""
+    """Normalised truth of every non-measured section with truth, aligned to volume rows.
+
+    Genes a truth file did not measure are NaN (unmeasured, never zero); metrics skip them.
+    """
     from asign_assets.errors import InputError
     from asign_assets.expression import normalise_to_genes
     from asign_assets.readers import read_counts
@@ -264,7 +267,7 @@ def _truth_matrix(manifest, inp: InputsCache, genes: np.ndarray, method: str):
         sub = counts.X[[index[ids[i]] for i in have]]
         lib = np.asarray(sub.sum(1)).ravel()
         keep = lib >= float(inp.expr.uns.get("normalisation", {}).get("min_counts", 0))
-        y = normalise_to_genes(sub, counts.genes, genes, method, missing="zero", source=str(spec.truth))
+        y = normalise_to_genes(sub, counts.genes, genes, method, missing="nan", source=str(spec.truth))
         rows.append(sec["row"].to_numpy()[np.array(have)][keep])
         mats.append(y[keep])
     if not rows:
@@ -325,11 +328,14 @@ def evaluation(context: dg.AssetExecutionContext, storage: StorageResource) -> d
             with store.write(sid, "evaluation_truth.zarr") as tmp:
                 tv.write_zarr(tmp, chunks=(max(1, tv.n_obs), 1))
     md = markdown_table(table) if table.height else "_no truth: nothing evaluated_"
+    scored = table.filter((pl.col("metric") == "genes_scored") & (pl.col("method") == "asign")) if table.height else table
+    scored_md = md_table([{"section": r["section"], "genes_scored": int(r["value"])} for r in scored.iter_rows(named=True)]) if scored.height else ""
     log_progress(context, "pooled metrics:\n" + md)
     return dg.MaterializeResult(
         metadata={
             "pooled": dg.MetadataValue.md(md),
             "evaluated_spots": int(len(rows)),
+            "genes_scored": dg.MetadataValue.md(scored_md or "_none_"),
             "path": path_meta(store, sid, "evaluation.parquet"),
             **mon.metadata(),
         },
