@@ -20,6 +20,7 @@ def test_dlpfc_pair_from_space_ranger_folders(tmp_path, monkeypatch):
     from asign_assets.storage import Storage
 
     home = tmp_path / "home"
+    monkeypatch.setenv("ASIGN_HOME", str(home))
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
