@@ -178,5 +178,5 @@ def test_her2st_patient_c_registers():
     for r in regs:
         assert r.dice_after >= 0.85, (r.name, r.dice_after)
         assert not r.flipped
-    assert min(r.dice_after for r in regs) > 0.95
+    assert min(r.dice_after for r in regs) >= 0.97  # 0.976-0.989 with the tissue.py masks
     assert sum(r.seconds for r in regs) < 60  # 10 s target on 2 idle cores; loose under load
