@@ -14,7 +14,6 @@ from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
-from scipy import ndimage as ndi
 
 from asign_assets.errors import InputError
 
@@ -28,8 +27,6 @@ __all__ = [
     "read_image_size",
     "read_thumbnail",
     "read_rgb",
-    "tissue_mask",
-    "tissue_area_mm2",
 ]
 
 
@@ -158,115 +155,3 @@ def read_rgb(path: Path) -> np.ndarray:
             return np.asarray(im)
         _load(im, path)
         return _to_rgb_array(im)
-
-
-# --------------------------------------------------------------------------- tissue mask
-
-
-def _otsu(values: np.ndarray, bins: int = 256) -> float:
-    hist, edges = np.histogram(values, bins=bins)
-    hist = hist.astype(np.float64)
-    centres = 0.5 * (edges[:-1] + edges[1:])
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centres)
-    mu0 = m0 / np.maximum(w0, 1e-12)
-    mu1 = (m0[-1] - m0) / np.maximum(w1, 1e-12)
-    between = w0 * w1 * (mu0 - mu1) ** 2
-    return float(centres[int(np.argmax(between))])
-
-
-def _optical_density(rgb01: np.ndarray) -> np.ndarray:
-    return -np.log(np.clip(rgb01, 1.0 / 255.0, 1.0))
-
-
-def _fit_background(rgb01: np.ndarray, bg: np.ndarray, max_samples: int = 20000) -> np.ndarray:
-    """Smooth (quadratic) background colour field fitted on background pixels.
-
-    Dividing by it flattens vignetting and a faintly pink, graded background
-    (HER2ST slides have one) so a single threshold separates tissue everywhere.
-    """
-    h, w = bg.shape
-    ys, xs = np.nonzero(bg)
-    if ys.size < 200:
-        # Almost no background: assume a uniform one as bright as the brightest pixels.
-        level = np.percentile(rgb01.reshape(-1, 3), 99, axis=0)
-        return np.broadcast_to(np.maximum(level, 0.5), rgb01.shape)
-    rng = np.random.default_rng(0)
-    if ys.size > max_samples:
-        pick = rng.choice(ys.size, max_samples, replace=False)
-        ys, xs = ys[pick], xs[pick]
-    u, v = xs / max(w - 1, 1), ys / max(h - 1, 1)
-    A = np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], axis=1)
-    coef, *_ = np.linalg.lstsq(A, np.log(np.clip(rgb01[ys, xs], 1e-3, 1.0)), rcond=None)
-    uu, vv = np.meshgrid(np.arange(w) / max(w - 1, 1), np.arange(h) / max(h - 1, 1))
-    basis = np.stack([np.ones_like(uu), uu, vv, uu * uu, uu * vv, vv * vv], axis=-1)
-    return np.clip(np.exp(basis @ coef), 0.3, 1.0)
-
-
-def tissue_mask(
-    thumb_rgb: np.ndarray,
-    min_threshold: float = 0.3,
-    max_threshold: float = 0.9,
-    min_object_frac: float = 0.002,
-    min_object_rel: float = 0.05,
-) -> np.ndarray:
-    """Boolean tissue mask at thumbnail scale.
-
-    Optical density (summed over RGB) after flat-fielding the background (a quadratic
-    fit seeded by an Otsu split, refined on background-like pixels); tissue is what
-    lies 8 robust sigmas above the background, with the threshold clamped to
-    ``[min_threshold, max_threshold]`` (so a blank slide is not split on noise; the
-    0.3 floor also leaves out the faint pink eosin halo HER2ST slides show around the
-    tissue, which sits at 0.15-0.3 while tissue starts at ~0.4), then opening/closing,
-    removal of debris (objects smaller than ``min_object_frac`` of the image or
-    ``min_object_rel`` of the largest piece) and hole filling. A blank image gives an all-False mask.
-    """
-    rgb = np.asarray(thumb_rgb)
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"thumb_rgb must be [h, w, 3], got {rgb.shape}")
-    rgb01 = rgb.astype(np.float32) / 255.0
-    h, w = rgb.shape[:2]
-
-    # Pass 1: rough background = below Otsu on optical density, only to seed the fit.
-    od = _optical_density(rgb01).sum(-1)
-    t1 = float(np.clip(_otsu(od), 0.05, max_threshold))
-    background = od < t1
-    # Pass 2: flat-field by a smooth background fit, refined twice on the pixels that
-    # look like background after correction (pale tissue must not bend the fit).
-    for _ in range(3):
-        seed = ndi.binary_erosion(background, iterations=2) if background.sum() > 1000 else background
-        flat = np.clip(rgb01 / _fit_background(rgb01, seed), 0.0, 1.0)
-        od2 = ndi.uniform_filter(_optical_density(flat).sum(-1), size=3)  # JPEG/scan noise
-        vals = od2[background] if background.any() else od2.ravel()
-        med = float(np.median(vals))
-        sigma = 1.4826 * float(np.median(np.abs(vals - med))) + 1e-3
-        background = od2 < med + 3.0 * sigma
-    # Tissue = clearly above the background noise; not Otsu, which on slides with both
-    # pale stroma and dense tumour would split the tissue instead of tissue/background.
-    thr = float(np.clip(med + 8.0 * sigma, min_threshold, max_threshold))
-    mask = od2 > thr
-    if not mask.any():
-        return mask
-
-    r = max(1, round(min(h, w) / 500))
-    struct = ndi.generate_binary_structure(2, 1)
-    mask = ndi.binary_opening(mask, structure=struct, iterations=r)
-    mask = ndi.binary_closing(mask, structure=struct, iterations=2 * r, border_value=0)
-    labels, n = ndi.label(mask)
-    if n == 0:
-        return mask
-    sizes = np.bincount(labels.ravel())[1:]
-    keep_min = max(min_object_frac * h * w, min_object_rel * sizes.max())
-    keep = np.zeros(n + 1, dtype=bool)
-    keep[1:] = sizes >= keep_min
-    mask = keep[labels]
-    return ndi.binary_fill_holes(mask)
-
-
-def tissue_area_mm2(mask: np.ndarray, thumb_scale: float, pixel_size_um: float) -> float:
-    """Tissue area in mm^2: mask pixels -> full-resolution pixels -> microns."""
-    if thumb_scale <= 0 or pixel_size_um <= 0:
-        raise ValueError("thumb_scale and pixel_size_um must be positive")
-    full_px = float(np.count_nonzero(mask)) / (thumb_scale**2)
-    return full_px * pixel_size_um**2 / 1e6

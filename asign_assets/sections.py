@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from asign_assets import imaging, lattice
+from asign_assets import imaging, lattice, tissue
 from asign_assets.errors import InputError
 from asign_assets.manifest import Manifest, SectionSpec
 from asign_assets.readers import CountMatrix, JoinReport, join_spots_counts, read_counts, read_spots
@@ -106,7 +106,7 @@ def prepare_sections(manifest: Manifest) -> PreparedSections:
         spec = manifest.sections[i]
         width, height = imaging.read_image_size(spec.image)
         thumb, scale = imaging.read_thumbnail(spec.image, THUMB_MAX_SIDE)
-        mask = imaging.tissue_mask(thumb)
+        mask = tissue.tissue_mask(thumb)
         if not mask.any():
             raise InputError(spec.image, f"section {spec.name}: no tissue found in the image (blank or nearly white slide)")
         virtual = False
@@ -146,7 +146,7 @@ def prepare_sections(manifest: Manifest) -> PreparedSections:
             SectionRecord(
                 name=spec.name, section_index=i, z_um=spec.z_um, pixel_size_um=spec.pixel_size_um,
                 image=str(spec.image), width=width, height=height, measured=i == m_idx,
-                thumb_scale=scale, tissue_area_mm2=round(imaging.tissue_area_mm2(mask, scale, spec.pixel_size_um), 4),
+                thumb_scale=scale, tissue_area_mm2=round(tissue.tissue_area_mm2(mask, scale, spec.pixel_size_um), 4),
                 n_spots=n, n_virtual=n if virtual else 0,
             )
         )

@@ -50,7 +50,8 @@ def prepare(data: Path, cache: Path) -> dict:
 
     from asign_assets.encoders import embed_tiles, get_encoder
     from asign_assets.her2st import estimate_pixel_size_um, her2st_paths
-    from asign_assets.imaging import read_rgb, read_thumbnail, tissue_mask
+    from asign_assets.imaging import read_rgb, read_thumbnail
+    from asign_assets.tissue import tissue_mask
     from asign_assets.registration import RegistrationParams, register_stack, to_common_frame
     from asign_assets.tiles import write_section_tiles
 

@@ -26,7 +26,8 @@ def bench_registration(threads: int) -> None:
     import SimpleITK as sitk
 
     from asign_assets.her2st import estimate_pixel_size_um
-    from asign_assets.imaging import read_thumbnail, tissue_mask
+    from asign_assets.imaging import read_thumbnail
+    from asign_assets.tissue import tissue_mask
     from asign_assets.registration import RegistrationParams, register_stack
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)

@@ -164,7 +164,8 @@ def test_her2st_patient_c_registers():
     if not (HER2ST / "ST-imgs" / "C").is_dir():
         pytest.skip(f"real HER2ST data not found at {HER2ST.resolve()} (../shared/data/her2st relative to the project)")
     from asign_assets.her2st import estimate_pixel_size_um
-    from asign_assets.imaging import read_thumbnail, tissue_mask
+    from asign_assets.imaging import read_thumbnail
+    from asign_assets.tissue import tissue_mask
 
     names = ["C2", "C3", "C4", "C5", "C6"]
     masks, ups = [], []
@@ -177,5 +178,5 @@ def test_her2st_patient_c_registers():
     for r in regs:
         assert r.dice_after >= 0.85, (r.name, r.dice_after)
         assert not r.flipped
-    assert min(r.dice_after for r in regs) > 0.95
+    assert min(r.dice_after for r in regs) >= 0.97  # 0.976-0.989 with the tissue.py masks
     assert sum(r.seconds for r in regs) < 60  # 10 s target on 2 idle cores; loose under load
