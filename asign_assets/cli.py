@@ -93,6 +93,24 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(stack.manifest_path)
 
 
+def _parse_z(text: str | None) -> dict[str, float]:
+    """``C3=116,C4=132`` -> {"C3": 116.0, "C4": 132.0}."""
+    from asign_assets.errors import InputError
+
+    out: dict[str, float] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, val = item.partition("=")
+        try:
+            out[name.strip()] = float(val)
+        except ValueError:
+            raise InputError(None, f"expected SECTION=UM, got {item!r}", field="--z") from None
+        if not sep:
+            raise InputError(None, f"expected SECTION=UM, got {item!r}", field="--z")
+    return out
+
+
 def cmd_import_her2st(args: argparse.Namespace) -> None:
     from asign_assets.her2st import manifest_from_her2st
 
@@ -101,6 +119,7 @@ def cmd_import_her2st(args: argparse.Namespace) -> None:
     path, report = manifest_from_her2st(
         Path(args.data_dir), patient=args.patient, sections=sections, measured=args.measured,
         with_truth=args.with_truth, sample_id=args.sample_id, out=out, z_step_um=args.z_step_um,
+        z_um=_parse_z(args.z),
     )
     for line in report:
         print(f"asign: {line}", file=sys.stderr)
@@ -195,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--with-truth", action="store_true", help="attach the other sections' counts as truth (used only by evaluation)")
     h.add_argument("--sample-id", help="sample id (default her2st_<patient>)")
     h.add_argument("--out", help="manifest path (default ./<sample-id>.yaml)")
-    h.add_argument("--z-step-um", type=float, default=16.0, help="distance between consecutive sections (default 16)")
+    h.add_argument("--z-step-um", type=float, default=None,
+                   help="uniform distance between consecutive sections (default: the block layout, see asign_assets/her2st.py)")
+    h.add_argument("--z", help="per-section depth overrides in um, e.g. C3=116,C4=132")
     h.set_defaults(func=cmd_import_her2st)
 
     r = sub.add_parser("run", help="register a manifest (or a known sample id) and materialise all its assets")

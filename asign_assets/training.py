@@ -55,6 +55,7 @@ from torch_geometric.data import Data
 from torch_geometric.utils import k_hop_subgraph, subgraph
 
 from asign_assets.baselines import fit_ridge
+from asign_assets.lowrank import choose_rank
 from asign_assets.msagnet import CrossLayerImputation, MSAGNet
 from asign_assets.propagation import PropagationOperator, label_propagation, propagation_operator
 
@@ -84,7 +85,15 @@ class TrainParams:
     calibrate: bool = True  # per-gene linear calibration fitted on out-of-fold validation predictions
     calib_shrink: float = 20.0
     mask_pool: int = 16  # known masks (and their propagations) drawn once and cycled; 0 = a fresh one every epoch
-    cli_lr_mult: float = 1.0  # learning-rate multiplier of the CLI blend weights (one scalar per gene)  # pseudo-spots pulling each gene's calibration slope to the all-gene slope
+    cli_lr_mult: float = 1.0  # learning-rate multiplier of the CLI blend weights (one scalar per gene)
+    # labels arrive in training the way they do at imputation: "blocked" known masks and
+    # validation folds are whole spatial blocks of ``block_pitches`` pitches; "random": spot-wise
+    mask: Literal["random", "blocked"] = "blocked"
+    block_pitches: float = 2.0
+    # propagated labels: rank-r reconstruction of the measured expression (lowrank.py);
+    # -1: rank chosen by bi-cross-validation on the measured spots, 0: raw log counts
+    source_rank: int = -1
+    edge_dz: bool = True  # the network's spot-graph edges see their depth difference (in pitches)
 
 
 PRESETS: dict[str, TrainParams] = {
@@ -134,6 +143,7 @@ class TrainResult:
             self.config["in_dim"], self.config["n_genes"], p.hidden, p.heads, p.blocks,
             aux_dim=self.config["aux_dim"], dropout=p.dropout,
             region_dim=self.config["region_dim"], global_dim=self.config["global_dim"],
+            edge_dz=bool(self.config.get("edge_dz", False)),
         )
         model.load_state_dict(model_state)
         cli = CrossLayerImputation(self.config["n_genes"], p.iters)
@@ -213,6 +223,7 @@ class _Sub:
     spot_global: Tensor
     region_edge_index: Tensor
     global_edge_index: Tensor
+    edge_dz: Tensor  # [E] |z_src - z_dst| in lattice pitches
 
 
 def _tile_sub(tile_of_spot: Tensor, tile_edges: Tensor, n_tiles: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -221,7 +232,7 @@ def _tile_sub(tile_of_spot: Tensor, tile_edges: Tensor, n_tiles: int) -> tuple[T
     return tiles, local, ei
 
 
-def _make_sub(graph: Data, nodes: Tensor, n_region: int, n_global: int) -> _Sub:
+def _make_sub(graph: Data, nodes: Tensor, n_region: int, n_global: int, pitch: float = 1.0) -> _Sub:
     nodes = torch.sort(nodes).values
     ei, attr = subgraph(
         nodes, graph.edge_index, edge_attr=torch.stack([graph.edge_type.float(), graph.edge_weight.float()], 1),
@@ -229,7 +240,13 @@ def _make_sub(graph: Data, nodes: Tensor, n_region: int, n_global: int) -> _Sub:
     )
     regions, sr, rei = _tile_sub(graph.spot_region[nodes].long(), graph.region_edge_index.long(), n_region)
     globs, sg, gei = _tile_sub(graph.spot_global[nodes].long(), graph.global_edge_index.long(), n_global)
-    return _Sub(nodes, ei, attr[:, 0].long(), attr[:, 1], regions, globs, sr, sg, rei, gei)
+    pos = getattr(graph, "pos", None)
+    if pos is not None and pos.shape[1] > 2:
+        z = pos[nodes, 2].float()
+        dz = (z[ei[0]] - z[ei[1]]).abs() / pitch
+    else:
+        dz = torch.zeros(ei.shape[1])
+    return _Sub(nodes, ei, attr[:, 0].long(), attr[:, 1], regions, globs, sr, sg, rei, gei, dz)
 
 
 def _forward(model: MSAGNet, sub: _Sub, xs: Tensor, xr: Tensor, xg: Tensor, aux: Tensor | None, base: Tensor | None, dev: torch.device, out_index: Tensor | None = None) -> dict[str, Tensor]:
@@ -241,7 +258,7 @@ def _forward(model: MSAGNet, sub: _Sub, xs: Tensor, xr: Tensor, xg: Tensor, aux:
         sub.region_edge_index.to(dev), sub.global_edge_index.to(dev),
         sub.spot_region.to(dev), sub.spot_global.to(dev),
         aux=None if aux is None else aux.to(dev), base=None if base is None else base.to(dev),
-        out_index=None if out_index is None else out_index.to(dev),
+        out_index=None if out_index is None else out_index.to(dev), edge_dz=sub.edge_dz.to(dev),
     )
 
 
@@ -261,7 +278,8 @@ def _receptive(sub: _Sub, out_local: Tensor, blocks: int) -> _Sub:
     keep_dst = torch.zeros(m, dtype=torch.bool)
     keep_dst[reach] = True
     keep = keep_dst[sub.edge_index[1]]
-    return replace(sub, edge_index=sub.edge_index[:, keep], edge_type=sub.edge_type[keep], edge_weight=sub.edge_weight[keep])
+    return replace(sub, edge_index=sub.edge_index[:, keep], edge_type=sub.edge_type[keep], edge_weight=sub.edge_weight[keep],
+                   edge_dz=sub.edge_dz[keep])
 
 
 def _check_inputs(graph: Data, spot_emb: Tensor, y_measured: Tensor, measured_idx: Tensor) -> None:
@@ -274,6 +292,72 @@ def _check_inputs(graph: Data, spot_emb: Tensor, y_measured: Tensor, measured_id
         raise ValueError("need at least 10 measured spots to train")
     if int(measured_idx.max()) >= n or int(measured_idx.min()) < 0:
         raise ValueError("measured_idx out of range")
+
+
+def lattice_pitch(xy: np.ndarray) -> float:
+    """Median nearest-neighbour distance of the spots (their lattice pitch)."""
+    from scipy.spatial import cKDTree
+
+    xy = np.asarray(xy, np.float64)
+    if len(xy) < 2:
+        return 1.0
+    d, _ = cKDTree(xy).query(xy, k=2)
+    return float(np.median(d[:, 1])) or 1.0
+
+
+def block_ids(xy: np.ndarray, side: float, gen: torch.Generator) -> np.ndarray:
+    """Square spatial block (dense 0..B-1 label) of each spot; the grid gets a random offset."""
+    off = torch.rand(2, generator=gen).numpy() * side
+    cell = np.floor((np.asarray(xy, np.float64) + off) / side).astype(np.int64)
+    _, ids = np.unique(cell, axis=0, return_inverse=True)
+    return ids.ravel()
+
+
+def blocked_known_mask(xy: np.ndarray, side: float, known_frac: float, gen: torch.Generator) -> np.ndarray:
+    """Known spots as whole spatial blocks: each block is known with probability ``known_frac``.
+
+    An unknown spot's labels then come from outside its block, at least one block
+    border away, as at imputation where the section has no known spot at all. At least
+    one block is known and one unknown.
+    """
+    ids = block_ids(xy, side, gen)
+    nb = int(ids.max()) + 1
+    known_block = (torch.rand(nb, generator=gen) < known_frac).numpy()
+    if nb > 1 and (known_block.all() or not known_block.any()):
+        known_block[int(torch.randint(nb, (1,), generator=gen))] ^= True
+    return known_block[ids]
+
+
+def blocked_folds(xy: np.ndarray, side: float, n_folds: int, gen: torch.Generator) -> list[np.ndarray]:
+    """Spot positions of ``n_folds`` disjoint folds made of whole spatial blocks."""
+    ids = block_ids(xy, side, gen)
+    nb = int(ids.max()) + 1
+    fold_of_block = torch.randperm(nb, generator=gen).numpy() % n_folds
+    f = fold_of_block[ids]
+    return [np.nonzero(f == k)[0] for k in range(n_folds)]
+
+
+def _source_basis(y: Tensor, rank: int) -> tuple[Tensor, Tensor] | None:
+    """(mean, Vt_r) of ``y``'s rank-r SVD; None for raw labels (rank 0)."""
+    if rank <= 0:
+        return None
+    mu = y.mean(0)
+    _, _, vt = torch.linalg.svd(y - mu, full_matrices=False)
+    return mu, vt[:rank]
+
+
+def _denoise(y: Tensor, basis: tuple[Tensor, Tensor] | None) -> Tensor:
+    """Project rows of ``y`` on a source basis (the rank-r reconstruction); identity for None."""
+    if basis is None:
+        return y
+    mu, vt = basis
+    return mu + ((y - mu) @ vt.T) @ vt
+
+
+def _graph_pitch(graph: Data, measured_idx: Tensor) -> float:
+    """Lattice pitch of the measured spots in the graph's common frame (1.0 without positions)."""
+    pos = getattr(graph, "pos", None)
+    return 1.0 if pos is None else lattice_pitch(pos[measured_idx, :2].double().numpy())
 
 
 def _aux(prop: Tensor, known: Tensor, base: Tensor | None, params: TrainParams) -> Tensor | None:
@@ -300,6 +384,10 @@ class _Prepared:
     meas_local: Tensor
     op: PropagationOperator
     n_genes: int
+    meas_xy: np.ndarray  # [n_meas, 2] measured spots in the common frame
+    block_side: float  # um, side of the spatial blocks of blocked masks / folds
+    source_rank: int  # rank of the propagated labels (0: raw)
+    rank_curve: list[float]  # BCV error per rank (empty unless chosen)
 
 
 def _prepare(graph: Data, spot_emb: Tensor, region_emb: Tensor, global_emb: Tensor, y_measured: Tensor, measured_idx: Tensor, params: TrainParams, device: torch.device) -> _Prepared:
@@ -307,7 +395,8 @@ def _prepare(graph: Data, spot_emb: Tensor, region_emb: Tensor, global_emb: Tens
     xs, xr, xg = _standardise(spot_emb), _standardise(region_emb), _standardise(global_emb)
     # bounded training subgraph: measured section + hops-hop neighbours
     nodes, _, _, _ = k_hop_subgraph(measured_idx, params.hops, graph.edge_index, num_nodes=n)
-    sub = _make_sub(graph, nodes, region_emb.shape[0], global_emb.shape[0])
+    pitch = _graph_pitch(graph, measured_idx)
+    sub = _make_sub(graph, nodes, region_emb.shape[0], global_emb.shape[0], pitch)
     m = sub.nodes.numel()
     pos_of = torch.full((n,), -1, dtype=torch.long)
     pos_of[sub.nodes] = torch.arange(m)
@@ -316,16 +405,29 @@ def _prepare(graph: Data, spot_emb: Tensor, region_emb: Tensor, global_emb: Tens
     y_local[meas_local] = y_measured
     op = propagation_operator(sub.edge_index.to(device), sub.edge_weight.to(device), m)
     net_sub = _receptive(sub, meas_local, params.blocks)
-    return _Prepared(sub, net_sub, xs, xr, xg, spot_emb[sub.nodes].numpy(), y_local, meas_local, op, G)
+    meas_xy = graph.pos[measured_idx, :2].double().numpy() if getattr(graph, "pos", None) is not None else np.zeros((len(measured_idx), 2))
+    rank, curve = params.source_rank, []
+    if rank < 0:
+        rank, err = choose_rank(y_measured.numpy())
+        curve = [float(e) for e in err]
+    side = params.block_pitches * pitch
+    return _Prepared(sub, net_sub, xs, xr, xg, spot_emb[sub.nodes].numpy(), y_local, meas_local, op, G,
+                     meas_xy, side, int(rank), curve)
 
 
-def _val_folds(n_meas: int, params: TrainParams, gen: torch.Generator) -> list[Tensor]:
+def _val_folds(n_meas: int, params: TrainParams, gen: torch.Generator, pp: _Prepared | None = None) -> list[Tensor]:
     """Validation positions (into the measured list) of each member.
 
     One member: a random ``val_frac``. An ensemble: disjoint folds of a
     ``max(ensemble, round(1 / val_frac))``-fold split, so members see different training
     spots and their validation predictions are out-of-fold (used for calibration).
+    With ``mask="blocked"`` folds are whole spatial blocks, so early stopping and the
+    calibration see spots whose labels come from outside their block, as at imputation.
     """
+    if params.mask == "blocked" and pp is not None:
+        n_folds = max(params.ensemble, int(round(1.0 / max(params.val_frac, 1e-3))), 2)
+        folds = [torch.from_numpy(f) for f in blocked_folds(pp.meas_xy, pp.block_side, n_folds, gen) if len(f)]
+        return folds[: max(1, params.ensemble)]
     perm = torch.randperm(n_meas, generator=gen)
     if params.ensemble <= 1:
         n_val = max(1, int(round(params.val_frac * n_meas)))
@@ -347,6 +449,9 @@ def _train_member(pp: _Prepared, params: TrainParams, seed: int, val_pos: Tensor
     val_pos, tr_pos = torch.nonzero(is_val).flatten(), torch.nonzero(~is_val).flatten()
     y_local = pp.y_local
     y_m = y_local[meas]
+    # propagated labels: rank-r reconstruction on a basis fitted on this member's training spots
+    src_local = y_local.clone()
+    src_local[meas] = _denoise(y_m, _source_basis(y_m[tr_pos], pp.source_rank))
 
     # image ridge regressor on training spots: LOO fits for them, predictions elsewhere
     base_m = None
@@ -362,7 +467,7 @@ def _train_member(pp: _Prepared, params: TrainParams, seed: int, val_pos: Tensor
     model = MSAGNet(
         pp.xs.shape[1], G, params.hidden, params.heads, params.blocks,
         aux_dim=(G + 1) if params.use_propagation_input else 0, dropout=params.dropout,
-        region_dim=pp.xr.shape[1], global_dim=pp.xg.shape[1],
+        region_dim=pp.xr.shape[1], global_dim=pp.xg.shape[1], edge_dz=params.edge_dz,
     ).to(device)
     model.set_gene_bias(y_m[tr_pos].mean(0).to(device))
     cli = CrossLayerImputation(G, params.iters).to(device)
@@ -385,7 +490,7 @@ def _train_member(pp: _Prepared, params: TrainParams, seed: int, val_pos: Tensor
     r_in, g_in = (rc_all > 0).to(device), (gc_all > 0).to(device)
     m_region_d, m_global_d = m_region.to(device), m_global.to(device)
 
-    y_dev = y_local.to(device)
+    y_dev = src_local.to(device)
     ym_dev = y_m.to(device)
     meas_d = meas.to(device)
     known_val = torch.zeros(m, dtype=torch.bool)
@@ -404,12 +509,19 @@ def _train_member(pp: _Prepared, params: TrainParams, seed: int, val_pos: Tensor
     curves: list[dict] = []
     n_known = max(1, int(round(params.known_frac * tr_pos.numel())))
 
+    tr_xy = pp.meas_xy[tr_pos.numpy()]
+
     def draw_mask() -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        kp = torch.randperm(tr_pos.numel(), generator=gen)
+        if params.mask == "blocked":
+            is_known = torch.from_numpy(blocked_known_mask(tr_xy, pp.block_side, params.known_frac, gen))
+            k_pos, t_pos = tr_pos[is_known], tr_pos[~is_known]
+        else:
+            kp = torch.randperm(tr_pos.numel(), generator=gen)
+            k_pos, t_pos = tr_pos[kp[:n_known]], tr_pos[kp[n_known:]]
         known = torch.zeros(m, dtype=torch.bool)
-        known[meas[tr_pos[kp[:n_known]]]] = True
+        known[meas[k_pos]] = True
         prop = label_propagation(None, None, m, y_dev, known.to(device), iters=params.iters, operator=pp.op)
-        return known, tr_pos[kp[n_known:]].to(device), prop, _aux(prop.cpu(), known, base, params)
+        return known, t_pos.to(device), prop, _aux(prop.cpu(), known, base, params)
 
     # Propagation over the training neighbourhood dominates an epoch on big stacks; a pool
     # of masks drawn once (bounded to ~256 MB of propagated labels) and cycled bounds it.
@@ -521,7 +633,7 @@ def train_model(
     with _deterministic(params.seed, params.threads):
         gen = torch.Generator().manual_seed(params.seed)
         pp = _prepare(graph, spot_emb, region_emb, global_emb, y_measured, measured_idx, params, device)
-        folds = _val_folds(measured_idx.numel(), params, gen)
+        folds = _val_folds(measured_idx.numel(), params, gen, pp)
         members = [_train_member(pp, params, params.seed + i, folds[i], device) for i in range(len(folds))]
         calibration: dict[str, Tensor] = {}
         if params.calibrate:
@@ -530,7 +642,8 @@ def train_model(
                 calibration[key] = fit_calibration(torch.cat([mb["oof"][key] for mb in members]), oy, params.calib_shrink)
     config = {
         "in_dim": spot_emb.shape[1], "n_genes": G, "aux_dim": (G + 1) if params.use_propagation_input else 0,
-        "region_dim": region_emb.shape[1], "global_dim": global_emb.shape[1],
+        "region_dim": region_emb.shape[1], "global_dim": global_emb.shape[1], "source_rank": pp.source_rank,
+        "edge_dz": int(params.edge_dz),
     }
     m0 = members[0]
     return TrainResult(
@@ -573,7 +686,7 @@ def impute(
     members = result.build_members(device)
     xs, xr, xg = _standardise(spot_emb), _standardise(region_emb), _standardise(global_emb)
     y_full = torch.zeros(n, G)
-    y_full[measured_idx] = y_measured
+    y_full[measured_idx] = _denoise(y_measured, _source_basis(y_measured, int(result.config.get("source_rank", 0))))
     known = torch.zeros(n, dtype=torch.bool)
     known[measured_idx] = True
     with torch.no_grad(), _deterministic(params.seed, params.threads):
@@ -586,10 +699,11 @@ def impute(
         net = torch.zeros(n, G)
         blend = torch.zeros(n, G)
         sections = graph.section.long()
+        pitch = _graph_pitch(graph, measured_idx)
         for s in torch.unique(sections):
             own = torch.nonzero(sections == s).flatten()
             nodes, _, _, _ = k_hop_subgraph(own, params.hops, graph.edge_index, num_nodes=n)
-            sub = _make_sub(graph, nodes, region_emb.shape[0], global_emb.shape[0])
+            sub = _make_sub(graph, nodes, region_emb.shape[0], global_emb.shape[0], pitch)
             own_local = torch.nonzero(sections[sub.nodes] == s).flatten()
             sub = _receptive(sub, own_local, params.blocks)
             tgt = sub.nodes[own_local]

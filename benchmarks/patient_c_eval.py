@@ -113,18 +113,23 @@ def read_section_counts(data: Path, s: str):
     return read_counts(data / "ST-cnts" / f"{s}.tsv.gz")
 
 
-def build_graph(prep: dict, z_step_um: float = 16.0):
-    """graph.build_graph_3d over the cached stages (spots in the common frame)."""
+def build_graph(prep: dict, z_um: list[float] | None = None, params=None):
+    """graph.build_graph_3d over the cached stages (spots in the common frame).
+
+    ``z_um``: one depth per section (default: the block layout of her2st.her2st_z_um).
+    """
     from asign_assets.graph import GraphParams, build_graph_3d
+    from asign_assets.her2st import her2st_z_um
 
     secs = prep["sections"]
+    z_um = her2st_z_um(SECTIONS) if z_um is None else z_um
     spots = pl.DataFrame({
         "section": np.concatenate([[s["name"]] * len(s["spot_ids"]) for s in secs]),
         "section_index": np.concatenate([[i] * len(s["spot_ids"]) for i, s in enumerate(secs)]).astype(np.int32),
         "spot_id": np.concatenate([s["spot_ids"] for s in secs]),
         "x_um": np.concatenate([s["xy_um"][:, 0] for s in secs]),
         "y_um": np.concatenate([s["xy_um"][:, 1] for s in secs]),
-        "z_um": np.concatenate([[i * z_step_um] * len(s["spot_ids"]) for i, s in enumerate(secs)]).astype(np.float64),
+        "z_um": np.concatenate([[z_um[i]] * len(s["spot_ids"]) for i, s in enumerate(secs)]).astype(np.float64),
     })
     r_off = np.cumsum([0] + [len(s["region_xy_px"]) for s in secs])
     g_off = np.cumsum([0] + [len(s["global_xy_px"]) for s in secs])
@@ -137,7 +142,7 @@ def build_graph(prep: dict, z_step_um: float = 16.0):
         np.concatenate([[i] * len(s["region_xy_px"]) for i, s in enumerate(secs)]),
         np.concatenate([s["global_xy_px"] for s in secs]),
         np.concatenate([[i] * len(s["global_xy_px"]) for i, s in enumerate(secs)]),
-        GraphParams(),
+        params or GraphParams(),
     )
 
 

@@ -1,0 +1,221 @@
+"""Accuracy report (issue #13): ablation of the accuracy changes on HER2ST patient C.
+
+    .venv/bin/python benchmarks/accuracy_report.py [--data ../shared/data/her2st] [--cache DIR]
+        [--configs before regime denoise depth all] [--out docs/accuracy.md]
+
+Runs the library chain of ``benchmarks/patient_c_eval.py`` (cached registration, tiles,
+embeddings) for every choice of measured section under each configuration:
+
+- ``before``: the previous method (random known masks and validation spots, raw log
+  counts propagated, sections 16 um apart, no depth weights or depth edge features);
+- ``regime``, ``denoise``, ``depth``: ``before`` plus one change (items 1, 2, 3);
+- ``all``: the current defaults (every change).
+
+Each configuration's metrics are stored under ``--cache`` (``acc_<config>.parquet``) and
+reused unless ``--force``; the report is rebuilt from whatever is stored. Truth of the
+imputed sections is read only after imputation, for the metrics (patient_c_eval.run_choice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import patient_c_eval as pce  # noqa: E402
+
+from asign_assets.graph import GraphParams  # noqa: E402
+from asign_assets.her2st import DEPTH_GAP_UM, SECTION_THICKNESS_UM, her2st_z_um  # noqa: E402
+from asign_assets.training import params_for  # noqa: E402
+
+BEFORE_TRAIN = {"mask": "random", "source_rank": 0, "edge_dz": False}
+UNIFORM_Z = [i * SECTION_THICKNESS_UM for i in range(len(pce.SECTIONS))]
+
+# name -> (description, TrainParams overrides, depth-aware graph?)
+CONFIGS: dict[str, tuple[str, dict, bool]] = {
+    "before": ("previous method", BEFORE_TRAIN, False),
+    "regime": ("item 1 alone: blocked known masks and validation folds", {**BEFORE_TRAIN, "mask": "blocked"}, False),
+    "denoise": ("item 2 alone: low-rank (BCV rank) propagated labels", {**BEFORE_TRAIN, "source_rank": -1}, False),
+    "depth": ("item 3 alone: block-layout z, depth-weighted overlap, dz edge feature", {**BEFORE_TRAIN, "edge_dz": True}, True),
+    "all": ("current defaults (items 1-3)", {}, True),
+}
+SHOWN = ("gene_pcc", "gene_pcc_hvg50", "mse", "spot_pcc_z")
+BASELINES = ("overlap", "similarity", "gauss_knn", "image_2d", "avg_knn_image")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def graph_for(prep: dict, depth: bool):
+    if depth:
+        return pce.build_graph(prep, her2st_z_um(pce.SECTIONS), GraphParams())
+    return pce.build_graph(prep, UNIFORM_Z, GraphParams(depth_weight=False))
+
+
+def run_config(name: str, data: Path, prep: dict, cache: Path, force: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Metrics (long table with a ``measured`` column) and timings of one configuration."""
+    f_m, f_t = cache / f"acc_{name}.parquet", cache / f"acc_{name}_seconds.parquet"
+    if f_m.exists() and f_t.exists() and not force:
+        return pl.read_parquet(f_m), pl.read_parquet(f_t)
+    _, over, depth = CONFIGS[name]
+    params = params_for("cpu", **over)
+    tg = time.perf_counter()
+    graph = graph_for(prep, depth)
+    t_graph = time.perf_counter() - tg
+    dfs, times = [], []
+    for m in pce.SECTIONS:
+        df, tm = pce.run_choice(data, prep, graph, m, params, torch.device("cpu"))
+        dfs.append(df)
+        times.append({**tm, "graph_s": t_graph})
+        g = df.filter((pl.col("section") == "pooled") & (pl.col("method") == "asign") & (pl.col("metric") == "gene_pcc"))
+        log(f"{name} measured {m}: gene_pcc {g['value'][0]:.3f} (train {tm['train_s']:.1f}s)")
+    out, secs = pl.concat(dfs), pl.DataFrame(times)
+    out.write_parquet(f_m)
+    secs.write_parquet(f_t)
+    return out, secs
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _pooled(df: pl.DataFrame, method: str, metric: str) -> dict[str, float]:
+    d = df.filter((pl.col("section") == "pooled") & (pl.col("method") == method) & (pl.col("metric") == metric))
+    return dict(zip(d["measured"].to_list(), d["value"].to_list()))
+
+
+def ablation_table(results: dict[str, pl.DataFrame]) -> str:
+    head = "| configuration | " + " | ".join(pce.SECTIONS) + " | mean gene_pcc | min | hvg50 | log-MSE | network | propagation |"
+    rows = [head, "| --- |" + " ---: |" * (len(pce.SECTIONS) + 6)]
+    for name, df in results.items():
+        g = _pooled(df, "asign", "gene_pcc")
+        vals = [g[m] for m in pce.SECTIONS]
+        rows.append(
+            f"| {name}: {CONFIGS[name][0]} | " + " | ".join(f"{v:.3f}" for v in vals)
+            + f" | **{np.mean(vals):.3f}** | {min(vals):.3f}"
+            + f" | {np.mean(list(_pooled(df, 'asign', 'gene_pcc_hvg50').values())):.3f}"
+            + f" | {np.mean(list(_pooled(df, 'asign', 'mse').values())):.3f}"
+            + f" | {np.mean(list(_pooled(df, 'asign_network', 'gene_pcc').values())):.3f}"
+            + f" | {np.mean(list(_pooled(df, 'asign_propagation', 'gene_pcc').values())):.3f} |"
+        )
+    return "\n".join(rows)
+
+
+def baseline_table(df: pl.DataFrame) -> str:
+    methods = ("asign", "asign_network", "asign_propagation") + BASELINES
+    rows = ["| method | " + " | ".join(pce.SECTIONS) + " | mean | beaten by asign |", "| --- |" + " ---: |" * (len(pce.SECTIONS) + 2)]
+    a = _pooled(df, "asign", "gene_pcc")
+    for meth in methods:
+        g = _pooled(df, meth, "gene_pcc")
+        beat = "" if meth.startswith("asign") else f"{sum(a[m] > g[m] for m in pce.SECTIONS)}/{len(pce.SECTIONS)}"
+        rows.append(f"| {meth} | " + " | ".join(f"{g[m]:.3f}" for m in pce.SECTIONS) + f" | {np.mean([g[m] for m in pce.SECTIONS]):.3f} | {beat} |")
+    return "\n".join(rows)
+
+
+def section_rows(df: pl.DataFrame) -> str:
+    """One row per (measured, imputed section): depth distance, relation, ASIGN vs best baseline."""
+    z = dict(zip(pce.SECTIONS, her2st_z_um(pce.SECTIONS)))
+    gp = df.filter((pl.col("metric") == "gene_pcc") & (pl.col("section") != "pooled"))
+    lut = {(r["measured"], r["section"], r["method"]): r["value"] for r in gp.iter_rows(named=True)}
+    rows = ["| measured | imputed | dz um | relation | asign | network | propagation | best baseline | |",
+            "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
+    rel_vals: dict[str, list[float]] = {}
+    for m in pce.SECTIONS:
+        for s in pce.SECTIONS:
+            if s == m:
+                continue
+            dz = abs(z[s] - z[m])
+            rel = "sibling" if dz <= SECTION_THICKNESS_UM else "cross-depth"
+            best = max(BASELINES, key=lambda b: lut[(m, s, b)])
+            rel_vals.setdefault(rel, []).append(lut[(m, s, "asign")])
+            rows.append(f"| {m} | {s} | {dz:.0f} | {rel} | {lut[(m, s, 'asign')]:.3f} | {lut[(m, s, 'asign_network')]:.3f}"
+                        f" | {lut[(m, s, 'asign_propagation')]:.3f} | {lut[(m, s, best)]:.3f} | {best} |")
+    summary = "; ".join(f"{k}: mean asign gene_pcc {np.mean(v):.3f} over {len(v)} pairs" for k, v in sorted(rel_vals.items()))
+    return "\n".join(rows) + f"\n\n{summary}."
+
+
+def timing_table(times: dict[str, pl.DataFrame]) -> str:
+    rows = ["| configuration | train s (mean per choice) | impute s | baselines s | epochs run (mean) |", "| --- | ---: | ---: | ---: | ---: |"]
+    for name, t in times.items():
+        rows.append(f"| {name} | {t['train_s'].mean():.1f} | {t['impute_s'].mean():.2f} | {t['baselines_s'].mean():.2f} | {t['epochs_run'].mean():.0f} |")
+    return "\n".join(rows)
+
+
+def report(results: dict[str, pl.DataFrame], times: dict[str, pl.DataFrame], prep: dict, extra: str) -> str:
+    final = "all" if "all" in results else list(results)[-1]
+    z = her2st_z_um(pce.SECTIONS)
+    return "\n".join([
+        "# Accuracy report (issue #13)",
+        "",
+        "Generated by `benchmarks/accuracy_report.py` (do not edit by hand). HER2ST patient C, sections",
+        "C2..C6: each section in turn is the measured one, the other four are imputed and scored against",
+        "their held-out counts (250 genes, log1p per 10k, spots >= 100 counts). Metric: per-gene PCC across",
+        "the spots of a section, averaged over genes, then over the imputed sections (pooled), then over the",
+        "five choices. Nothing about an imputed section's truth is used before its metrics are computed.",
+        "",
+        "## Ablation (each change alone against the same `before` runs)",
+        "",
+        ablation_table(results),
+        "",
+        "`network` and `propagation` are the two parts of the ASIGN blend (mean gene_pcc over the choices).",
+        "",
+        f"## ASIGN and baselines per choice of measured section (`{final}`)",
+        "",
+        baseline_table(results[final]),
+        "",
+        f"## Per imputed section, sibling vs cross-depth (`{final}`)",
+        "",
+        f"Depths used (um, her2st.her2st_z_um): {dict(zip(pce.SECTIONS, z))}: consecutive sections",
+        f"{SECTION_THICKNESS_UM:.0f} um apart, depths {DEPTH_GAP_UM:.0f} um apart (the distance between depths is an",
+        "assumption; see asign_assets/her2st.py). `dz um` is the distance to the measured section.",
+        "",
+        section_rows(results[final]),
+        "",
+        "## Timings (this machine: 2 cores shared with other jobs, so figures are pessimistic)",
+        "",
+        f"Cached stages (once per stack): {json.dumps({k: round(v, 1) for k, v in prep['seconds'].items()})} s.",
+        "",
+        timing_table(times),
+        "",
+        extra,
+    ])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=ROOT / ".." / "shared" / "data" / "her2st")
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/asign_patient_c_cache"))
+    ap.add_argument("--configs", nargs="*", default=list(CONFIGS))
+    ap.add_argument("--force", action="store_true", help="rerun configurations whose metrics are stored")
+    ap.add_argument("--notes", type=Path, help="markdown appended to the report (e.g. DLPFC results, what is not done)")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "accuracy.md")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    if not args.data.is_dir():
+        sys.exit(f"{args.data}: HER2ST data folder not found")
+    args.cache.mkdir(parents=True, exist_ok=True)
+    prep = pce.prepare(args.data.resolve(), args.cache)
+    results, times = {}, {}
+    for name in args.configs:
+        results[name], times[name] = run_config(name, args.data.resolve(), prep, args.cache, args.force)
+    print(ablation_table(results))
+    extra = args.notes.read_text() if args.notes else ""
+    if str(args.out) != "-":
+        tmp = args.out.with_name(args.out.name + ".tmp")
+        tmp.write_text(report(results, times, prep, extra))
+        tmp.replace(args.out)
+        log(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
