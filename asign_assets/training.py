@@ -54,7 +54,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.utils import k_hop_subgraph, subgraph
 
-from asign_assets.baselines import fit_ridge
+from asign_assets.baselines import choose_ridge_rank, fit_reduced_rank_ridge
 from asign_assets.lowrank import choose_rank
 from asign_assets.msagnet import CrossLayerImputation, MSAGNet
 from asign_assets.propagation import PropagationOperator, label_propagation, propagation_operator
@@ -94,6 +94,9 @@ class TrainParams:
     # -1: rank chosen by bi-cross-validation on the measured spots, 0: raw log counts
     source_rank: int = -1
     edge_dz: bool = True  # the network's spot-graph edges see their depth difference (in pitches)
+    # image ridge (the network's base) fitted to rank-r expression; -1: r chosen by the
+    # ridge's leave-one-out per-gene PCC on the measured spots (baselines.choose_ridge_rank)
+    ridge_rank: int = -1
 
 
 PRESETS: dict[str, TrainParams] = {
@@ -387,6 +390,7 @@ class _Prepared:
     meas_xy: np.ndarray  # [n_meas, 2] measured spots in the common frame
     block_side: float  # um, side of the spatial blocks of blocked masks / folds
     source_rank: int  # rank of the propagated labels (0: raw)
+    ridge_rank: int  # rank of the image ridge's targets (0: raw)
     rank_curve: list[float]  # BCV error per rank (empty unless chosen)
 
 
@@ -411,8 +415,11 @@ def _prepare(graph: Data, spot_emb: Tensor, region_emb: Tensor, global_emb: Tens
         rank, err = choose_rank(y_measured.numpy())
         curve = [float(e) for e in err]
     side = params.block_pitches * pitch
+    ridge_rank = params.ridge_rank
+    if params.use_ridge and ridge_rank < 0:
+        ridge_rank, _ = choose_ridge_rank(spot_emb[measured_idx].numpy(), y_measured.numpy())
     return _Prepared(sub, net_sub, xs, xr, xg, spot_emb[sub.nodes].numpy(), y_local, meas_local, op, G,
-                     meas_xy, side, int(rank), curve)
+                     meas_xy, side, int(rank), int(max(ridge_rank, 0)), curve)
 
 
 def _val_folds(n_meas: int, params: TrainParams, gen: torch.Generator, pp: _Prepared | None = None) -> list[Tensor]:
@@ -458,7 +465,7 @@ def _train_member(pp: _Prepared, params: TrainParams, seed: int, val_pos: Tensor
     base = None
     if params.use_ridge:
         tr_np = meas[tr_pos].numpy()
-        ridge = fit_ridge(pp.spot_emb_sub[tr_np], y_local[meas[tr_pos]].numpy())
+        ridge = fit_reduced_rank_ridge(pp.spot_emb_sub[tr_np], y_local[meas[tr_pos]].numpy(), pp.ridge_rank)
         base_np = ridge.predict(pp.spot_emb_sub)
         base_np[tr_np] = ridge.loo
         base = torch.from_numpy(base_np)
@@ -642,7 +649,7 @@ def train_model(
                 calibration[key] = fit_calibration(torch.cat([mb["oof"][key] for mb in members]), oy, params.calib_shrink)
     config = {
         "in_dim": spot_emb.shape[1], "n_genes": G, "aux_dim": (G + 1) if params.use_propagation_input else 0,
-        "region_dim": region_emb.shape[1], "global_dim": global_emb.shape[1], "source_rank": pp.source_rank,
+        "region_dim": region_emb.shape[1], "global_dim": global_emb.shape[1], "source_rank": pp.source_rank, "ridge_rank": pp.ridge_rank,
         "edge_dz": int(params.edge_dz),
     }
     m0 = members[0]
@@ -693,7 +700,7 @@ def impute(
         prop = label_propagation(graph.edge_index.to(device), graph.edge_weight.to(device), n, y_full.to(device), known.to(device), iters=params.iters).cpu()
         base = None
         if params.use_ridge:
-            ridge = fit_ridge(spot_emb[measured_idx].numpy(), y_measured.numpy())
+            ridge = fit_reduced_rank_ridge(spot_emb[measured_idx].numpy(), y_measured.numpy(), int(result.config.get("ridge_rank", 0)))
             base = torch.from_numpy(ridge.predict(spot_emb.numpy()))
         aux = _aux(prop, known, base, params)
         net = torch.zeros(n, G)

@@ -38,14 +38,15 @@ from asign_assets.graph import GraphParams  # noqa: E402
 from asign_assets.her2st import DEPTH_GAP_UM, SECTION_THICKNESS_UM, her2st_z_um  # noqa: E402
 from asign_assets.training import params_for  # noqa: E402
 
-BEFORE_TRAIN = {"mask": "random", "source_rank": 0, "edge_dz": False}
+BEFORE_TRAIN = {"mask": "random", "source_rank": 0, "edge_dz": False, "ridge_rank": 0}
 UNIFORM_Z = [i * SECTION_THICKNESS_UM for i in range(len(pce.SECTIONS))]
 
 # name -> (description, TrainParams overrides, depth-aware graph?)
 CONFIGS: dict[str, tuple[str, dict, bool]] = {
     "before": ("previous method", BEFORE_TRAIN, False),
     "regime": ("item 1 alone: blocked known masks and validation folds", {**BEFORE_TRAIN, "mask": "blocked"}, False),
-    "denoise": ("item 2 alone: low-rank (BCV rank) propagated labels", {**BEFORE_TRAIN, "source_rank": -1}, False),
+    "denoise": ("item 2a alone: low-rank (BCV rank) propagated labels", {**BEFORE_TRAIN, "source_rank": -1}, False),
+    "programmes": ("item 2b alone: image ridge on rank-r expression (LOO rank)", {**BEFORE_TRAIN, "ridge_rank": -1}, False),
     "depth": ("item 3 alone: block-layout z, depth-weighted overlap, dz edge feature", {**BEFORE_TRAIN, "edge_dz": True}, True),
     "all": ("current defaults (items 1-3)", {}, True),
 }
