@@ -231,9 +231,9 @@ def parse_manifest(raw: Any, src: Path, check_files: bool = True) -> Manifest:
             )
         spot_scale = vis.spot_scale if vis is not None and "image" in derived else 1.0
         if sraw.get("pixel_size_um") is not None:
-            px, px_source = _positive_float(sraw["pixel_size_um"], src, where + "pixel_size_um"), "manifest (section)"
+            px, px_source = _positive_float(sraw["pixel_size_um"], src, where + "pixel_size_um"), "manifest"
         elif global_px is not None and "image" not in derived:
-            px, px_source = global_px, "manifest (global)"
+            px, px_source = global_px, "manifest"
         elif vis is not None:
             px, px_source, derived = vis.pixel_size_um, vis.pixel_size_source, derived | {"pixel_size_um"}
             if global_px is not None:
