@@ -213,9 +213,11 @@ def _cached_png(h5ad: Path, library: str, key: str, img: np.ndarray) -> Path:
 
 
 def _spot_spacing_um_per_px(xy: np.ndarray, pitch_um: float, source: Path) -> float:
+    """Microns per pixel when only spot centres are known: their lattice pitch is ``pitch_um``."""
     from asign_assets.lattice import infer_lattice
 
-    return pitch_um / infer_lattice(xy, 1.0, source=str(source)).pitch_um
+    pitch_px = infer_lattice(xy, 1.0, source=str(source)).pitch_um  # at 1 um/px the pitch in um is in px
+    return pitch_um / pitch_px
 
 
 def resolve_anndata(path: str | Path, explicit_image: bool, pitch_um: float = VISIUM_PITCH_UM) -> VisiumSection:
@@ -315,9 +317,9 @@ def manifest_from_visium(
     report = []
     for spec in manifest.sections:
         spots = read_section_spots(spec)
-        assert spots is not None
+        assert spots is not None and spec.spots is not None  # a visium section always has its positions
         line = (
-            f"{spec.name}: {spots.height} in-tissue spots ({spec.spots.name if spec.spots else ''}); image {spec.image.name} "
+            f"{spec.name}: {spots.height} in-tissue spots ({spec.spots.name}); image {spec.image.name} "
             f"(spot scale {spec.spot_scale:g}); pixel size {spec.pixel_size_um:.4g} um/px from {spec.pixel_size_source}"
         )
         counts = spec.counts or spec.truth
