@@ -104,7 +104,7 @@ def make_outs(
     if counts:
         tis = pos.filter(pl.col("in_tissue") == 1)
         rng = np.random.default_rng(seed)
-        X = rng.poisson(3.0, (tis.height, 31))
+        X = rng.poisson(6.0, (tis.height, 31))  # ~180 counts per spot: above the expression stage minimum
         _write_10x(root / "filtered_feature_bc_matrix.h5", tis["barcode"].to_list(), [f"G{i}" for i in range(30)] + ["ADT"], X)
     return root, pos
 
@@ -282,6 +282,39 @@ def test_import_visium_writes_a_manifest_that_validates(tmp_path):
     assert v.returncode == 0, v.stderr
     assert v.stdout.strip().endswith(f"{out}: OK")
     assert "S1:" in v.stdout and "[measured]" in v.stdout
+
+
+def test_registered_visium_stack_materialises_sections_and_expression(tmp_path, asign_home):
+    """Storage writes the manifest back and the assets reload it: spots arrive in the PNG's frame."""
+    import anndata as ad
+    import dagster as dg
+
+    from asign_assets.assets.ingest import expression, sections
+    from asign_assets.definitions import build_definitions
+    from asign_assets.storage import Storage
+
+    make_outs(tmp_path / "S1" / "outs", seed=1)
+    _, pos2 = make_outs(tmp_path / "S2" / "outs", seed=2, hires=False)
+    path, _ = manifest_from_visium([tmp_path / "S1" / "outs", tmp_path / "S2" / "outs"], measured="S2", with_truth=True, out=tmp_path / "m.yaml")
+    manifest = load_manifest(path)
+    store = Storage(asign_home)
+    store.register(manifest)
+    assert store.load_registered(manifest.sample_id).sections == manifest.sections
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("samples", [manifest.sample_id])
+    defs = build_definitions(storage_root=str(asign_home), device="cpu")
+    result = dg.materialize([sections, expression], partition_key=manifest.sample_id, resources=defs.resources, instance=instance, raise_on_error=False)
+    assert result.success
+    spots = pl.read_parquet(store.local_path(manifest.sample_id, "sections") / "spots.parquet")
+    s2 = spots.filter(pl.col("section") == "S2")
+    tis = pos2.filter(pl.col("in_tissue") == 1)
+    assert s2["spot_id"].to_list() == tis["barcode"].to_list() and not s2["virtual"].any()
+    np.testing.assert_allclose(s2["x_px"].to_numpy(), tis["pxl_col_in_fullres"].to_numpy() * LOWRES)
+    records = {r["name"]: r for r in json.loads((store.local_path(manifest.sample_id, "sections") / "sections.json").read_text())}
+    assert (records["S2"]["width"], records["S2"]["height"]) == (round(FULL_W * LOWRES), round(FULL_H * LOWRES))
+    assert records["S2"]["pixel_size_um"] == pytest.approx(FULLRES_UM / LOWRES, rel=0.01)
+    assert records["S1"]["pixel_size_um"] == pytest.approx(FULLRES_UM / HIRES, rel=0.01)
+    assert ad.read_h5ad(store.local_path(manifest.sample_id, "expression.h5ad")).n_obs == tis.height
 
 
 @pytest.mark.parametrize(
