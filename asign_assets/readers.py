@@ -2,12 +2,13 @@
 
 Counts become a :class:`CountMatrix` (sparse spots x genes with ids and gene names);
 spot tables become a polars frame ``spot_id, x_px, y_px`` in the section's own
-full-resolution pixels. Supported on-disk formats:
+full-resolution pixels, which :func:`read_section_spots` maps onto the section's image
+(``SectionSpec.spot_scale``, e.g. Space Ranger's lowres PNG). Supported on-disk formats:
 
 - HER2ST / legacy ST: ``ST-cnts/<S>.tsv.gz`` (rows ``XxY``) and ``ST-spotfiles/<S>_selection.tsv``;
 - 10x Visium Space Ranger: ``filtered_feature_bc_matrix.h5`` and ``spatial/tissue_positions.csv``,
   ``tissue_positions_list.csv`` (no header) or ``tissue_positions.parquet``;
-- AnnData ``.h5ad`` with ``obsm['spatial']`` (own-image pixels);
+- AnnData ``.h5ad`` with ``obsm['spatial']`` (full-resolution pixels; ``obs['in_tissue'] == 1`` when present);
 - generic tables (``.tsv``, ``.csv``, ``.parquet``) with ``spot_id, x_px, y_px`` columns,
   and dense count tables (first column spot id, one column per gene).
 """
@@ -325,7 +326,7 @@ def read_spots(path: str | Path, scale: float = 1.0) -> pl.DataFrame:
     return spots.with_columns(pl.col("x_px") * scale, pl.col("y_px") * scale)
 
 
-def read_section_spots(spec: "SectionSpec") -> pl.DataFrame | None:
+def read_section_spots(spec: SectionSpec) -> pl.DataFrame | None:
     """A section's spots in its image's pixel frame, or None when it has no spot table.
 
     The one way the pipeline reads a section's spots: the table is ``spots``, else an

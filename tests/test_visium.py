@@ -385,6 +385,15 @@ def test_anndata_is_a_complete_section(tmp_path, asign_home, arrays):
     assert written == {"name": "A", "z_um": 0.0, "anndata": "a.h5ad", "measured": True}
 
 
+@pytest.mark.parametrize("scale", [0.0, -1.0, float("nan")])
+def test_read_spots_rejects_a_bad_scale(tmp_path, scale):
+    from asign_assets.readers import read_spots
+
+    outs, _ = make_outs(tmp_path / "A", counts=False, hires=False, lowres=False)
+    with pytest.raises(InputError, match="spot scale must be a positive finite number"):
+        read_spots(outs / "spatial" / "tissue_positions_list.csv", scale=scale)
+
+
 def _set_json(outs: Path, text: str) -> None:
     (outs / "spatial" / "scalefactors_json.json").write_text(text)
 
