@@ -155,6 +155,26 @@ def _visium_source(sraw: dict, base: Path, src: Path, where: str, pitch_um: floa
     return None
 
 
+def _pixel_size(
+    sraw: dict, global_px: float | None, vis: VisiumSection | None, image: Path, image_from_source: bool, src: Path, where: str,
+) -> tuple[float, str]:
+    """(um per px of the section's image, where it came from); see :func:`parse_manifest`."""
+    if sraw.get("pixel_size_um") is not None:
+        return _positive_float(sraw["pixel_size_um"], src, where + "pixel_size_um"), "manifest"
+    if global_px is not None and not image_from_source:
+        return global_px, "manifest"
+    if vis is not None:
+        if global_px is not None:
+            log.info("%s: global pixel_size_um describes full-resolution scans; the %s image uses %s", where.rstrip("."), image.name, vis.pixel_size_source)
+        return vis.pixel_size_um, vis.pixel_size_source
+    found = _file_pixel_size_um(image) if image.exists() else None
+    if found is None:
+        raise InputError(
+            src, "no pixel size: give pixel_size_um globally or per section (the image file does not record one)", field=where + "pixel_size_um",
+        )
+    return _positive_float(found[0], image, "pixel size in the image metadata"), f"image metadata ({found[1]})"
+
+
 def parse_manifest(raw: Any, src: Path, check_files: bool = True) -> Manifest:
     """Validate a manifest mapping; ``src`` is the YAML file (paths are relative to it).
 
@@ -224,29 +244,16 @@ def parse_manifest(raw: Any, src: Path, check_files: bool = True) -> Manifest:
         if sraw.get("image"):
             image = _path(sraw["image"], base, src, where + "image", check_files)
         elif vis is not None and vis.image is not None:
-            image, derived = vis.image, derived | {"image"}
+            image = vis.image
+            derived.add("image")
         else:
             raise InputError(
                 src, "is required but missing (or give 'visium: <Space Ranger outs/>' or 'anndata: <file.h5ad>')", field=where + "image",
             )
         spot_scale = vis.spot_scale if vis is not None and "image" in derived else 1.0
-        if sraw.get("pixel_size_um") is not None:
-            px, px_source = _positive_float(sraw["pixel_size_um"], src, where + "pixel_size_um"), "manifest"
-        elif global_px is not None and "image" not in derived:
-            px, px_source = global_px, "manifest"
-        elif vis is not None:
-            px, px_source, derived = vis.pixel_size_um, vis.pixel_size_source, derived | {"pixel_size_um"}
-            if global_px is not None:
-                log.info("section %s: global pixel_size_um describes full-resolution scans; its %s image uses %s", name, image.name, px_source)
-        else:
-            found = _file_pixel_size_um(image) if image.exists() else None
-            if found is None:
-                raise InputError(
-                    src, "no pixel size: give pixel_size_um globally or per section (the image file does not record one)",
-                    field=where + "pixel_size_um",
-                )
-            px = _positive_float(found[0], image, "pixel size in the image metadata")
-            px_source, derived = f"image metadata ({found[1]})", derived | {"pixel_size_um"}
+        px, px_source = _pixel_size(sraw, global_px, vis, image, "image" in derived, src, where)
+        if px_source != "manifest":
+            derived.add("pixel_size_um")
         log.info("section %s: pixel size %.4g um/px from %s", name, px, px_source)
         spots = _path(sraw["spots"], base, src, where + "spots", check_files) if sraw.get("spots") else None
         counts = _path(sraw["counts"], base, src, where + "counts", check_files) if sraw.get("counts") else None
@@ -256,18 +263,21 @@ def parse_manifest(raw: Any, src: Path, check_files: bool = True) -> Manifest:
                 raise InputError(src, "'truth: true' takes the counts of the section's visium/anndata source; give a counts path instead", field=where + "truth")
             if vis.counts is None:
                 raise InputError(source[1], f"section {name}: 'truth: true' but the folder has no {COUNTS_FILE}", field=where + "truth")
-            truth, derived = vis.counts, derived | {"truth"}
+            truth = vis.counts
+            derived.add("truth")
         elif not truth_raw:
             truth = None
         else:
             truth = _path(truth_raw, base, src, where + "truth", check_files)
         if vis is not None:
             if spots is None:
-                spots, derived = vis.spots, derived | {"spots"}
+                spots = vis.spots
+                derived.add("spots")
             if measured and counts is None:
                 if vis.counts is None:
                     raise InputError(source[1] / COUNTS_FILE, f"section {name}: file not found; the measured section needs its counts")
-                counts, derived = vis.counts, derived | {"counts"}
+                counts = vis.counts
+                derived.add("counts")
         if measured and counts is None:
             raise InputError(src, "the measured section needs its counts", field=where + "counts")
         if measured and truth is not None:
