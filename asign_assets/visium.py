@@ -288,13 +288,16 @@ def manifest_from_visium(
     hand: spots, image, scale and pixel size are resolved from each folder when the
     manifest is loaded. The manifest is validated before it is written.
     """
-    from asign_assets.manifest import parse_manifest, write_manifest
+    from asign_assets.manifest import SECTION_NAME_RE, parse_manifest, write_manifest
     from asign_assets.readers import join_spots_counts, read_counts, read_section_spots
 
     if not folders:
         raise InputError(None, "give at least one Visium folder", field="DIR")
     resolved = [outs_folder(f) for f in folders]
     names = [section_name(f) for f in resolved]
+    for folder, name in zip(resolved, names):
+        if not SECTION_NAME_RE.match(name):
+            raise InputError(folder, f"section name {name!r} (from the folder name) must be letters, digits, '_', '.', '-'; rename the folder")
     if len(set(names)) != len(names):
         raise InputError(None, f"duplicate section names {names} (from the folder names); rename a folder", field="DIR")
     if measured not in names:

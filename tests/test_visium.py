@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -323,11 +324,13 @@ def test_registered_visium_stack_materialises_sections_and_expression(tmp_path, 
         (["A/outs", "B/outs", "--measured", "X"], "measured section 'X' is not among the sections ['A', 'B']"),
         (["A/outs", "A/outs", "--measured", "A"], "duplicate section names"),
         (["A/outs", "nowhere", "--measured", "A"], "Visium folder not found"),
+        (["A/outs", "bad name", "--measured", "A"], "section name 'bad name' (from the folder name) must be"),
     ],
 )
 def test_import_visium_bad_arguments(tmp_path, args, problem):
     _two(tmp_path)
-    with pytest.raises(InputError, match=problem.replace("[", r"\[").replace("]", r"\]")):
+    make_outs(tmp_path / "bad name")
+    with pytest.raises(InputError, match=re.escape(problem)):
         manifest_from_visium([tmp_path / a for a in args[:-2]], measured=args[-1], out=tmp_path / "x.yaml")
     assert not (tmp_path / "x.yaml").exists()
 
