@@ -283,6 +283,12 @@ def test_import_visium_writes_a_manifest_that_validates(tmp_path):
     assert v.returncode == 0, v.stderr
     assert v.stdout.strip().endswith(f"{out}: OK")
     assert "S1:" in v.stdout and "[measured]" in v.stdout
+    # a bad folder: exit 1, the folder and the problem on stderr, nothing on stdout, no manifest
+    shutil.rmtree(tmp_path / "data" / "S2" / "outs" / "spatial")
+    bad = _run_cli("import-visium", "data/S1/outs", "data/S2/outs", "--measured", "S1", "--out", "bad.yaml", cwd=tmp_path)
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert f"asign: error: {tmp_path / 'data' / 'S2' / 'outs' / 'spatial'}: folder not found" in bad.stderr
+    assert not (tmp_path / "bad.yaml").exists()
 
 
 def test_registered_visium_stack_materialises_sections_and_expression(tmp_path, asign_home):
