@@ -58,7 +58,6 @@ class VisiumSection:
     spot_scale: float
     pixel_size_um: float
     pixel_size_source: str
-    n_spots: int
 
 
 def lattice_um_per_px(array_row: np.ndarray, array_col: np.ndarray, xy_px: np.ndarray, pitch_um: float, source: str | Path) -> float:
@@ -155,8 +154,7 @@ def resolve_visium(folder: str | Path, explicit_image: bool, pitch_um: float = V
     if len(found) > 1:
         log.info("%s: using %s (preferred over %s)", spatial, positions.name, ", ".join(p.name for p in found[1:]))
     pos = read_visium_positions(positions)
-    n_in = int((pos["in_tissue"] == 1).sum())
-    if n_in == 0:
+    if not (pos["in_tissue"] == 1).any():
         raise InputError(positions, "no in-tissue spots (in_tissue == 1)")
     fullres_um = lattice_um_per_px(
         pos["array_row"].to_numpy(), pos["array_col"].to_numpy(),
@@ -166,13 +164,13 @@ def resolve_visium(folder: str | Path, explicit_image: bool, pitch_um: float = V
     counts = outs / COUNTS_FILE
     counts_path = counts if counts.exists() else None
     if explicit_image:
-        return VisiumSection(positions, counts_path, None, 1.0, fullres_um, f"visium lattice ({positions.name})", n_in)
+        return VisiumSection(positions, counts_path, None, 1.0, fullres_um, f"visium lattice ({positions.name})")
     for _, file, key in IMAGES:
         if (spatial / file).exists():
             scale = read_scalefactor(spatial / SCALEFACTORS_FILE, key)
             return VisiumSection(
                 positions, counts_path, spatial / file, scale, fullres_um / scale,
-                f"visium lattice ({positions.name}: {fullres_um:.4g} um/px full resolution / {key} {scale:g})", n_in,
+                f"visium lattice ({positions.name}: {fullres_um:.4g} um/px full resolution / {key} {scale:g})",
             )
     raise InputError(
         spatial, f"no image: neither {IMAGES[0][1]} nor {IMAGES[1][1]}; give the full-resolution scan as the section's 'image'",
@@ -243,8 +241,7 @@ def resolve_anndata(path: str | Path, explicit_image: bool, pitch_um: float = VI
         xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
         obs = adata.obs
         keep = np.asarray(obs["in_tissue"]).astype(int) == 1 if "in_tissue" in obs else np.ones(len(xy), dtype=bool)
-        n_in = int(keep.sum())
-        if n_in == 0:
+        if not keep.any():
             raise InputError(path, "AnnData has no in-tissue spots (obs['in_tissue'] == 1)")
         if {"array_row", "array_col"} <= set(obs.columns):
             fullres_um = lattice_um_per_px(np.asarray(obs["array_row"]), np.asarray(obs["array_col"]), xy, pitch_um, path)
@@ -253,7 +250,7 @@ def resolve_anndata(path: str | Path, explicit_image: bool, pitch_um: float = VI
             fullres_um = _spot_spacing_um_per_px(xy[keep], pitch_um, path)
             how = f"anndata spot spacing (median nearest-neighbour distance taken as {pitch_um:g} um)"
         if explicit_image:
-            return VisiumSection(path, path, None, 1.0, fullres_um, how, n_in)
+            return VisiumSection(path, path, None, 1.0, fullres_um, how)
         libraries = adata.uns.get("spatial", {})
         if not isinstance(libraries, dict) or len(libraries) != 1:
             found = sorted(libraries) if isinstance(libraries, dict) else []
@@ -267,7 +264,7 @@ def resolve_anndata(path: str | Path, explicit_image: bool, pitch_um: float = VI
             if key in images:
                 scale = _positive_factor(entry.get("scalefactors"), factor, f"{path}: uns['spatial'][{library!r}]['scalefactors']")
                 png = _cached_png(path, str(library), key, images[key])
-                return VisiumSection(path, path, png, scale, fullres_um / scale, f"{how} / {factor} {scale:g}", n_in)
+                return VisiumSection(path, path, png, scale, fullres_um / scale, f"{how} / {factor} {scale:g}")
         raise InputError(path, f"no 'hires' or 'lowres' image in uns['spatial'][{library!r}]['images']; give the section's 'image'")
     finally:
         if adata.isbacked:
