@@ -97,8 +97,19 @@ def _to_rgb8(a: np.ndarray, photometric: int, colormap: np.ndarray | None, hi: f
     return np.ascontiguousarray(colour)
 
 
+def _largest_series(tif: Any) -> Any:
+    """The main image: the series with the most Y x X pixels (SVS/NDPI/SCN files also hold
+    thumbnail, label and macro images as series; for most files this is series 0)."""
+
+    def px(s: Any) -> int:
+        ax = s.axes
+        return int(s.shape[ax.index("Y")]) * int(s.shape[ax.index("X")]) if "Y" in ax and "X" in ax else 0
+
+    return max(tif.series, key=px)
+
+
 class _TiffLevels:
-    """tifffile/zarr access to every level of a file's first (baseline) series."""
+    """tifffile/zarr access to every pyramid level of a file's main image series."""
 
     def __init__(self, path: Path):
         import tifffile
@@ -106,7 +117,7 @@ class _TiffLevels:
 
         try:
             self.tif = tifffile.TiffFile(path)
-            series = self.tif.series[0]
+            series = _largest_series(self.tif)
             self.axes = series.axes
             page = series.keyframe
             self.photometric = int(page.photometric)
