@@ -464,7 +464,8 @@ def file_pixel_size_um(path: Path | str) -> tuple[float, str] | None:
     the Aperio ``MPP = ...`` field of an SVS description -> "SVS MPP"; the TIFF
     ``XResolution``/``ResolutionUnit`` tags (NDPI writes them in cm) -> "TIFF XResolution
     (cm|inch)" / "NDPI XResolution (cm)"; a JPEG's JFIF density or a PNG's pHYs chunk ->
-    "JPEG/PNG dpi". Values outside 0.05-20 um/px are ignored: image software writes 72,
+    "JPEG dpi" / "PNG dpi". Leica SCN's XML sizes are not read (give the pixel size in the
+    manifest). Values outside 0.05-20 um/px are ignored: image software writes 72,
     96 or 300 dpi (352, 265, 85 um/px) as a default, not as a calibration, and unit-less
     resolution tags carry no physical size at all. Only the x pixel size is reported
     (scanners write square pixels). Raises InputError only for a missing or empty file;
