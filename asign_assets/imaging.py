@@ -37,6 +37,7 @@ CONVERT_HINT = (
 )
 
 __all__ = [
+    "check_decode_budget",
     "decode_budget_bytes",
     "read_image_size",
     "read_thumbnail",
