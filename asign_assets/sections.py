@@ -17,10 +17,11 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from asign_assets import imaging, lattice, tissue
+from asign_assets import lattice, tissue
 from asign_assets.errors import InputError
 from asign_assets.manifest import Manifest, SectionSpec
 from asign_assets.readers import CountMatrix, JoinReport, join_spots_counts, read_counts, read_section_spots
+from asign_assets.slide import Slide
 
 THUMB_MAX_SIDE = 1024
 MIN_MEASURED_SPOTS = 20
@@ -101,8 +102,8 @@ def prepare_sections(manifest: Manifest) -> PreparedSections:
     per_section: dict[int, tuple] = {}
     for i in order:
         spec = manifest.sections[i]
-        width, height = imaging.read_image_size(spec.image)
-        thumb, scale = imaging.read_thumbnail(spec.image, THUMB_MAX_SIDE)
+        with Slide(spec.image) as slide:
+            (width, height), (thumb, scale) = (slide.width, slide.height), slide.thumbnail(THUMB_MAX_SIDE)
         mask = tissue.tissue_mask(thumb)
         if not mask.any():
             raise InputError(spec.image, f"section {spec.name}: no tissue found in the image (blank or nearly white slide)")
