@@ -15,7 +15,7 @@ def test_pipeline_succeeds_with_checks(materialised_small):
     assert checks.get("registration_dice") is True
     assert "asign_beats_baselines" in checks
     mats = {e.asset_key.to_user_string() for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"}
-    assert mats == {"sections", "tiles", "embeddings", "registrations", "graph_3d", "expression", "model", "imputed_volume", "evaluation"}
+    assert mats == {"sections", "tiles", "embeddings", "registrations", "graph_3d", "expression", "model", "imputed_volume", "evaluation", "expression_volume"}
     # every materialisation records seconds and peak memory
     for e in result.all_events:
         if e.event_type_value == "ASSET_MATERIALIZATION":

@@ -173,8 +173,9 @@ def build_volume(inp: InputsCache, preds: dict[str, np.ndarray], records, sec_di
     obs.index = (spots["section"] + ":" + spots["spot_id"]).to_list()
     adata = ad.AnnData(X=preds["blend"].astype(np.float32), obs=obs)
     adata.var_names = list(inp.expr.var_names)
-    for k in ("model", "propagation", "blend"):
-        adata.layers[k] = preds[k].astype(np.float32)
+    for k in ("model", "propagation", "blend", "uncertainty"):
+        if k in preds:
+            adata.layers[k] = preds[k].astype(np.float32)
     adata.obsm["spatial"] = np.stack([spots["x_px"].to_numpy(), spots["y_px"].to_numpy()], 1)
     adata.obsm["spatial_3d"] = np.stack([spots["x_um"].to_numpy(), spots["y_um"].to_numpy(), spots["z_um"].to_numpy()], 1)
     adata.uns["spatial"] = {
@@ -189,7 +190,8 @@ def build_volume(inp: InputsCache, preds: dict[str, np.ndarray], records, sec_di
         for r in records
     }
     adata.uns["normalisation"] = dict(inp.expr.uns.get("normalisation", {}))
-    adata.uns["asign"] = {"measured_section": next(r.name for r in records if r.measured), "layers": "X = blend of model and propagation; measured spots keep measured values"}
+    adata.uns["asign"] = {"measured_section": next(r.name for r in records if r.measured), "layers": "X = blend of model and propagation; measured spots keep measured values; "
+                     "uncertainty = SD of the members' networks and the propagation, scaled per gene to the out-of-fold error (0 at measured spots)"}
     return adata
 
 
@@ -286,7 +288,7 @@ def evaluation(context: dg.AssetExecutionContext, storage: StorageResource) -> d
     import anndata as ad
 
     from asign_assets.baselines import run_baselines
-    from asign_assets.metrics import evaluate_sections, hvg_indices, markdown_table
+    from asign_assets.metrics import evaluate_sections, hvg_indices, markdown_table, uncertainty_table
 
     store = storage.get()
     sid = context.partition_key
@@ -308,6 +310,8 @@ def evaluation(context: dg.AssetExecutionContext, storage: StorageResource) -> d
             ref_mean = inp.y_measured.mean(0)
             ref_sd = inp.y_measured.std(0)
             table = evaluate_sections({k: v[rows] for k, v in preds.items()}, truth, sec_names, ref_mean, ref_sd, hvg_indices(inp.y_measured, 50))
+            if "uncertainty" in vol.layers:
+                table = pl.concat([table, uncertainty_table(np.asarray(vol.layers["uncertainty"])[rows], preds["asign"][rows], truth, sec_names)])
             pooled = table.filter((pl.col("section") == "pooled") & (pl.col("metric") == "gene_pcc"))
             score = dict(zip(pooled["method"].to_list(), pooled["value"].to_list()))
             losers = {k: round(v, 4) for k, v in score.items() if k in BASELINES and v > score["asign"]}
@@ -325,10 +329,13 @@ def evaluation(context: dg.AssetExecutionContext, storage: StorageResource) -> d
             with store.write(sid, "evaluation_truth.zarr") as tmp:
                 tv.write_zarr(tmp, chunks=(max(1, tv.n_obs), 1))
     md = markdown_table(table) if table.height else "_no truth: nothing evaluated_"
-    log_progress(context, "pooled metrics:\n" + md)
+    unc = table.filter(pl.col("metric").is_in(["unc_spearman", "unc_spearman_all", "coverage_80"]))
+    unc_md = md_table(unc.pivot(on="metric", index="section", values="value").to_dicts()) if unc.height else "_no uncertainty layer_"
+    log_progress(context, "pooled metrics:\n" + md + "\nuncertainty (asign):\n" + unc_md)
     return dg.MaterializeResult(
         metadata={
             "pooled": dg.MetadataValue.md(md),
+            "uncertainty": dg.MetadataValue.md(unc_md),
             "evaluated_spots": int(len(rows)),
             "path": path_meta(store, sid, "evaluation.parquet"),
             **mon.metadata(),
