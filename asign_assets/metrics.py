@@ -136,6 +136,38 @@ def coverage_80(unc: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> float:
     return float(inside[ok].mean())
 
 
+def gene_pcc_finite(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """PCC across spots for each gene over the spots where truth is finite [G] (NaN for a
+    gene with fewer than 2 such spots, 0 where either side is constant)."""
+    t = np.asarray(truth, np.float64)
+    ok = np.isfinite(t)
+    p = np.where(ok, np.asarray(pred, np.float64), 0.0)
+    t = np.where(ok, t, 0.0)
+    n = ok.sum(0)
+    nn = np.maximum(n, 1)
+    pc = np.where(ok, p - p.sum(0) / nn, 0.0)
+    tc = np.where(ok, t - t.sum(0) / nn, 0.0)
+    num = (pc * tc).sum(0)
+    den = np.sqrt((pc * pc).sum(0) * (tc * tc).sum(0))
+    r = np.where(den > _EPS, num / np.where(den > _EPS, den, 1.0), 0.0)
+    return np.where(n >= 2, r, np.nan)
+
+
+def gene_pcc_table(preds: Mapping[str, np.ndarray], truth: np.ndarray, sections: np.ndarray, genes: np.ndarray) -> pl.DataFrame:
+    """Per-gene PCC (:func:`gene_pcc_finite`) of every method on every section with truth:
+    long table (method, section, gene, value), what the viewer shows for the gene on screen."""
+    sections = np.asarray(sections).astype(str)
+    frames = []
+    for s in dict.fromkeys(sections.tolist()):
+        sel = sections == s
+        for method, pred in preds.items():
+            frames.append(pl.DataFrame({"method": method, "section": s, "gene": np.asarray(genes).astype(str),
+                                        "value": gene_pcc_finite(np.asarray(pred)[sel], truth[sel])}))
+    if not frames:
+        return pl.DataFrame(schema={"method": pl.Utf8, "section": pl.Utf8, "gene": pl.Utf8, "value": pl.Float64})
+    return pl.concat(frames)
+
+
 UNCERTAINTY_METRICS = {"unc_spearman": unc_spearman, "unc_spearman_all": unc_spearman_all, "coverage_80": coverage_80}
 
 

@@ -20,6 +20,7 @@ from asign_assets.assets.common import (
     md_table,
     path_meta,
     samples_partitions,
+    viewer_url,
 )
 from asign_assets.assets.imaging import embeddings
 from asign_assets.assets.ingest import expression
@@ -151,6 +152,7 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, storage: Stora
             "measured_spots": int(len(inp.measured_idx)),
             "genes": int(inp.y_measured.shape[1]),
             "curves": _md_image(png, "training curves") if png else "",
+            "viewer": viewer_url(sid),  # inline link; the markdown image above opens in a dialog only
             "path": path_meta(store, sid, "model"),
             **mon.metadata(),
         },
@@ -288,7 +290,7 @@ def evaluation(context: dg.AssetExecutionContext, storage: StorageResource) -> d
     import anndata as ad
 
     from asign_assets.baselines import run_baselines
-    from asign_assets.metrics import evaluate_sections, hvg_indices, markdown_table, uncertainty_table
+    from asign_assets.metrics import evaluate_sections, gene_pcc_table, hvg_indices, markdown_table, uncertainty_table
 
     store = storage.get()
     sid = context.partition_key
@@ -322,6 +324,9 @@ def evaluation(context: dg.AssetExecutionContext, storage: StorageResource) -> d
             )
         with store.write(sid, "evaluation.parquet") as tmp:
             table.write_parquet(tmp, statistics=False)
+        if len(rows):  # per-gene PCC for the viewer's per-gene accuracy
+            with store.write(sid, "evaluation_genes.parquet") as tmp:
+                gene_pcc_table({k: v[rows] for k, v in preds.items()}, truth, sec_names, genes).write_parquet(tmp, statistics=False)
         if len(rows):
             tv = ad.AnnData(X=truth, obs=vol.obs.iloc[rows].copy())
             tv.obs["row"] = rows

@@ -1,6 +1,5 @@
 """`expression_volume`: the imputed spots gridded into an OME-Zarr voxel volume (asign_assets.volume)."""
 
-from __future__ import annotations
 
 import dagster as dg
 import numpy as np
@@ -64,7 +63,7 @@ def expression_volume(context: dg.AssetExecutionContext, config: VolumeConfig, s
         agree = spot_agreement(dense, grid, xyz, x)
         genes = [str(g) for g in vol.var_names]
         norm = dict(vol.uns.get("normalisation", {}))
-        unit = str(norm.get("method", "log1p_cp10k"))
+        unit = str(norm.get("normalisation") or norm.get("method") or "log1p_cp10k")  # ExpressionParams.normalisation
         common = {"unit": unit, "normalisation": {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in norm.items()},
                   "sections": [{"name": r.name, "z_um": float(r.z_um), "measured": bool(r.measured)} for r in records],
                   "spot_pitch_um": pitch, "sigma_um": params.sigma_frac * pitch}
