@@ -33,10 +33,10 @@ METHOD_HELP = {
     "asign_network": "ASIGN's network output alone (no label propagation)",
     "asign_propagation": "ASIGN's label propagation alone over the 3D spot graph",
     "mean": "baseline: every spot gets the measured section's mean profile",
-    "overlap": "baseline: propagation over registration-overlap edges only",
-    "similarity": "baseline: propagation over image-similarity edges only",
-    "gauss_knn": "baseline: Gaussian-weighted mean of the nearest measured spots in 3D",
-    "image_2d": "baseline: ridge regression from the spot's image features (2D, no 3D context)",
+    "overlap": "baseline (paper's Overlap): propagation over within-section + registration-overlap edges only",
+    "similarity": "baseline (paper's Similarity): propagation over within-section + image-similarity edges only",
+    "gauss_knn": "baseline: Gaussian-weighted k nearest measured spots in the registered xy (registration only)",
+    "image_2d": "baseline: ridge regression from the spot's image embedding (2D, no 3D context)",
 }
 ROUTE = "/_asign"  # Flask routes serving thumbnails and the overlay
 
