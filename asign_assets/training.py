@@ -38,6 +38,14 @@ neighbourhood, not with the stack.
 
 Inference: ALL measured spots are known; propagation runs over the whole graph (sparse),
 the network runs per section on the section plus its ``hops``-hop neighbours.
+
+Uncertainty (per spot and gene): the SD over the estimators the blend combines (each
+member's network output and the propagation), scaled per gene so that its RMS over the
+imputed spots equals the RMS of the calibrated out-of-fold validation residuals
+(``calibration["sigma"]``, measured spots only). On HER2ST patient C (C4 measured) its
+Spearman correlation with the absolute error is 0.09-0.11 per section (mean over genes) and
+the central 80% interval covers 67-72% of the truth: in-section validation errors are
+smaller than errors on other sections, so the intervals are too narrow there.
 """
 
 from __future__ import annotations

@@ -142,12 +142,14 @@ def section_operator(xy_um: np.ndarray, grid: VolumeGrid, pitch_um: float, tissu
 
 @dataclass
 class GriddingOperator:
-    """``values_grid = M @ values_spots`` for every voxel; ``tissue`` [nz, ny, nx]."""
+    """``values_grid = M @ values_spots`` for every voxel; ``tissue`` [nz, ny, nx];
+    ``spot_voxels`` [N, 3] the (z, y, x) voxel nearest to each spot."""
 
     M: sp.csr_matrix
     tissue: np.ndarray
     grid: VolumeGrid
     pitch_um: float
+    spot_voxels: np.ndarray
 
     def apply(self, values: np.ndarray, genes_per_block: int = 16) -> np.ndarray:
         """[N, G] spot values -> [G, nz, ny, nx] float32 (gene blocks bound the memory)."""
@@ -211,7 +213,7 @@ def gridding_operator(
             Mk = Mk + sp.diags(inv * t[k]) @ ops[a[k] + 1]
         blocks.append(Mk)
         planes.append(inside.reshape(grid.shape[1:]))
-    return GriddingOperator(sp.vstack(blocks).tocsr(), np.stack(planes), grid, float(pitch_um))
+    return GriddingOperator(sp.vstack(blocks).tocsr(), np.stack(planes), grid, float(pitch_um), grid.index_of(xyz[:, [2, 1, 0]]))
 
 
 def sample_at(volume: np.ndarray, grid: VolumeGrid, xyz_um: np.ndarray) -> np.ndarray:
@@ -223,10 +225,15 @@ def sample_at(volume: np.ndarray, grid: VolumeGrid, xyz_um: np.ndarray) -> np.nd
 
 def spot_agreement(volume: np.ndarray, grid: VolumeGrid, xyz_um: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Per-gene Spearman correlation between spot values and the voxel at each spot (NaN: constant gene)."""
+    return spearman_columns(sample_at(volume, grid, xyz_um), values)
+
+
+def spearman_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman correlation of each column of ``a`` with the same column of ``b`` (NaN: constant)."""
     from scipy.stats import rankdata
 
-    a = rankdata(sample_at(volume, grid, xyz_um), axis=0)
-    b = rankdata(np.asarray(values), axis=0)
+    a = rankdata(np.asarray(a), axis=0)
+    b = rankdata(np.asarray(b), axis=0)
     a -= a.mean(0)
     b -= b.mean(0)
     den = np.sqrt((a * a).sum(0) * (b * b).sum(0))
@@ -270,19 +277,59 @@ def write_ome_zarr(
     attrs: Mapping | None = None,
 ) -> None:
     """Write a [C, nz, ny, nx] volume (and a tissue label) as an NGFF 0.4 multiscale image."""
-    import zarr
-
     data = np.asarray(data, np.float32)
     if data.shape[1:] != grid.shape or len(channel_names) != data.shape[0]:
         raise ValueError(f"volume {data.shape} does not match grid {grid.shape} and {len(channel_names)} channels")
+    _write(path, lambda g0, g1: data[g0:g1], channel_names, grid, tissue, name, levels, attrs)
+
+
+def write_gridded(
+    path: str | Path,
+    op: GriddingOperator,
+    values: np.ndarray,
+    channel_names: Sequence[str],
+    name: str = "expression",
+    levels: int = 3,
+    attrs: Mapping | None = None,
+    genes_per_block: int = 16,
+) -> np.ndarray:
+    """Grid spot values [N, G] with ``op`` and write them like :func:`write_ome_zarr`, one
+    block of genes at a time (memory: one block, not the whole volume). Returns the voxel
+    values at the spots [N, G] (for :func:`spearman_columns` against ``values``)."""
+    v = np.asarray(values, np.float32)
+    xyz_idx = None
+    at_spots = np.empty_like(v)
+
+    def block(g0: int, g1: int) -> np.ndarray:
+        nonlocal xyz_idx
+        blk = op.apply(v[:, g0:g1], genes_per_block=g1 - g0)
+        if xyz_idx is None:
+            xyz_idx = op.spot_voxels
+        at_spots[:, g0:g1] = blk[:, xyz_idx[:, 0], xyz_idx[:, 1], xyz_idx[:, 2]].T
+        return blk
+
+    _write(path, block, channel_names, op.grid, op.tissue, name, levels, attrs, genes_per_block)
+    return at_spots
+
+
+def _write(path, source, channel_names, grid: VolumeGrid, tissue, name, levels, attrs, block: int = 16) -> None:
+    import zarr
+
     n = _n_levels(grid, levels)
+    C = len(channel_names)
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    arrs = []
     for lv in range(n):
         f = 2**lv
-        arr = data[:, :, ::f, ::f]
-        root.create_array(str(lv), data=arr, chunks=(1, *arr.shape[1:]))
-    finite = data[np.isfinite(data)]
-    hi = float(finite.max(initial=0.0))
+        shape = (C, grid.shape[0], len(range(0, grid.shape[1], f)), len(range(0, grid.shape[2], f)))
+        arrs.append(root.create_array(str(lv), shape=shape, chunks=(1, *shape[1:]), dtype="float32", fill_value=0.0))
+    hi = 0.0
+    for g0 in range(0, C, block):
+        blk = source(g0, min(g0 + block, C))
+        hi = max(hi, float(np.nanmax(blk, initial=0.0)))
+        for lv, a in enumerate(arrs):
+            f = 2**lv
+            a[g0 : g0 + blk.shape[0]] = blk[:, :, ::f, ::f]
     root.attrs.update({
         "multiscales": [{
             "version": NGFF_VERSION,

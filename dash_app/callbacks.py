@@ -533,6 +533,7 @@ def reports(home: str | os.PathLike, sample: object, prefix: str = "/"):
         else:
             cols, records = data.metrics_table(df)
             metrics = _table("metrics-table", cols, records)
+            metrics.tooltip_data = [{"method": METHOD_HELP.get(str(r.get("method")), "")} for r in records]
     except AsignError as e:
         metrics = note(str(e), "error")
 

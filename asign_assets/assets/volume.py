@@ -35,20 +35,26 @@ class VolumeConfig(dg.Config):
     "multiscales, axes c (genes) z y x in um, one gene per chunk, a labels/tissue mask; expression.ome.zarr and uncertainty.ome.zarr.",
 )
 def expression_volume(context: dg.AssetExecutionContext, config: VolumeConfig, storage: StorageResource) -> dg.MaterializeResult:
-    import anndata as ad
+    import h5py
+    from anndata.io import read_elem
 
     from asign_assets.registration import load_transform
-    from asign_assets.volume import VolumeParams, gridding_operator, make_grid, spot_agreement, spot_pitch_um, tissue_in_common_frame, write_ome_zarr
+    from asign_assets.volume import VolumeParams, gridding_operator, make_grid, spearman_columns, spot_pitch_um, tissue_in_common_frame, write_gridded
 
     store = storage.get()
     sid = context.partition_key
     params = VolumeParams(voxel_xy_um=config.voxel_xy_um, voxel_z_um=config.voxel_z_um, sigma_frac=config.sigma_frac)
     with StageMonitor().run() as mon:
-        vol = ad.read_h5ad(store.local_path(sid, "imputed_volume.h5ad"))
+        # only what the grid needs (not every layer of the AnnData): X, uncertainty, coordinates
+        with h5py.File(store.local_path(sid, "imputed_volume.h5ad"), "r") as f:
+            obs, var = read_elem(f["obs"]), read_elem(f["var"])
+            xyz = np.asarray(f["obsm/spatial_3d"][:], float)
+            x = np.asarray(f["X"][:], np.float32)
+            unc = np.asarray(f["layers/uncertainty"][:], np.float32) if "layers/uncertainty" in f else None
+            norm = dict(read_elem(f["uns/normalisation"])) if "uns/normalisation" in f else {}
         sec_dir = store.local_path(sid, "sections")
         records = sections_lib.load_records(sec_dir)
-        code = vol.obs["section"].cat.codes.to_numpy()  # categories are in record order (build_volume)
-        xyz = np.asarray(vol.obsm["spatial_3d"], float)
+        code = obs["section"].cat.codes.to_numpy()  # categories are in record order (build_volume)
         ref = next(i for i, r in enumerate(records) if r.measured)
         pitch = spot_pitch_um(xyz[code == ref, :2])
         grid = make_grid(xyz, [r.z_um for r in records], pitch, params)
@@ -58,26 +64,22 @@ def expression_volume(context: dg.AssetExecutionContext, config: VolumeConfig, s
             for r in records
         ]
         op = gridding_operator(xyz, code, masks, params, grid=grid, pitch_um=pitch)
-        x = np.asarray(vol.X, np.float32)
-        dense = op.apply(x)
-        agree = spot_agreement(dense, grid, xyz, x)
-        genes = [str(g) for g in vol.var_names]
-        norm = dict(vol.uns.get("normalisation", {}))
+        genes = [str(g) for g in var.index]
         unit = str(norm.get("normalisation") or norm.get("method") or "log1p_cp10k")  # ExpressionParams.normalisation
         common = {"unit": unit, "normalisation": {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in norm.items()},
                   "sections": [{"name": r.name, "z_um": float(r.z_um), "measured": bool(r.measured)} for r in records],
                   "spot_pitch_um": pitch, "sigma_um": params.sigma_frac * pitch}
         with store.write(sid, "expression_volume") as tmp:
             tmp.mkdir()
-            write_ome_zarr(tmp / "expression.ome.zarr", dense, genes, grid, op.tissue, "expression", params.levels, {**common, "kind": "expression"})
-            del dense
-            if "uncertainty" in vol.layers:
-                unc = op.apply(np.asarray(vol.layers["uncertainty"], np.float32))
-                write_ome_zarr(tmp / "uncertainty.ome.zarr", unc, genes, grid, op.tissue, "uncertainty", params.levels,
-                               {**common, "kind": "uncertainty (SD, same unit as the expression)"})
+            at_spots = write_gridded(tmp / "expression.ome.zarr", op, x, genes, "expression", params.levels, {**common, "kind": "expression"})
+            agree = spearman_columns(at_spots, x)
+            del at_spots
+            if unc is not None:
+                write_gridded(tmp / "uncertainty.ome.zarr", op, unc, genes, "uncertainty",
+                              params.levels, {**common, "kind": "uncertainty (SD, same unit as the expression)"})
     med = float(np.nanmedian(agree))
     log_progress(context, f"grid {grid.shape} (z, y, x) at {grid.voxel_um} um; spot agreement median Spearman {med:.3f}")
-    per = pl.DataFrame({"section": [records[c].name for c in code], "in_tissue": op.tissue[tuple(grid.index_of(xyz[:, [2, 1, 0]]).T)]})
+    per = pl.DataFrame({"section": [records[c].name for c in code], "in_tissue": op.tissue[tuple(op.spot_voxels.T)]})
     cover = per.group_by("section", maintain_order=True).agg(pl.col("in_tissue").mean().alias("spots_in_tissue")).to_dicts()
     check = dg.AssetCheckResult(
         check_name=AGREEMENT_CHECK, passed=bool(med >= MIN_AGREEMENT), severity=dg.AssetCheckSeverity.WARN,
