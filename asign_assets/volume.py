@@ -40,7 +40,6 @@ import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
 NGFF_VERSION = "0.4"
-AXES = ("c", "z", "y", "x")
 
 
 @dataclass(frozen=True)

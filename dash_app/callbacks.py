@@ -23,7 +23,6 @@ from dash_app import data, figures
 log = logging.getLogger("asign.viewer")
 
 PANEL_KINDS = ("imputed", "measured", "truth", "error", "uncertainty")
-DEFAULT_Z_STRETCH = 10.0  # when the spots give no z extent; otherwise figures.default_stretch
 DEFAULT_OPACITY = 0.9
 DEFAULT_ISO_PCT = 80.0
 MAX_ISO_VOXELS = 150_000  # the isosurface uses the finest pyramid level under this size
@@ -162,9 +161,9 @@ def select_sample(home: str | os.PathLike, sample: object, gene: object = None, 
     )
 
 
-def _stretch(z: object, xyz: np.ndarray | None = None) -> float:
+def _stretch(z: object, xyz: np.ndarray) -> float:
     """The typed z stretch, clipped; empty or invalid: the default that separates the sections."""
-    default = figures.default_stretch(xyz) if xyz is not None else DEFAULT_Z_STRETCH
+    default = figures.default_stretch(xyz)
     try:
         z = float(z)  # type: ignore[arg-type]
     except (TypeError, ValueError):

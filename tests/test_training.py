@@ -146,7 +146,8 @@ def test_ensemble_members_calibration_and_determinism(tmp_path, stack, ensemble_
     np.testing.assert_array_equal(impute(res2, g, emb, remb, gemb, y[meas], meas, CPU)["blend"], out["blend"])
     save_checkpoint(res, tmp_path / "c.pt")
     back = load_checkpoint(tmp_path / "c.pt")
-    assert back.n_members == 3 and set(back.calibration) == {"model", "blend"}
+    assert back.n_members == 3 and set(back.calibration) == {"model", "blend", "sigma"}
+    assert back.calibration["sigma"].shape == (res.config["n_genes"],) and (back.calibration["sigma"] > 0).all()
     np.testing.assert_array_equal(impute(back, g, emb, remb, gemb, y[meas], meas, CPU)["blend"], out["blend"])
 
 
