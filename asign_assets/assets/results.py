@@ -200,12 +200,12 @@ def build_volume(inp: InputsCache, preds: dict[str, np.ndarray], records, sec_di
 @dg.asset(
     partitions_def=samples_partitions,
     group_name="results",
-    code_version="1",
+    code_version="2",
     kinds={"anndata", "zarr"},
     deps=[model, graph_3d, embeddings, expression, registrations],
     pool=GPU_POOL,
     description="The imputed 3D volume: every spot of every section (AnnData .h5ad and .zarr, one gene per zarr chunk), "
-    "layers model/propagation/blend, own-image and common-frame coordinates, thumbnails for sc.pl.spatial.",
+    "layers model/propagation/blend/uncertainty, own-image and common-frame coordinates, thumbnails for sc.pl.spatial.",
 )
 def imputed_volume(context: dg.AssetExecutionContext, storage: StorageResource, device: DeviceResource) -> dg.MaterializeResult:
     import torch
@@ -279,12 +279,13 @@ def _truth_matrix(manifest, inp: InputsCache, genes: np.ndarray, method: str):
 @dg.asset(
     partitions_def=samples_partitions,
     group_name="results",
-    code_version="1",
+    code_version="2",
     kinds={"parquet"},
     deps=[imputed_volume],
     check_specs=[dg.AssetCheckSpec(EVAL_CHECK, asset="evaluation", description="ASIGN's pooled gene_pcc is at least every baseline's.")],
     description="Held-out metrics (mse, mae, spot_pcc, spot_pcc_z, gene_pcc, gene_pcc_hvg50) of ASIGN and the baselines "
-    "(mean, overlap, similarity, gauss_knn, image_2d) on sections with truth. The only asset that reads truth.",
+    "(mean, overlap, similarity, gauss_knn, image_2d) on sections with truth, ASIGN's uncertainty metrics "
+    "(unc_spearman, unc_spearman_all, coverage_80) and per-gene PCC (evaluation_genes.parquet). The only asset that reads truth.",
 )
 def evaluation(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
     import anndata as ad
