@@ -91,7 +91,7 @@ def expression_volume(context: dg.AssetExecutionContext, config: VolumeConfig, s
             "voxel_um_zyx": str(tuple(round(v, 2) for v in grid.voxel_um)),
             "spot_pitch_um": round(pitch, 2),
             "tissue_voxels": int(op.tissue.sum()),
-            "spot_agreement_median_spearman": round(med, 4),
+            "spot_agreement": round(med, 4),  # median over genes of Spearman(spot value, its voxel)
             "spots_in_tissue": dg.MetadataValue.md(md_table(cover)),
             "viewer": viewer_url(sid),
             "path": path_meta(store, sid, "expression_volume"),
