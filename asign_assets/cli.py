@@ -126,6 +126,18 @@ def cmd_import_her2st(args: argparse.Namespace) -> None:
     print(path)
 
 
+def cmd_import_visium(args: argparse.Namespace) -> None:
+    from asign_assets.visium import manifest_from_visium
+
+    path, report = manifest_from_visium(
+        args.dirs, measured=args.measured, with_truth=args.with_truth, sample_id=args.sample_id,
+        out=Path(args.out) if args.out else None, z_step_um=args.z_step_um,
+    )
+    for line in report:
+        print(f"asign: {line}", file=sys.stderr)
+    print(path)
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     _set_home(args.home)
     materialise_sample(args.target, device=args.device, run_config=_run_config(args))
@@ -218,6 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="uniform distance between consecutive sections (default: the block layout, see asign_assets/her2st.py)")
     h.add_argument("--z", help="per-section depth overrides in um, e.g. C3=116,C4=132")
     h.set_defaults(func=cmd_import_her2st)
+
+    vi = sub.add_parser("import-visium", help="write a manifest for a stack of Visium (Space Ranger outs/) folders")
+    vi.add_argument("dirs", nargs="+", metavar="DIR", help="Space Ranger outs/ folders (with spatial/), in stack order")
+    vi.add_argument("--measured", required=True, help="the section whose counts are the input (its folder name; the parent's for outs/)")
+    vi.add_argument("--with-truth", action="store_true", help="attach the other sections' counts as truth (used only by evaluation)")
+    vi.add_argument("--sample-id", help="sample id (default visium_<measured>)")
+    vi.add_argument("--out", help="manifest path (default ./<sample-id>.yaml)")
+    vi.add_argument("--z-step-um", type=float, default=10.0, help="distance between consecutive sections (default 10)")
+    vi.set_defaults(func=cmd_import_visium)
 
     r = sub.add_parser("run", help="register a manifest (or a known sample id) and materialise all its assets")
     common(r)

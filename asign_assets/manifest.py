@@ -3,12 +3,20 @@
 A manifest is the only thing a user writes. Paths inside it are relative to the
 manifest file. Exactly one section is ``measured``: its counts are the input. Other
 sections may carry ``truth`` counts, which only the evaluation stage may open.
+
+A section may name a Visium source instead of its files (see :mod:`asign_assets.visium`):
+``visium: <Space Ranger outs/ folder>`` or ``anndata: <scanpy/squidpy .h5ad>``. The source
+gives the spots, the image (with the scale that maps full-resolution spot pixels onto it),
+the pixel size, and the counts: as ``counts`` on the measured section, as ``truth`` on
+another section that says ``truth: true``. Explicit ``image``, ``spots``, ``counts``,
+``truth`` (a path) and per-section ``pixel_size_um`` keys win over the source.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import re
 import uuid
@@ -19,17 +27,26 @@ from typing import Any
 import yaml
 
 from asign_assets.errors import InputError
+from asign_assets.visium import COUNTS_FILE, VISIUM_DIAMETER_UM, VISIUM_PITCH_UM, VisiumSection, resolve_anndata, resolve_visium
 
 SAMPLE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SECTION_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
+log = logging.getLogger(__name__)
+
 _TOP_KEYS = {"sample_id", "pixel_size_um", "spot_diameter_um", "spot_pitch_um", "sections", "description"}
-_SECTION_KEYS = {"name", "z_um", "image", "spots", "counts", "truth", "measured", "pixel_size_um"}
+_SECTION_KEYS = {"name", "z_um", "image", "spots", "counts", "truth", "measured", "pixel_size_um", "visium", "anndata"}
 
 
 @dataclass(frozen=True)
 class SectionSpec:
-    """One serial section: an H&E image, optionally spots, counts (measured) or truth."""
+    """One serial section: an H&E image, optionally spots, counts (measured) or truth.
+
+    Spot tables hold full-resolution pixels; ``spot_scale`` (image px per spot-table px)
+    maps them onto ``image``, applied by :func:`asign_assets.readers.read_section_spots`.
+    ``derived`` names the keys filled from ``visium``/``anndata`` or the image file rather
+    than written in the manifest, so writing the manifest back keeps the user's form.
+    """
 
     name: str
     z_um: float
@@ -39,6 +56,11 @@ class SectionSpec:
     spots: Path | None = None
     counts: Path | None = None
     truth: Path | None = None
+    spot_scale: float = 1.0
+    pixel_size_source: str = "manifest"
+    visium: Path | None = None
+    anndata: Path | None = None
+    derived: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -108,8 +130,59 @@ def _path(value: Any, base: Path, src: Path, fld: str, must_exist: bool) -> Path
     return p
 
 
+def _file_pixel_size_um(image: Path) -> tuple[float, str] | None:
+    """Pixel size recorded in the image file itself (TIFF/OME/slide metadata), if any."""
+    try:
+        from asign_assets.slide import file_pixel_size_um
+    except ModuleNotFoundError as exc:
+        if exc.name != "asign_assets.slide":
+            raise
+        return None
+    return file_pixel_size_um(image)
+
+
+def _visium_source(sraw: dict, base: Path, src: Path, where: str, pitch_um: float) -> tuple[str, Path, VisiumSection] | None:
+    """The section's ``visium``/``anndata`` source: (key, path, what it resolves to), or None."""
+    if sraw.get("visium") and sraw.get("anndata"):
+        raise InputError(src, "give either 'visium' or 'anndata', not both", field=where + "anndata")
+    explicit_image = bool(sraw.get("image"))
+    if sraw.get("visium"):
+        folder = _path(sraw["visium"], base, src, where + "visium", must_exist=True)
+        return "visium", folder, resolve_visium(folder, explicit_image, pitch_um)
+    if sraw.get("anndata"):
+        file = _path(sraw["anndata"], base, src, where + "anndata", must_exist=True)
+        return "anndata", file, resolve_anndata(file, explicit_image, pitch_um)
+    return None
+
+
+def _pixel_size(
+    sraw: dict, global_px: float | None, vis: VisiumSection | None, image: Path, image_from_source: bool, src: Path, where: str,
+) -> tuple[float, str]:
+    """(um per px of the section's image, where it came from); see :func:`parse_manifest`."""
+    if sraw.get("pixel_size_um") is not None:
+        return _positive_float(sraw["pixel_size_um"], src, where + "pixel_size_um"), "manifest"
+    if global_px is not None and not image_from_source:
+        return global_px, "manifest"
+    if vis is not None:
+        if global_px is not None:
+            log.info("%s: global pixel_size_um describes full-resolution scans; the %s image uses %s", where.rstrip("."), image.name, vis.pixel_size_source)
+        return vis.pixel_size_um, vis.pixel_size_source
+    found = _file_pixel_size_um(image) if image.exists() else None
+    if found is None:
+        raise InputError(
+            src, "no pixel size: give pixel_size_um globally or per section (the image file does not record one)", field=where + "pixel_size_um",
+        )
+    return _positive_float(found[0], image, "pixel size in the image metadata"), f"image metadata ({found[1]})"
+
+
 def parse_manifest(raw: Any, src: Path, check_files: bool = True) -> Manifest:
-    """Validate a manifest mapping; ``src`` is the YAML file (paths are relative to it)."""
+    """Validate a manifest mapping; ``src`` is the YAML file (paths are relative to it).
+
+    Pixel size of a section, first found: its own ``pixel_size_um``; the global one (not
+    for a section showing a Space Ranger/AnnData image, whose frame is not the scan's);
+    the Visium lattice; the image file's metadata. ``spot_diameter_um``/``spot_pitch_um``
+    default to Visium's 55/100 when every section is a Visium source.
+    """
     src = Path(src)
     base = src.resolve().parent
     if not isinstance(raw, dict):
@@ -123,8 +196,15 @@ def parse_manifest(raw: Any, src: Path, check_files: bool = True) -> Manifest:
             src, f"{sample_id!r} must be 1-64 letters, digits, '_', '.', '-' (starting with a letter or digit)",
             field="sample_id",
         )
-    diameter = _positive_float(_require(raw, "spot_diameter_um", src), src, "spot_diameter_um")
-    pitch = _positive_float(_require(raw, "spot_pitch_um", src), src, "spot_pitch_um")
+    sections_raw = raw.get("sections")
+    all_visium = isinstance(sections_raw, list) and bool(sections_raw) and all(
+        isinstance(s, dict) and (s.get("visium") or s.get("anndata")) for s in sections_raw
+    )
+    defaults = {"spot_diameter_um": VISIUM_DIAMETER_UM, "spot_pitch_um": VISIUM_PITCH_UM} if all_visium else {}
+    diameter, pitch = (
+        _positive_float(raw[k] if raw.get(k) is not None else _require(defaults, k, src), src, k)
+        for k in ("spot_diameter_um", "spot_pitch_um")
+    )
     global_px = raw.get("pixel_size_um")
     if global_px is not None:
         global_px = _positive_float(global_px, src, "pixel_size_um")
@@ -155,22 +235,62 @@ def parse_manifest(raw: Any, src: Path, check_files: bool = True) -> Manifest:
             z = float(_require(sraw, "z_um", src, where))
         except (TypeError, ValueError):
             raise InputError(src, f"must be a number, got {sraw.get('z_um')!r}", field=where + "z_um") from None
-        px = sraw.get("pixel_size_um", global_px)
-        if px is None:
-            raise InputError(src, "no pixel size: give pixel_size_um globally or per section", field=where + "pixel_size_um")
-        px = _positive_float(px, src, where + "pixel_size_um")
         measured = sraw.get("measured", False)
         if not isinstance(measured, bool):
             raise InputError(src, f"must be true or false, got {measured!r}", field=where + "measured")
-        image = _path(_require(sraw, "image", src, where), base, src, where + "image", check_files)
+        source = _visium_source(sraw, base, src, where, pitch)
+        vis = source[2] if source else None
+        derived: set[str] = set()
+        if sraw.get("image"):
+            image = _path(sraw["image"], base, src, where + "image", check_files)
+        elif vis is not None and vis.image is not None:
+            image = vis.image
+            derived.add("image")
+        else:
+            raise InputError(
+                src, "is required but missing (or give 'visium: <Space Ranger outs/>' or 'anndata: <file.h5ad>')", field=where + "image",
+            )
+        spot_scale = vis.spot_scale if vis is not None and "image" in derived else 1.0
+        px, px_source = _pixel_size(sraw, global_px, vis, image, "image" in derived, src, where)
+        if px_source != "manifest":
+            derived.add("pixel_size_um")
+        log.info("section %s: pixel size %.4g um/px from %s", name, px, px_source)
         spots = _path(sraw["spots"], base, src, where + "spots", check_files) if sraw.get("spots") else None
         counts = _path(sraw["counts"], base, src, where + "counts", check_files) if sraw.get("counts") else None
-        truth = _path(sraw["truth"], base, src, where + "truth", check_files) if sraw.get("truth") else None
+        truth_raw = sraw.get("truth")
+        if truth_raw is True:
+            if vis is None:
+                raise InputError(src, "'truth: true' takes the counts of the section's visium/anndata source; give a counts path instead", field=where + "truth")
+            if vis.counts is None:
+                raise InputError(source[1], f"section {name}: 'truth: true' but the folder has no {COUNTS_FILE}", field=where + "truth")
+            truth = vis.counts
+            derived.add("truth")
+        elif not truth_raw:
+            truth = None
+        else:
+            truth = _path(truth_raw, base, src, where + "truth", check_files)
+        if vis is not None:
+            if spots is None:
+                spots = vis.spots
+                derived.add("spots")
+            if measured and counts is None:
+                if vis.counts is None:
+                    raise InputError(source[1] / COUNTS_FILE, f"section {name}: file not found; the measured section needs its counts")
+                counts = vis.counts
+                derived.add("counts")
         if measured and counts is None:
             raise InputError(src, "the measured section needs its counts", field=where + "counts")
         if measured and truth is not None:
             raise InputError(src, "the measured section's counts are its truth; remove 'truth'", field=where + "truth")
-        sections.append(SectionSpec(name, z, image, px, measured, spots, counts, truth))
+        sections.append(
+            SectionSpec(
+                name=name, z_um=z, image=image, pixel_size_um=px, measured=measured, spots=spots, counts=counts, truth=truth,
+                spot_scale=spot_scale, pixel_size_source=px_source,
+                visium=source[1] if source and source[0] == "visium" else None,
+                anndata=source[1] if source and source[0] == "anndata" else None,
+                derived=frozenset(derived),
+            )
+        )
     n_measured = sum(s.measured for s in sections)
     if n_measured != 1:
         names = [s.name for s in sections if s.measured]
@@ -233,13 +353,25 @@ def to_dict(manifest: Manifest, relative_to: Path | None = None) -> dict[str, An
     if manifest.description:
         out["description"] = manifest.description
     for s in manifest.sections:
-        d: dict[str, Any] = {"name": s.name, "z_um": s.z_um, "image": p(s.image), "pixel_size_um": s.pixel_size_um}
+        # Keys filled from a visium/anndata source or the image file are left out: loading
+        # the manifest again derives them the same way.
+        d: dict[str, Any] = {"name": s.name, "z_um": s.z_um}
+        if s.visium is not None:
+            d["visium"] = p(s.visium)
+        if s.anndata is not None:
+            d["anndata"] = p(s.anndata)
+        if "image" not in s.derived:
+            d["image"] = p(s.image)
+        if "pixel_size_um" not in s.derived:
+            d["pixel_size_um"] = s.pixel_size_um
         if s.measured:
             d["measured"] = True
         for key in ("spots", "counts", "truth"):
             val = getattr(s, key)
-            if val is not None:
+            if val is not None and key not in s.derived:
                 d[key] = p(val)
+        if s.truth is not None and "truth" in s.derived:
+            d["truth"] = True
         out["sections"].append(d)
     return out
 

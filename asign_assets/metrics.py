@@ -19,6 +19,16 @@ finite at every evaluated spot of that section; every metric of that section, in
 uses only those genes. ``genes_scored`` records how many; an unmeasured gene never counts
 as zero. A gene measured at some spots of a section but not others is an input error.
 
+Uncertainty (``unc`` [spots, genes], an SD in expression units; only entries with finite
+truth count, so genes a section did not measure are ignored):
+
+- ``unc_spearman``: Spearman correlation across spots between ``unc`` and ``|pred - truth|``
+  for each gene, averaged over genes (a gene with constant ``unc`` or error scores 0). Not
+  inflated by genes with larger values having both larger errors and larger ``unc``.
+- ``unc_spearman_all``: the same over all (spot, gene) entries pooled.
+- ``coverage_80``: fraction of entries whose truth lies in the central 80% Gaussian interval
+  ``pred +- 1.2816 unc`` (0.8 when calibrated).
+
 Pooling (row ``section == 'pooled'``): every metric is the unweighted mean over sections of
 its per-section value, so each section counts once whatever its number of spots (for
 ``gene_pcc`` this is the required mean of per-section gene PCCs). ``genes_scored`` pooled
@@ -85,6 +95,109 @@ def hvg_indices(y_measured: np.ndarray, n: int = 50) -> np.ndarray:
     """The ``n`` genes of highest variance across the measured section's spots."""
     var = np.asarray(y_measured, np.float64).var(axis=0)
     return np.lexsort((np.arange(len(var)), -var))[: min(n, len(var))]
+
+
+Z80 = 1.2815515655446004  # standard-normal quantile 0.9: a central 80% interval
+
+
+def _ranks_finite(x: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Column-wise average ranks of ``x`` over entries where ``ok``; NaN elsewhere."""
+    from scipy.stats import rankdata
+
+    return rankdata(np.where(ok, x, np.nan), axis=0, nan_policy="omit")
+
+
+def unc_spearman(unc: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over genes of the Spearman correlation (across spots with finite truth) of
+    uncertainty and absolute error."""
+    truth = np.asarray(truth, np.float64)
+    ok = np.isfinite(truth)
+    err = np.abs(np.asarray(pred, np.float64) - truth)
+    ru, re = _ranks_finite(np.asarray(unc, np.float64), ok), _ranks_finite(err, ok)
+    n = ok.sum(0)
+    keep = n >= 2
+    if not keep.any():
+        return float("nan")
+    ru, re = ru[:, keep], re[:, keep]
+    ru = np.where(np.isfinite(ru), ru - np.nanmean(ru, 0), 0.0)
+    re = np.where(np.isfinite(re), re - np.nanmean(re, 0), 0.0)
+    num = (ru * re).sum(0)
+    den = np.sqrt((ru * ru).sum(0) * (re * re).sum(0))
+    return float(np.where(den > _EPS, num / np.where(den > _EPS, den, 1.0), 0.0).mean())
+
+
+def unc_spearman_all(unc: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> float:
+    """Spearman correlation of uncertainty and absolute error over all finite-truth entries."""
+    from scipy.stats import spearmanr
+
+    truth = np.asarray(truth, np.float64)
+    ok = np.isfinite(truth)
+    if ok.sum() < 2:
+        return float("nan")
+    r = spearmanr(np.asarray(unc, np.float64)[ok], np.abs(np.asarray(pred, np.float64)[ok] - truth[ok])).statistic
+    return float(r) if np.isfinite(r) else 0.0
+
+
+def coverage_80(unc: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> float:
+    """Fraction of finite-truth entries inside ``pred +- Z80 * unc``."""
+    truth = np.asarray(truth, np.float64)
+    ok = np.isfinite(truth)
+    if not ok.any():
+        return float("nan")
+    inside = np.abs(np.asarray(pred, np.float64) - truth) <= Z80 * np.asarray(unc, np.float64)
+    return float(inside[ok].mean())
+
+
+def gene_pcc_finite(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """PCC across spots for each gene over the spots where truth is finite [G] (NaN for a
+    gene with fewer than 2 such spots, 0 where either side is constant)."""
+    t = np.asarray(truth, np.float64)
+    ok = np.isfinite(t)
+    p = np.where(ok, np.asarray(pred, np.float64), 0.0)
+    t = np.where(ok, t, 0.0)
+    n = ok.sum(0)
+    nn = np.maximum(n, 1)
+    pc = np.where(ok, p - p.sum(0) / nn, 0.0)
+    tc = np.where(ok, t - t.sum(0) / nn, 0.0)
+    num = (pc * tc).sum(0)
+    den = np.sqrt((pc * pc).sum(0) * (tc * tc).sum(0))
+    r = np.where(den > _EPS, num / np.where(den > _EPS, den, 1.0), 0.0)
+    return np.where(n >= 2, r, np.nan)
+
+
+def gene_pcc_table(preds: Mapping[str, np.ndarray], truth: np.ndarray, sections: np.ndarray, genes: np.ndarray) -> pl.DataFrame:
+    """Per-gene PCC (:func:`gene_pcc_finite`) of every method on every section with truth:
+    long table (method, section, gene, value), what the viewer shows for the gene on screen."""
+    sections = np.asarray(sections).astype(str)
+    frames = []
+    for s in dict.fromkeys(sections.tolist()):
+        sel = sections == s
+        for method, pred in preds.items():
+            frames.append(pl.DataFrame({"method": method, "section": s, "gene": np.asarray(genes).astype(str),
+                                        "value": gene_pcc_finite(np.asarray(pred)[sel], truth[sel])}))
+    if not frames:
+        return pl.DataFrame(schema={"method": pl.Utf8, "section": pl.Utf8, "gene": pl.Utf8, "value": pl.Float64})
+    return pl.concat(frames)
+
+
+UNCERTAINTY_METRICS = {"unc_spearman": unc_spearman, "unc_spearman_all": unc_spearman_all, "coverage_80": coverage_80}
+
+
+def uncertainty_table(unc: np.ndarray, pred: np.ndarray, truth: np.ndarray, sections: np.ndarray, method: str = "asign") -> pl.DataFrame:
+    """Rows (method, section, metric, value) of :data:`UNCERTAINTY_METRICS` per section and
+    ``pooled`` (unweighted mean over sections), in the layout of :func:`evaluate_sections`."""
+    sections = np.asarray(sections).astype(str)
+    rows: list[dict] = []
+    per: dict[str, list[float]] = {m: [] for m in UNCERTAINTY_METRICS}
+    for s in dict.fromkeys(sections.tolist()):
+        sel = sections == s
+        for m, f in UNCERTAINTY_METRICS.items():
+            v = f(unc[sel], pred[sel], truth[sel])
+            rows.append({"method": method, "section": s, "metric": m, "value": v})
+            per[m].append(v)
+    for m in UNCERTAINTY_METRICS:
+        rows.append({"method": method, "section": "pooled", "metric": m, "value": float(np.nanmean(per[m])) if per[m] else float("nan")})
+    return pl.DataFrame(rows, schema={"method": pl.Utf8, "section": pl.Utf8, "metric": pl.Utf8, "value": pl.Float64})
 
 
 def section_metrics(

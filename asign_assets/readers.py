@@ -2,12 +2,13 @@
 
 Counts become a :class:`CountMatrix` (sparse spots x genes with ids and gene names);
 spot tables become a polars frame ``spot_id, x_px, y_px`` in the section's own
-full-resolution pixels. Supported on-disk formats:
+full-resolution pixels, which :func:`read_section_spots` maps onto the section's image
+(``SectionSpec.spot_scale``, e.g. Space Ranger's lowres PNG). Supported on-disk formats:
 
 - HER2ST / legacy ST: ``ST-cnts/<S>.tsv.gz`` (rows ``XxY``) and ``ST-spotfiles/<S>_selection.tsv``;
 - 10x Visium Space Ranger: ``filtered_feature_bc_matrix.h5`` and ``spatial/tissue_positions.csv``,
   ``tissue_positions_list.csv`` (no header) or ``tissue_positions.parquet``;
-- AnnData ``.h5ad`` with ``obsm['spatial']`` (own-image pixels);
+- AnnData ``.h5ad`` with ``obsm['spatial']`` (full-resolution pixels; ``obs['in_tissue'] == 1`` when present);
 - generic tables (``.tsv``, ``.csv``, ``.parquet``) with ``spot_id, x_px, y_px`` columns,
   and dense count tables (first column spot id, one column per gene).
 """
@@ -20,12 +21,16 @@ import logging
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
 from asign_assets.errors import InputError
+
+if TYPE_CHECKING:
+    from asign_assets.manifest import SectionSpec
 
 log = logging.getLogger(__name__)
 
@@ -235,26 +240,53 @@ def _read_table(path: Path, header: bool = True) -> pl.DataFrame:
         raise InputError(path, f"cannot parse table: {exc}") from None
 
 
-_VISIUM_COLS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
+VISIUM_COLS = ("barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres")
 
 
-def read_spots(path: str | Path) -> pl.DataFrame:
-    """Read a spot table into ``spot_id, x_px, y_px`` (own full-resolution pixels)."""
+def read_visium_positions(path: str | Path) -> pl.DataFrame:
+    """Every row of a Space Ranger positions file (in and out of tissue), typed.
+
+    ``tissue_positions_list.csv`` (Space Ranger 1.x) has no header; ``tissue_positions.csv``
+    (2.x) and ``tissue_positions.parquet`` (newer) have one. Pixel columns are full-resolution.
+    """
     path = Path(path)
     if not path.exists():
-        raise InputError(path, "spot table not found")
+        raise InputError(path, "Visium tissue positions file not found")
+    if path.name.lower() == "tissue_positions_list.csv":
+        df = _read_table(path, header=False)
+        if df.width != len(VISIUM_COLS):
+            raise InputError(path, f"Visium tissue_positions_list.csv needs {len(VISIUM_COLS)} columns, found {df.width}")
+        df.columns = list(VISIUM_COLS)
+    else:
+        df = _read_table(path)
+    missing = [c for c in VISIUM_COLS if c not in df.columns]
+    if missing:
+        raise InputError(path, f"not a Visium tissue positions table: missing columns {missing}; found {df.columns}")
+    try:
+        return df.select(
+            pl.col("barcode").cast(pl.Utf8),
+            *(pl.col(c).cast(pl.Int64, strict=True) for c in ("in_tissue", "array_row", "array_col")),
+            *(pl.col(c).cast(pl.Float64, strict=True) for c in ("pxl_row_in_fullres", "pxl_col_in_fullres")),
+        )
+    except Exception:
+        raise InputError(path, "Visium tissue positions have non-numeric in_tissue, array or pixel values") from None
+
+
+def _read_spots_own_frame(path: Path) -> pl.DataFrame:
     name = path.name.lower()
     if name.endswith(".h5ad"):
         adata = _read_h5ad(path)
         if "spatial" not in adata.obsm:
             raise InputError(path, "AnnData has no obsm['spatial'] spot coordinates")
         xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
-        return _spots_frame(adata.obs_names, xy[:, 0], xy[:, 1], path)
+        keep = np.ones(adata.n_obs, dtype=bool)
+        if "in_tissue" in adata.obs:  # scanpy.read_visium keeps Space Ranger's flag
+            keep = np.asarray(adata.obs["in_tissue"]).astype(int) == 1
+            if not keep.any():
+                raise InputError(path, "AnnData has no in-tissue spots (obs['in_tissue'] == 1)")
+        return _spots_frame(np.asarray(adata.obs_names)[keep], xy[keep, 0], xy[keep, 1], path)
     if name == "tissue_positions_list.csv":
-        df = _read_table(path, header=False)
-        if df.width != 6:
-            raise InputError(path, f"Visium tissue_positions_list.csv needs 6 columns, found {df.width}")
-        df.columns = _VISIUM_COLS
+        df = read_visium_positions(path)
     else:
         df = _read_table(path)
     cols = set(df.columns)
@@ -263,8 +295,10 @@ def read_spots(path: str | Path) -> pl.DataFrame:
             df = df.filter(pl.col("selected") == 1)
         ids = [f"{int(round(a))}x{int(round(b))}" for a, b in zip(df["x"].to_list(), df["y"].to_list())]
         return _spots_frame(ids, df["pixel_x"].to_numpy(), df["pixel_y"].to_numpy(), path)
-    if set(_VISIUM_COLS) <= cols:  # Space Ranger tissue_positions(.csv|.parquet)
+    if set(VISIUM_COLS) <= cols:  # Space Ranger tissue_positions(.csv|.parquet)
         df = df.filter(pl.col("in_tissue") == 1)
+        if df.height == 0:
+            raise InputError(path, "no in-tissue spots (in_tissue == 1) in the Visium tissue positions")
         return _spots_frame(df["barcode"].to_numpy(), df["pxl_col_in_fullres"].to_numpy(), df["pxl_row_in_fullres"].to_numpy(), path)
     if set(SPOT_COLUMNS) <= cols:
         return _spots_frame(df["spot_id"].to_numpy(), df["x_px"].to_numpy(), df["y_px"].to_numpy(), path)
@@ -273,6 +307,35 @@ def read_spots(path: str | Path) -> pl.DataFrame:
         f"spot table is missing columns: need spot_id, x_px, y_px (or a HER2ST selection / Visium "
         f"tissue_positions layout); found {sorted(cols)}",
     )
+
+
+def read_spots(path: str | Path, scale: float = 1.0) -> pl.DataFrame:
+    """Read a spot table into ``spot_id, x_px, y_px``.
+
+    Tables hold full-resolution pixels; ``scale`` (image px per table px, e.g. Space
+    Ranger's ``tissue_lowres_scalef``) maps them into the frame of a downscaled image.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "spot table not found")
+    if not (scale > 0 and np.isfinite(scale)):
+        raise InputError(path, f"spot scale must be a positive finite number, got {scale!r}")
+    spots = _read_spots_own_frame(path)
+    if scale == 1.0:
+        return spots
+    return spots.with_columns(pl.col("x_px") * scale, pl.col("y_px") * scale)
+
+
+def read_section_spots(spec: SectionSpec) -> pl.DataFrame | None:
+    """A section's spots in its image's pixel frame, or None when it has no spot table.
+
+    The one way the pipeline reads a section's spots: the table is ``spots``, else an
+    ``.h5ad`` given as ``counts``; the section's ``spot_scale`` is applied here.
+    """
+    source = spec.spots
+    if source is None and spec.counts is not None and spec.counts.name.lower().endswith(".h5ad"):
+        source = spec.counts
+    return None if source is None else read_spots(source, scale=spec.spot_scale)
 
 
 def join_spots_counts(

@@ -565,6 +565,12 @@ _PALETTE = np.array(
 )
 
 
+def overlay_colour(i: int) -> tuple[int, int, int]:
+    """RGB of section ``i`` (stack order) in :func:`overlay_image`, for legends."""
+    r, g, b = _PALETTE[i % len(_PALETTE)]
+    return int(r), int(g), int(b)
+
+
 def overlay_image(
     masks: Sequence[np.ndarray],
     mask_um_per_px: Sequence[float],

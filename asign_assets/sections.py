@@ -17,10 +17,11 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from asign_assets import imaging, lattice, tissue
+from asign_assets import lattice, tissue
 from asign_assets.errors import InputError
 from asign_assets.manifest import Manifest, SectionSpec
-from asign_assets.readers import CountMatrix, JoinReport, join_spots_counts, read_counts, read_spots
+from asign_assets.readers import CountMatrix, JoinReport, join_spots_counts, read_counts, read_section_spots
+from asign_assets.slide import Slide
 
 THUMB_MAX_SIDE = 1024
 MIN_MEASURED_SPOTS = 20
@@ -71,15 +72,12 @@ def _check_spots_in_image(spots: pl.DataFrame, spec: SectionSpec, width: int, he
 
 
 def read_measured(spec: SectionSpec) -> tuple[pl.DataFrame, CountMatrix, JoinReport]:
-    """Spots and counts of the measured section, joined on spot id."""
+    """Spots (in the image's pixel frame) and counts of the measured section, joined on spot id."""
     assert spec.counts is not None
     counts = read_counts(spec.counts)
-    if spec.spots is not None:
-        spots = read_spots(spec.spots)
-    elif spec.counts.name.lower().endswith(".h5ad"):
-        spots = read_spots(spec.counts)
-    else:
-        raise InputError(spec.counts, f"section {spec.name}: the measured section needs a spot table ('spots') or an .h5ad with obsm['spatial']")
+    spots = read_section_spots(spec)
+    if spots is None:
+        raise InputError(spec.counts, f"section {spec.name}: the measured section needs a spot table ('spots'), an .h5ad with obsm['spatial'], or a 'visium'/'anndata' source")
     spots, counts, report = join_spots_counts(spots, counts, spec.counts)
     if spots.height < MIN_MEASURED_SPOTS:
         raise InputError(spec.counts, f"section {spec.name}: only {spots.height} measured spots; at least {MIN_MEASURED_SPOTS} are needed to train")
@@ -104,16 +102,16 @@ def prepare_sections(manifest: Manifest) -> PreparedSections:
     per_section: dict[int, tuple] = {}
     for i in order:
         spec = manifest.sections[i]
-        width, height = imaging.read_image_size(spec.image)
-        thumb, scale = imaging.read_thumbnail(spec.image, THUMB_MAX_SIDE)
+        with Slide(spec.image) as slide:
+            (width, height), (thumb, scale) = (slide.width, slide.height), slide.thumbnail(THUMB_MAX_SIDE)
         mask = tissue.tissue_mask(thumb)
         if not mask.any():
             raise InputError(spec.image, f"section {spec.name}: no tissue found in the image (blank or nearly white slide)")
         virtual = False
         if i == m_idx:
             spots = m_spots
-        elif spec.spots is not None:
-            spots = read_spots(spec.spots)
+        elif (own := read_section_spots(spec)) is not None:
+            spots = own
         else:
             if geom is None:
                 xy = np.stack([m_spots["x_px"].to_numpy(), m_spots["y_px"].to_numpy()], 1)

@@ -21,6 +21,10 @@ Grids are anchored at the image's top-left corner; only tiles that contain at
 least one spot are stored (row-major order). A spot's own pixel (rounded) sits at
 patch index ``[s // 2, s // 2]``; at native scale a patch is an exact pixel crop.
 Anything outside the image is padded with white.
+
+Patches are read as windows from a :class:`asign_assets.slide.Slide` (batch by batch, at
+the pyramid level matching each patch's stored resolution), so a whole-slide TIFF is
+never held in memory; a JPEG is decoded once and windows are slices of it.
 """
 
 from __future__ import annotations
@@ -31,16 +35,14 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
 
 from asign_assets.errors import InputError
+from asign_assets.slide import Slide
 
 if TYPE_CHECKING:  # pragma: no cover
     import zarr
 
-__all__ = ["TileParams", "auto_spot_downsample", "write_section_tiles", "extract_patch"]
-
-_FILL = 255
+__all__ = ["TileParams", "auto_spot_downsample", "write_section_tiles"]
 
 
 @dataclass(frozen=True)
@@ -108,35 +110,7 @@ def auto_spot_downsample(pixel_sizes_um: "list[float] | np.ndarray", params: Til
     return f
 
 
-def extract_patch(rgb: np.ndarray, box: tuple[float, float, float, float], out: int) -> np.ndarray:
-    """``out x out`` uint8 RGB patch resampled from ``box`` = (x0, y0, x1, y1) in pixel-edge
-    coordinates (pixel i spans [i, i+1)); white outside the image. Integer boxes at
-    native scale are copied exactly; otherwise antialiased bilinear resampling."""
-    H, W = rgb.shape[:2]
-    x0, y0, x1, y1 = box
-    scale = (x1 - x0) / out
-    exact = abs(scale - 1.0) < 1e-9 and abs(x0 - round(x0)) < 1e-6 and abs(y0 - round(y0)) < 1e-6
-    if exact:
-        ix0, iy0 = int(round(x0)), int(round(y0))
-        ix1, iy1 = ix0 + out, iy0 + out
-    else:
-        pad = int(math.ceil(max(scale, 1.0))) + 2  # room for the antialiasing filter support
-        ix0, iy0 = int(math.floor(x0)) - pad, int(math.floor(y0)) - pad
-        ix1, iy1 = int(math.ceil(x1)) + pad, int(math.ceil(y1)) + pad
-    crop = np.full((iy1 - iy0, ix1 - ix0, 3), _FILL, dtype=np.uint8)
-    sx0, sy0, sx1, sy1 = max(ix0, 0), max(iy0, 0), min(ix1, W), min(iy1, H)
-    if sx1 > sx0 and sy1 > sy0:
-        crop[sy0 - iy0 : sy1 - iy0, sx0 - ix0 : sx1 - ix0] = rgb[sy0:sy1, sx0:sx1, :3]
-    if exact:
-        return crop
-    im = Image.fromarray(crop)
-    res = im.resize((out, out), Image.Resampling.BILINEAR, box=(x0 - ix0, y0 - iy0, x1 - ix0, y1 - iy0))
-    return np.asarray(res)
-
-
-def _validate(rgb: np.ndarray, xy: np.ndarray, pixel_size_um: float, source: str) -> None:
-    if rgb.ndim != 3 or rgb.shape[2] < 3 or rgb.dtype != np.uint8:
-        raise InputError(source, f"image must be uint8 [H, W, 3], got {rgb.dtype} {rgb.shape}")
+def _validate(W: int, H: int, xy: np.ndarray, pixel_size_um: float, source: str) -> None:
     if not (pixel_size_um > 0 and math.isfinite(pixel_size_um)):
         raise InputError(source, f"pixel size must be positive, got {pixel_size_um}", field="pixel_size_um")
     if xy.ndim != 2 or xy.shape[1] != 2:
@@ -145,7 +119,6 @@ def _validate(rgb: np.ndarray, xy: np.ndarray, pixel_size_um: float, source: str
         raise InputError(source, "spot coordinates contain NaN or infinite values")
     if xy.shape[0] == 0:
         return
-    H, W = rgb.shape[:2]
     lo, hi = xy.min(axis=0), xy.max(axis=0)
     if hi[0] > 1.5 * W or hi[1] > 1.5 * H:
         raise InputError(
@@ -183,7 +156,7 @@ def _create(group: "zarr.Group", name: str, shape: tuple[int, ...], dtype: Any, 
 
 
 def write_section_tiles(
-    rgb: np.ndarray,
+    image: Slide | np.ndarray,
     xy_px: np.ndarray,
     pixel_size_um: float,
     group: "zarr.Group",
@@ -192,16 +165,17 @@ def write_section_tiles(
 ) -> dict:
     """Write one section's spot/region/global patches into ``group`` (see module doc).
 
+    ``image`` is an open :class:`Slide` (read window by window) or a uint8 RGB array.
     Arrays: ``spot`` uint8 [N,s,s,3], ``region`` [R,r,r,3], ``global`` [G,g,g,3] (one
     chunk per tile), ``spot_region``/``spot_global`` int32 [N], ``region_xy_px``/
     ``global_xy_px`` float64 [R|G, 2] tile centres in own-image px. Input is validated
     before anything is written. Returns the metadata also stored in ``group.attrs``.
     """
     t0 = time.perf_counter()
-    where = source or "section image"
-    rgb = np.asarray(rgb)
+    where = source or (image.source if isinstance(image, Slide) else "section image")
+    slide = image if isinstance(image, Slide) else Slide.from_array(image, where)
     xy = np.asarray(xy_px, dtype=np.float64)
-    _validate(rgb, xy, float(pixel_size_um), where)
+    _validate(slide.width, slide.height, xy, float(pixel_size_um), where)
     n = xy.shape[0]
     um = float(pixel_size_um)
 
@@ -218,22 +192,17 @@ def write_section_tiles(
 
     # Spot patches, in batches so memory stays bounded for Visium-size sections.
     half = (s // 2 + 0.5) * spot_scale
+    origin = xy + 0.5 - half
+    spot_boxes = np.c_[origin, origin + s * spot_scale]
     for b0 in range(0, n, params.batch):
         b1 = min(n, b0 + params.batch)
-        buf = np.empty((b1 - b0, s, s, 3), dtype=np.uint8)
-        for k, (x, y) in enumerate(xy[b0:b1]):
-            x0 = x + 0.5 - half
-            y0 = y + 0.5 - half
-            buf[k] = extract_patch(rgb, (x0, y0, x0 + s * spot_scale, y0 + s * spot_scale), s)
-        a_spot[b0:b1] = buf
+        a_spot[b0:b1] = slide.read_regions(spot_boxes[b0:b1], s)
 
     def tiles(rc: np.ndarray, tile_px: float, out: int, arr) -> np.ndarray:
+        boxes = np.c_[rc[:, ::-1], rc[:, ::-1] + 1].astype(np.float64) * tile_px
         for b0 in range(0, len(rc), params.batch):
             b1 = min(len(rc), b0 + params.batch)
-            buf = np.empty((b1 - b0, out, out, 3), dtype=np.uint8)
-            for k, (r, c) in enumerate(rc[b0:b1]):
-                buf[k] = extract_patch(rgb, (c * tile_px, r * tile_px, (c + 1) * tile_px, (r + 1) * tile_px), out)
-            arr[b0:b1] = buf
+            arr[b0:b1] = slide.read_regions(boxes[b0:b1], out)
         # centre in pixel-centre coordinates (pixel i has centre i)
         return (rc[:, ::-1].astype(np.float64) + 0.5) * tile_px - 0.5
 

@@ -125,8 +125,6 @@ def tiles_run_config(pixel_sizes_um: list[float]) -> dict:
 
 def run_one(n_sections: int, spots_per_section: int, image_px: int | None, device: str, out_dir: Path, run_config: dict | None = None, auto_tiles: bool = True) -> dict:
     """Generate, materialise, measure one stack (in this process)."""
-    import dagster as dg
-
     from asign_assets.demo import DemoConfig, make_demo_stack
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -150,7 +148,28 @@ def run_one(n_sections: int, spots_per_section: int, image_px: int | None, devic
     if auto_tiles:
         run_config = merge_config(tiles_run_config([s.pixel_size_um for s in _load(stack.manifest_path).sections]), run_config)
 
-    home = out_dir / "home"
+    run = materialise(stack.manifest_path, out_dir / "home", device, run_config)
+    n_spots = run.pop("n_spots") or n_sections * spots_per_section
+    return {
+        "n_sections": n_sections,
+        "spots_per_section": spots_per_section,
+        "image_px": image_px,
+        "n_spots": n_spots,
+        "pixel_size_um": cfg.pixel_size_um,
+        "device": device,
+        "run_config": run_config,
+        "generate_s": gen_s,
+        "generate_peak_rss_mb": gen_peak,
+        **run,
+    }
+
+
+def materialise(manifest_path: Path, home: Path, device: str, run_config: dict | None = None) -> dict:
+    """Run the ``full_sample`` job on one manifest in this process, in a fresh ``home``, and
+    measure it: success, failures, total_s, cpu_s, peak_rss_mb, ru_maxrss_mb, per-asset
+    seconds/peak_rss_mb (``assets``), disk MB per asset folder and n_spots (0 if unknown)."""
+    import dagster as dg
+
     if home.exists():
         import shutil
 
@@ -163,7 +182,7 @@ def run_one(n_sections: int, spots_per_section: int, image_px: int | None, devic
     from asign_assets.storage import Storage
 
     storage = Storage(str(home))
-    manifest = load_manifest(stack.manifest_path)
+    manifest = load_manifest(manifest_path)
     storage.register(manifest)
     defs = build_definitions(storage_root=storage.root, device=device)
     instance = dg.DagsterInstance.get()
@@ -175,30 +194,19 @@ def run_one(n_sections: int, spots_per_section: int, image_px: int | None, devic
         result = job.execute_in_process(partition_key=manifest.sample_id, instance=instance, raise_on_error=False, run_config=run_config or {})
     total_s = time.perf_counter() - t
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
-    assets = _asset_metadata(instance, manifest.sample_id, result.run_id)
-    failures = [ev.step_key for ev in result.all_events if ev.is_step_failure]
-    sec_json = home / "samples" / manifest.sample_id / "sections" / "sections.json"
+    sample_dir = home / "samples" / manifest.sample_id
+    sec_json = sample_dir / "sections" / "sections.json"
     sec_rows = json.loads(sec_json.read_text()) if sec_json.exists() else []
-    n_spots = sum(int(r.get("n_spots", 0)) for r in sec_rows) if sec_rows else n_sections * spots_per_section
-    disk = {p.name: _du(p) for p in (home / "samples" / manifest.sample_id).iterdir()} if (home / "samples" / manifest.sample_id).exists() else {}
     return {
-        "n_sections": n_sections,
-        "spots_per_section": spots_per_section,
-        "image_px": image_px,
-        "n_spots": n_spots,
-        "pixel_size_um": cfg.pixel_size_um,
-        "device": device,
-        "run_config": run_config,
+        "n_spots": sum(int(r.get("n_spots", 0)) for r in sec_rows),
         "success": bool(result.success),
-        "failures": failures,
-        "generate_s": gen_s,
-        "generate_peak_rss_mb": gen_peak,
+        "failures": [ev.step_key for ev in result.all_events if ev.is_step_failure],
         "total_s": total_s,
         "cpu_s": (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime),
         "peak_rss_mb": rss.peak_mb,
-        "ru_maxrss_mb": ru1.ru_maxrss / 1024.0,  # Linux: KiB; includes generation
-        "assets": assets,
-        "disk_mb": disk,
+        "ru_maxrss_mb": ru1.ru_maxrss / 1024.0,  # Linux: KiB; the whole process so far
+        "assets": _asset_metadata(instance, manifest.sample_id, result.run_id),
+        "disk_mb": {p.name: _du(p) for p in sample_dir.iterdir()} if sample_dir.exists() else {},
     }
 
 

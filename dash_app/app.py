@@ -52,6 +52,16 @@ def create_app(asign_home: str | os.PathLike | None = None) -> dash.Dash:
             abort(404)
         return send_file(path, mimetype="image/png", max_age=3600)
 
+    @app.server.route(f"{callbacks.ROUTE}/curves/<sample>.png")
+    def _curves(sample: str):
+        try:
+            path = data.curves_path(home, sample)
+        except AsignError:
+            abort(404)
+        if path is None:
+            abort(404)
+        return send_file(path, mimetype="image/png", max_age=3600)
+
     app.asign_home = home  # type: ignore[attr-defined]
     return app
 

@@ -22,8 +22,21 @@ from dash_app import data, figures
 
 log = logging.getLogger("asign.viewer")
 
-PANEL_KINDS = ("imputed", "measured", "truth", "error")
-DEFAULT_Z_STRETCH = 10.0
+PANEL_KINDS = ("imputed", "measured", "truth", "error", "uncertainty")
+DEFAULT_OPACITY = 0.9
+DEFAULT_ISO_PCT = 80.0
+MAX_ISO_VOXELS = 150_000  # the isosurface uses the finest pyramid level under this size
+# Shown as the legend of the per-gene accuracy table and as tooltips of the metrics table.
+METHOD_HELP = {
+    "asign": "ASIGN: MSAGNet network + cross-layer propagation, blended per gene (the imputed values shown)",
+    "asign_network": "ASIGN's network output alone (no label propagation)",
+    "asign_propagation": "ASIGN's label propagation alone over the 3D spot graph",
+    "mean": "baseline: every spot gets the measured section's mean profile",
+    "overlap": "baseline (paper's Overlap): propagation over within-section + registration-overlap edges only",
+    "similarity": "baseline (paper's Similarity): propagation over within-section + image-similarity edges only",
+    "gauss_knn": "baseline: Gaussian-weighted k nearest measured spots in the registered xy (registration only)",
+    "image_2d": "baseline: ridge regression from the spot's image embedding (2D, no 3D context)",
+}
 ROUTE = "/_asign"  # Flask routes serving thumbnails and the overlay
 
 
@@ -98,17 +111,18 @@ def _select_sample_error(msg: str):
     return [], None, [], None, figures.message_figure(msg), _panel_options(False, False), ["imputed"], note(msg, "error")
 
 
-def _panel_options(has_truth: bool, has_measured: bool) -> list[dict]:
+def _panel_options(has_truth: bool, has_measured: bool, has_uncertainty: bool = False) -> list[dict]:
     return [
         {"label": "imputed", "value": "imputed"},
         {"label": "measured", "value": "measured", "disabled": not has_measured},
         {"label": "truth" if has_truth else "truth (no evaluation_truth.zarr)", "value": "truth", "disabled": not has_truth},
         {"label": "error" if has_truth else "error (no truth)", "value": "error", "disabled": not has_truth},
+        {"label": "uncertainty" if has_uncertainty else "uncertainty (no layer)", "value": "uncertainty", "disabled": not has_uncertainty},
     ]
 
 
 @_safe(_select_sample_error)
-def select_sample(home: str | os.PathLike, sample: object, gene: object = None, z_stretch: float = DEFAULT_Z_STRETCH):
+def select_sample(home: str | os.PathLike, sample: object, gene: object = None, z_stretch: object = None):
     """Everything that depends on the sample only: gene and section pickers, the 3D figure.
 
     Returns (gene_options, gene, section_options, section, figure_3d, panel_options,
@@ -122,7 +136,7 @@ def select_sample(home: str | os.PathLike, sample: object, gene: object = None, 
     if gene not in vol.gene_index:
         gene = vol.genes[0]
     values = data.gene_values(home, sample, gene)
-    fig = figures.volume_figure(vol, gene, values, _stretch(z_stretch))
+    fig = figures.volume_figure(vol, gene, values, _stretch(z_stretch, vol.xyz_um), data.value_unit(home, sample))
     try:
         has_truth = data.load_truth(home, sample) is not None
         truth_msg = None if has_truth else "no evaluation_truth.zarr: truth and error views are disabled"
@@ -141,18 +155,20 @@ def select_sample(home: str | os.PathLike, sample: object, gene: object = None, 
         section_opts,
         section,
         fig,
-        _panel_options(has_truth, has_measured),
+        _panel_options(has_truth, has_measured, data.uncertainty_values(home, sample, gene) is not None),
         panels,
         note(truth_msg, "info"),
     )
 
 
-def _stretch(z: object) -> float:
+def _stretch(z: object, xyz: np.ndarray) -> float:
+    """The typed z stretch, clipped; empty or invalid: the default that separates the sections."""
+    default = figures.default_stretch(xyz)
     try:
         z = float(z)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        return DEFAULT_Z_STRETCH
-    return float(np.clip(z, 0.1, 1000.0)) if np.isfinite(z) else DEFAULT_Z_STRETCH
+        return default
+    return float(np.clip(z, 0.1, 1000.0)) if np.isfinite(z) else default
 
 
 # --------------------------------------------------------------------------- gene switch (hot path)
@@ -173,7 +189,8 @@ def switch_gene(home: str | os.PathLike, sample: object, gene: object):
     p["data"][0]["marker"]["color"] = figures.typed_array(values)
     p["data"][0]["marker"]["cmin"] = cmin
     p["data"][0]["marker"]["cmax"] = cmax
-    p["data"][0]["marker"]["colorbar"]["title"]["text"] = gene
+    unit = data.value_unit(home, sample)
+    p["data"][0]["marker"]["colorbar"]["title"]["text"] = f"{gene}<br><sub>{unit}</sub>" if unit else gene
     p["layout"]["title"]["text"] = f"{sample}: {gene}"
     return p, None
 
@@ -184,7 +201,7 @@ def set_z_stretch(home: str | os.PathLike, sample: object, z_stretch: object):
         return Patch()
     vol = data.load_volume(home, sample)
     p = Patch()
-    p["layout"]["scene"]["aspectratio"] = figures.aspect_ratio(vol.xyz_um, _stretch(z_stretch))
+    p["layout"]["scene"]["aspectratio"] = figures.aspect_ratio(vol.xyz_um, _stretch(z_stretch, vol.xyz_um))
     return p
 
 
@@ -208,6 +225,7 @@ def section_view(
     gene: object,
     panels: object,
     prefix: str = "/",
+    opacity: object = DEFAULT_OPACITY,
 ):
     """One section in its own pixels over its thumbnail, chosen panels side by side."""
     if sample is None or section is None or gene is None:
@@ -251,9 +269,16 @@ def section_view(
 
     out: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
     err_abs = 1.0
+    unc = data.uncertainty_values(home, sample, gene) if "uncertainty" in wanted else None
+    unc_max = max(float(np.nanmax(unc, initial=0.0)), 1e-6) if unc is not None else 1.0
     for kind in wanted:
         if kind == "imputed":
             r, v = rows, values[rows]
+        elif kind == "uncertainty":
+            if unc is None:
+                notes.append("imputed_volume has no uncertainty layer: re-materialise it")
+                continue
+            r, v = rows, unc[rows]
         elif kind == "measured":
             r = rows[vol.measured[rows]]
             if r.size == 0:
@@ -280,8 +305,214 @@ def section_view(
         out.append((kind, xy[r, 0], xy[r, 1], v))
     if not out:
         raise ViewerMessage("; ".join(notes) or "nothing to show")
-    fig = figures.section_figure(out, str(gene), crange, err_abs, image, size)
+    fig = figures.section_figure(out, str(gene), crange, err_abs, image, size, data.value_unit(home, sample), _opacity(opacity), unc_max)
     return fig, note("; ".join(notes), "info") if notes else None
+
+
+def _opacity(v: object) -> float:
+    try:
+        v = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return DEFAULT_OPACITY
+    return float(np.clip(v, 0.05, 1.0)) if np.isfinite(v) else DEFAULT_OPACITY
+
+
+# --------------------------------------------------------------------------- dense volume: slices and isosurface
+
+
+def _dense_or_message(home, sample, gene):
+    vol = data.load_volume(home, sample)
+    vol.check_gene(gene)
+    ov = data.load_dense(home, sample)
+    if ov is None:
+        raise ViewerMessage("no expression_volume yet: materialise the expression_volume asset for slices and isosurfaces")
+    return vol, ov
+
+
+def _slider(ov) -> dict:
+    zs = [s["z_um"] for s in ov.attrs.get("sections", [])]
+    names = [s["name"] for s in ov.attrs.get("sections", [])]
+    z = ov.grid.axis(0)
+    return {"min": float(z[0]), "max": float(z[-1]), "marks": {float(v): n for v, n in zip(zs, names)}}
+
+
+def _slice_controls_error(msg: str):
+    return 0.0, 1.0, None, {}, note(msg, "info")
+
+
+@_safe(_slice_controls_error)
+def slice_controls(home: str | os.PathLike, sample: object):
+    """(min, max, value, marks, note) of the z slider: the volume's z range, marks at the sections."""
+    if sample is None:
+        raise ViewerMessage("pick a sample")
+    data.load_volume(home, sample)
+    ov = data.load_dense(home, sample)
+    if ov is None:
+        raise ViewerMessage("no expression_volume yet: materialise the expression_volume asset for slices and isosurfaces")
+    sl = _slider(ov)
+    marks = {k: {"label": v, "style": {"fontSize": "11px"}} for k, v in sl["marks"].items()}
+    return sl["min"], sl["max"], (sl["min"] + sl["max"]) / 2.0, marks, None
+
+
+def _interp_plane(v: np.ndarray, t: np.ndarray, z_um: float, grid) -> np.ndarray:
+    """xy plane at any z: tissue-weighted linear interpolation of the two nearest planes
+    (the rule the volume itself uses between sections); NaN outside the tissue."""
+    f = float(np.clip((z_um - grid.origin_um[0]) / grid.voxel_um[0], 0, grid.shape[0] - 1))
+    i = min(int(np.floor(f)), grid.shape[0] - 1)
+    j = min(i + 1, grid.shape[0] - 1)
+    w = f - i
+    ta, tb = (1 - w) * t[i], w * t[j]
+    den = ta + tb
+    num = ta * v[i] + tb * v[j]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den >= 0.5, num / den, np.nan)
+
+
+def _point(point: object, grid) -> tuple[float, float]:
+    """A clicked (x, y) um inside the grid; anything else: the grid centre."""
+    cx = grid.origin_um[2] + grid.voxel_um[2] * (grid.shape[2] - 1) / 2
+    cy = grid.origin_um[1] + grid.voxel_um[1] * (grid.shape[1] - 1) / 2
+    if isinstance(point, dict):
+        try:
+            x, y = float(point["x"]), float(point["y"])
+        except (KeyError, TypeError, ValueError):
+            return cx, cy
+        if np.isfinite(x) and np.isfinite(y):
+            return x, y
+    return cx, cy
+
+
+@_safe(_section_error)
+def slice_view(home: str | os.PathLike, sample: object, gene: object, z_um: object, point: object = None):
+    """Orthogonal slices of the dense volume: xy at ``z_um`` (any z), xz and yz through ``point``."""
+    if sample is None or gene is None:
+        return figures.message_figure("pick a sample and a gene"), None
+    vol, ov = _dense_or_message(home, sample, gene)
+    g = ov.grid
+    v = data.dense_gene(home, sample, gene)
+    t = data.dense_tissue(home, sample).astype(np.float32)
+    try:
+        z = float(z_um)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        z = float(g.axis(0).mean())
+    z = float(np.clip(z, g.axis(0)[0], g.axis(0)[-1])) if np.isfinite(z) else float(g.axis(0).mean())
+    px, py = _point(point, g)
+    iy, ix = (int(i) for i in g.index_of(np.array([[g.origin_um[0], py, px]]))[0, 1:])
+    inside = t > 0
+    xy = _interp_plane(v, t, z, g)
+    xz = np.where(inside[:, iy, :], v[:, iy, :], np.nan)
+    yz = np.where(inside[:, :, ix], v[:, :, ix], np.nan)
+    crange = data.value_range(data.gene_values(home, sample, gene))
+    zt = ([s["z_um"] for s in ov.attrs.get("sections", [])], [s["name"] for s in ov.attrs.get("sections", [])])
+    fig = figures.slice_figure(xy, xz, yz, g, z, (px, py), str(gene), crange, data.value_unit(home, sample), zt)
+    return fig, None
+
+
+@_safe(_section_error)
+def iso_view(home: str | os.PathLike, sample: object, gene: object, pct: object = DEFAULT_ISO_PCT, z_stretch: object = None):
+    """Isosurface of the gene at the ``pct`` percentile of its in-tissue voxels (coarse pyramid level)."""
+    if sample is None or gene is None:
+        return figures.message_figure("pick a sample and a gene"), None
+    vol, ov = _dense_or_message(home, sample, gene)
+    level = next((i for i, a in enumerate(ov.levels) if int(np.prod(a.shape[1:])) <= MAX_ISO_VOXELS), len(ov.levels) - 1)
+    v = data.dense_gene(home, sample, gene, level=level)
+    t = data.dense_tissue(home, sample, level=level)
+    if not t.any():
+        raise ViewerMessage("the volume has no tissue voxels")
+    try:
+        q = float(np.clip(float(pct), 1.0, 99.9))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        q = DEFAULT_ISO_PCT
+    inside = v[t]
+    thr = float(np.percentile(inside, q))
+    crange = (float(inside.min()), float(max(inside.max(), inside.min() + 1e-6)))
+    g = ov.grid
+    f = 2**level
+    axes = (g.axis(0), g.origin_um[1] + np.arange(v.shape[1]) * g.voxel_um[1] * f, g.origin_um[2] + np.arange(v.shape[2]) * g.voxel_um[2] * f)
+    zt = ([s["z_um"] for s in ov.attrs.get("sections", [])], [s["name"] for s in ov.attrs.get("sections", [])])
+    fig = figures.isosurface_figure(v, t, axes, thr, crange, str(gene), data.value_unit(home, sample), _stretch(z_stretch, vol.xyz_um), zt)
+    return fig, note(f"threshold {thr:.3g} = {q:.0f}th percentile of the gene in tissue (pyramid level {level})", "info")
+
+
+# --------------------------------------------------------------------------- per-gene accuracy, legends
+
+
+def _accuracy_error(msg: str):
+    return note(msg, "info")
+
+
+@_safe(_accuracy_error)
+def gene_accuracy(home: str | os.PathLike, sample: object, gene: object):
+    """The shown gene's PCC across spots, per section with truth, for ASIGN and every baseline,
+    with a legend explaining the methods."""
+    if sample is None or gene is None:
+        return None
+    data.load_volume(home, sample).check_gene(gene)
+    df = data.read_gene_accuracy(home, sample, str(gene))
+    if df is None:
+        raise ViewerMessage("no evaluation_genes.parquet: per-gene accuracy needs truth (materialise evaluation with truth)")
+    if len(df) == 0:
+        raise ViewerMessage(f"no truth for {gene} on any section")
+    wide = df.pivot_table(index="section", columns="method", values="value", aggfunc="mean", sort=False).reset_index()
+    methods = [m for m in METHOD_HELP if m in wide.columns] + [m for m in wide.columns if m not in METHOD_HELP and m != "section"]
+    cols = ["section", *methods]
+    records = wide[cols].to_dict("records")
+    table = _table("gene-accuracy-table", cols, records)
+    table.tooltip_header = {m: METHOD_HELP.get(m, m) for m in methods}
+    legend = html.Ul([html.Li([html.B(m), ": ", METHOD_HELP.get(m, "")]) for m in methods], className="method-legend",
+                     style={"fontSize": "12px", "color": "#444"})
+    return html.Div([html.Div(f"{gene}: PCC across the spots of each section (gene_pcc), imputed vs truth", style={"margin": "4px 0"}), table, legend])
+
+
+def _extras_error(msg: str):
+    return note(msg, "error"), None
+
+
+@_safe(_extras_error)
+def sample_extras(home: str | os.PathLike, sample: object, prefix: str = "/"):
+    """(registration overlay legend, training curves image) for a sample."""
+    if sample is None:
+        return None, None
+    d = data.sample_dir(home, sample)
+    legend = None
+    try:
+        recs = data.read_sections(d)
+    except AsignError:
+        recs = []
+    if recs:
+        from asign_assets.registration import overlay_colour
+
+        legend = html.Div(
+            [html.Span([html.Span(style={"display": "inline-block", "width": "14px", "height": "14px", "marginRight": "4px", "verticalAlign": "middle",
+                                         "background": "rgb({},{},{})".format(*overlay_colour(i))}), r["name"]],
+                       style={"marginRight": "14px"}) for i, r in enumerate(recs)],
+            id="overlay-legend", style={"margin": "6px 0"},
+        )
+    cp = data.curves_path(home, sample)
+    curves = (
+        note("no model/curves.png yet: materialise the model asset", "info")
+        if cp is None
+        else html.Img(src=f"{prefix.rstrip('/')}{ROUTE}/curves/{quote(str(sample))}.png?v={cp.stat().st_mtime_ns}", id="curves-img", style={"maxWidth": "100%"})
+    )
+    return legend, curves
+
+
+def sample_from_url(home: str | os.PathLike, search: object, current: object):
+    """``?sample=<id>`` (the Dagster asset pages link here) selects that sample when it exists."""
+    from urllib.parse import parse_qs
+
+    from dash import no_update
+
+    if not isinstance(search, str) or not search:
+        return no_update
+    wanted = parse_qs(search.lstrip("?")).get("sample", [None])[0]
+    if wanted is None or wanted == current:
+        return no_update
+    try:
+        data.sample_dir(home, wanted)
+    except AsignError:
+        return no_update
+    return wanted
 
 
 # --------------------------------------------------------------------------- reports
@@ -304,6 +535,7 @@ def reports(home: str | os.PathLike, sample: object, prefix: str = "/"):
         else:
             cols, records = data.metrics_table(df)
             metrics = _table("metrics-table", cols, records)
+            metrics.tooltip_data = [{"method": METHOD_HELP.get(str(r.get("method")), "")} for r in records]
     except AsignError as e:
         metrics = note(str(e), "error")
 
@@ -361,6 +593,7 @@ def download_gene(home: str | os.PathLike, sample: object, gene: object):
 
 
 def register_callbacks(app, home: Path) -> None:
+    import dash
     from dash import Input, Output, State
 
     prefix = app.config.requests_pathname_prefix or "/"
@@ -407,9 +640,61 @@ def register_callbacks(app, home: Path) -> None:
         Input("section", "value"),
         Input("gene", "value"),
         Input("panels", "value"),
+        Input("spot-opacity", "value"),
     )
-    def _on_section(sample, section, gene, panels):
-        return section_view(home, sample, section, gene, panels, prefix)
+    def _on_section(sample, section, gene, panels, opacity):
+        return section_view(home, sample, section, gene, panels, prefix, opacity)
+
+    @app.callback(Output("sample", "value"), Input("url", "search"), State("sample", "value"))
+    def _on_url(search, sample):
+        return sample_from_url(home, search, sample)
+
+    @app.callback(
+        Output("slice-z", "min"),
+        Output("slice-z", "max"),
+        Output("slice-z", "value"),
+        Output("slice-z", "marks"),
+        Output("slice-note", "children"),
+        Input("sample", "value"),
+    )
+    def _on_slice_sample(sample):
+        return slice_controls(home, sample)
+
+    @app.callback(Output("slice-point", "data"), Input("graph-slices", "clickData"), prevent_initial_call=True)
+    def _on_slice_click(click):
+        pts = (click or {}).get("points") or [{}]
+        p = pts[0]
+        return {"x": p.get("x"), "y": p.get("y")} if p.get("curveNumber") == 0 else dash.no_update
+
+    @app.callback(
+        Output("graph-slices", "figure"),
+        Output("slice-view-note", "children"),
+        Input("sample", "value"),
+        Input("gene", "value"),
+        Input("slice-z", "value"),
+        Input("slice-point", "data"),
+    )
+    def _on_slices(sample, gene, z, point):
+        return slice_view(home, sample, gene, z, point)
+
+    @app.callback(
+        Output("graph-iso", "figure"),
+        Output("iso-note", "children"),
+        Input("sample", "value"),
+        Input("gene", "value"),
+        Input("iso-pct", "value"),
+        Input("z-stretch", "value"),
+    )
+    def _on_iso(sample, gene, pct, z):
+        return iso_view(home, sample, gene, pct, z)
+
+    @app.callback(Output("gene-accuracy", "children"), Input("sample", "value"), Input("gene", "value"))
+    def _on_accuracy(sample, gene):
+        return gene_accuracy(home, sample, gene)
+
+    @app.callback(Output("overlay-legend-box", "children"), Output("curves", "children"), Input("sample", "value"))
+    def _on_extras(sample):
+        return sample_extras(home, sample, prefix)
 
     @app.callback(
         Output("metrics", "children"),

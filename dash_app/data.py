@@ -38,6 +38,7 @@ ASSETS: dict[str, tuple[str, ...]] = {
     "evaluation": ("evaluation.parquet",),
     "truth": ("evaluation_truth.zarr",),
     "overlay": ("registrations/overlay.png",),
+    "expression_volume": ("expression_volume/expression.ome.zarr",),
 }
 
 
@@ -426,6 +427,134 @@ def gene_csv(home: str | os.PathLike, sample_id: str, gene: str) -> str:
     return buf.getvalue()
 
 
+# --------------------------------------------------------------------------- dense volume, uncertainty, units
+
+UNIT_LABELS = {"log1p_cp10k": "log1p CP10k", "stnet": "log((count + 1) / spot total)"}
+
+
+def value_unit(home: str | os.PathLike, sample_id: str) -> str:
+    """Human-readable unit of the expression values, from the volume's normalisation metadata."""
+    vol = load_volume(home, sample_id)
+    method = _normalisation_method(str(vol.path), vol.kind, _stamp(vol.path))
+    return UNIT_LABELS.get(method, method) if method else "normalised expression"
+
+
+@functools.lru_cache(maxsize=8)
+def _normalisation_method(path: str, kind: str, stamp: tuple[int, int]) -> str:
+    from anndata.io import read_elem
+
+    try:
+        with _open(path, kind) as g:
+            norm = read_elem(g["uns"]["normalisation"]) if "uns" in g and "normalisation" in g["uns"] else {}
+    except Exception:
+        return ""
+    return str(norm.get("normalisation") or norm.get("method") or "") if isinstance(norm, dict) else ""
+
+
+def uncertainty_values(home: str | os.PathLike, sample_id: str, gene: object) -> np.ndarray | None:
+    """The imputed_volume 'uncertainty' layer of one gene at every spot (None: no such layer)."""
+    vol = load_volume(home, sample_id)
+    j = vol.check_gene(gene)
+    return _layer_column(str(vol.path), vol.kind, _stamp(vol.path), "uncertainty", j)
+
+
+@functools.lru_cache(maxsize=128)
+def _layer_column(path: str, kind: str, stamp: tuple[int, int], layer: str, j: int) -> np.ndarray | None:
+    with _open(path, kind) as g:
+        if "layers" not in g or layer not in g["layers"]:
+            return None
+        col = np.asarray(g["layers"][layer][:, j], dtype=np.float32)
+    col.setflags(write=False)
+    return col
+
+
+DENSE_KINDS = ("expression", "uncertainty")
+
+
+def dense_path(home: str | os.PathLike, sample_id: str, kind: str = "expression") -> Path | None:
+    """expression_volume/<kind>.ome.zarr when materialised, else None."""
+    if kind not in DENSE_KINDS:
+        raise InputError(None, f"unknown volume {kind!r}", field="volume")
+    p = sample_dir(home, sample_id) / "expression_volume" / f"{kind}.ome.zarr"
+    return p if (p / ".zattrs").is_file() else None
+
+
+def load_dense(home: str | os.PathLike, sample_id: str, kind: str = "expression"):
+    """The OME-Zarr volume (asign_assets.volume.OmeVolume) or None when not materialised."""
+    p = dense_path(home, sample_id, kind)
+    return None if p is None else _load_dense(str(p), _stamp(p / ".zattrs"))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_dense(path: str, stamp: tuple[int, int]):
+    from asign_assets.volume import open_ome_zarr
+
+    try:
+        return open_ome_zarr(path)
+    except Exception as e:
+        raise InputError(path, f"cannot read the OME-Zarr volume: {type(e).__name__}: {e}") from None
+
+
+def dense_gene(home: str | os.PathLike, sample_id: str, gene: object, kind: str = "expression", level: int = 0) -> np.ndarray | None:
+    """[nz, ny, nx] float32 of one gene at a pyramid level (one chunk read), None when absent."""
+    vol = load_volume(home, sample_id)
+    vol.check_gene(gene)
+    p = dense_path(home, sample_id, kind)
+    if p is None:
+        return None
+    return _dense_channel(str(p), _stamp(p / ".zattrs"), str(gene), int(level))
+
+
+@functools.lru_cache(maxsize=64)
+def _dense_channel(path: str, stamp: tuple[int, int], gene: str, level: int) -> np.ndarray:
+    ov = _load_dense(path, stamp)
+    if gene not in ov.channels:
+        raise InputError(path, f"gene {gene!r} is not a channel of the volume")
+    arr = ov.levels[min(level, len(ov.levels) - 1)]
+    out = np.asarray(arr[ov.channel_index(gene)], dtype=np.float32)
+    out.setflags(write=False)
+    return out
+
+
+def dense_tissue(home: str | os.PathLike, sample_id: str, level: int = 0) -> np.ndarray | None:
+    p = dense_path(home, sample_id)
+    if p is None:
+        return None
+    return _dense_tissue(str(p), _stamp(p / ".zattrs"), int(level))
+
+
+@functools.lru_cache(maxsize=8)
+def _dense_tissue(path: str, stamp: tuple[int, int], level: int) -> np.ndarray:
+    import zarr
+
+    root = zarr.open_group(path, mode="r")
+    n = len(root.attrs["multiscales"][0]["datasets"])
+    key = f"labels/tissue/{min(level, n - 1)}"
+    out = np.asarray(root[key][:], bool) if key in root else np.ones(_load_dense(path, stamp).levels[min(level, n - 1)].shape[1:], bool)
+    out.setflags(write=False)
+    return out
+
+
+def read_gene_accuracy(home: str | os.PathLike, sample_id: str, gene: str):
+    """Rows of evaluation_genes.parquet for one gene (pandas), None when absent."""
+    import pandas as pd
+
+    path = sample_dir(home, sample_id) / "evaluation_genes.parquet"
+    if not path.exists():
+        return None
+    try:
+        df = pd.read_parquet(path, filters=[("gene", "==", str(gene))])
+    except Exception as e:
+        raise InputError(path, f"cannot read: {type(e).__name__}: {e}") from None
+    return df
+
+
+def curves_path(home: str | os.PathLike, sample_id: str) -> Path | None:
+    path = sample_dir(home, sample_id) / "model" / "curves.png"
+    return path if path.is_file() else None
+
+
 def clear_caches() -> None:
-    for f in (_load_volume, _gene_column, _load_truth, _truth_column):
+    for f in (_load_volume, _gene_column, _load_truth, _truth_column, _normalisation_method, _layer_column, _load_dense,
+              _dense_channel, _dense_tissue):
         f.cache_clear()

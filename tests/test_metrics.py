@@ -88,3 +88,33 @@ def test_partially_measured_gene_is_an_error():
     truth[0, 1] = np.nan
     with pytest.raises(ValueError, match="some spots"):
         evaluate_sections({"p": np.ones((4, 3))}, truth, np.array(["a"] * 4), np.zeros(3), np.ones(3), np.array([0]))
+
+
+def test_uncertainty_metrics_ignore_nan_truth_and_measure_ranking_and_coverage():
+    from asign_assets.metrics import Z80, coverage_80, gene_pcc_finite, unc_spearman, unc_spearman_all, uncertainty_table
+
+    rng = np.random.default_rng(0)
+    n, g = 400, 6
+    sd = rng.uniform(0.1, 2.0, size=(n, g))
+    pred = rng.normal(size=(n, g))
+    truth = pred + rng.normal(size=(n, g)) * sd  # errors drawn with the stated SD
+    # a calibrated Gaussian SD: ~80% coverage, positive rank correlation with |error|
+    assert coverage_80(sd, pred, truth) == pytest.approx(0.8, abs=0.03)
+    assert unc_spearman(sd, pred, truth) > 0.3 and unc_spearman_all(sd, pred, truth) > 0.3
+    # reversed uncertainty ranks errors the wrong way; half the SD covers less
+    assert unc_spearman(1.0 / sd, pred, truth) < -0.3
+    assert coverage_80(0.5 * sd, pred, truth) < 0.6
+    # NaN truth entries (genes a section did not measure) are ignored, not counted as misses
+    t2 = truth.copy()
+    t2[:, 0] = np.nan
+    assert coverage_80(sd, pred, t2) == pytest.approx(float((np.abs(pred - truth) <= Z80 * sd)[:, 1:].mean()))
+    assert unc_spearman(sd, pred, t2) == pytest.approx(unc_spearman(sd[:, 1:], pred[:, 1:], truth[:, 1:]))
+    r = gene_pcc_finite(pred, t2)
+    assert np.isnan(r[0]) and r[1] == pytest.approx(np.corrcoef(pred[:, 1], truth[:, 1])[0, 1])
+    sec = np.repeat(["a", "b"], n // 2)
+    tab = uncertainty_table(sd, pred, truth, sec)
+    assert tab.columns == ["method", "section", "metric", "value"]
+    assert set(tab["section"]) == {"a", "b", "pooled"} and tab.height == 9
+    pooled = tab.filter((tab["section"] == "pooled") & (tab["metric"] == "coverage_80"))["value"][0]
+    per = tab.filter((tab["section"] != "pooled") & (tab["metric"] == "coverage_80"))["value"].mean()
+    assert pooled == pytest.approx(per)

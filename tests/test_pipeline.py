@@ -15,7 +15,7 @@ def test_pipeline_succeeds_with_checks(materialised_small):
     assert checks.get("registration_dice") is True
     assert "asign_beats_baselines" in checks
     mats = {e.asset_key.to_user_string() for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"}
-    assert mats == {"sections", "tiles", "embeddings", "registrations", "graph_3d", "expression", "model", "imputed_volume", "evaluation"}
+    assert mats == {"sections", "tiles", "embeddings", "registrations", "graph_3d", "expression", "model", "imputed_volume", "evaluation", "expression_volume"}
     # every materialisation records seconds and peak memory
     for e in result.all_events:
         if e.event_type_value == "ASSET_MATERIALIZATION":
@@ -64,7 +64,16 @@ def test_evaluation_table_and_model_beats_mean(materialised_small):
     store, sid, _ = materialised_small
     ev = pl.read_parquet(store.local_path(sid, "evaluation.parquet"))
     assert ev.columns == ["method", "section", "metric", "value"]
-    assert set(ev["metric"]) == {"mse", "mae", "spot_pcc", "spot_pcc_z", "gene_pcc", "gene_pcc_hvg50", "genes_scored"}
+    unc = {"unc_spearman", "unc_spearman_all", "coverage_80"}
+    assert set(ev["metric"]) == {"mse", "mae", "spot_pcc", "spot_pcc_z", "gene_pcc", "gene_pcc_hvg50", "genes_scored"} | unc
+    u = ev.filter(pl.col("metric").is_in(list(unc)))
+    assert set(u["method"]) == {"asign"} and u.height == 3 * 4  # 3 sections + pooled
+    cov = u.filter(pl.col("metric") == "coverage_80")["value"]
+    assert ((cov > 0) & (cov <= 1)).all()
+    genes = pl.read_parquet(store.local_path(sid, "evaluation_genes.parquet"))
+    g_asign = genes.filter(pl.col("method") == "asign").group_by("section").agg(pl.col("value").mean())
+    e_asign = ev.filter((pl.col("method") == "asign") & (pl.col("metric") == "gene_pcc") & (pl.col("section") != "pooled"))
+    assert dict(g_asign.iter_rows()) == pytest.approx(dict(e_asign.select("section", "value").iter_rows()))
     assert {"asign", "mean", "overlap", "similarity", "gauss_knn", "image_2d"} <= set(ev["method"])
     assert set(ev["section"]) == {"S01", "S02", "S04", "pooled"}  # S03 is measured
     pooled = {(r["method"], r["metric"]): r["value"] for r in ev.filter(pl.col("section") == "pooled").to_dicts()}

@@ -24,7 +24,7 @@ def test_readme_has_exactly_two_setup_lines_and_ci_runs_the_test_line():
     assert test in ci, "the README's test line must appear verbatim in .ci/run"
 
 
-@pytest.mark.parametrize("sub", ["", "demo", "import-her2st", "run", "ui", "viewer", "validate"])
+@pytest.mark.parametrize("sub", ["", "demo", "import-her2st", "import-visium", "run", "ui", "viewer", "validate"])
 def test_cli_help(sub):
     args = [sys.executable, "-m", "asign_assets.cli"] + ([sub] if sub else []) + ["--help"]
     out = subprocess.run(args, capture_output=True, text=True, timeout=120)

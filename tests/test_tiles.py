@@ -111,3 +111,36 @@ def test_tile_params_validation():
         TileParams(region_size=500, region_downsample=3)
     p = TileParams()
     assert p.region_stored == 128 and p.global_stored == 128 and p.region_tile_um == pytest.approx(409.6)
+
+
+def test_tiles_from_pyramidal_tiff_read_the_matching_levels(tmp_path):
+    """At 0.5 um/px, SMALL stores spots at 1 um/px (2x), regions at 2 um/px (4x), globals at
+    4 um/px (8x): each is an exact crop of that pyramid level, not a resample of level 0."""
+    import tifffile
+
+    from asign_assets.slide import Slide
+
+    src = _coded_image(512, 640)
+    levels = [src]
+    for _ in range(3):
+        a = levels[-1].astype(float)
+        levels.append(np.floor(a.reshape(a.shape[0] // 2, 2, a.shape[1] // 2, 2, 3).mean((1, 3)) + 0.5).astype(np.uint8))
+    p = tmp_path / "pyr.tif"
+    with tifffile.TiffWriter(p, bigtiff=True) as tw:
+        tw.write(src, tile=(64, 64), subifds=3, photometric="rgb", compression="zlib")
+        for lv in levels[1:]:
+            tw.write(lv, tile=(32, 32), subfiletype=1, photometric="rgb", compression="zlib")
+    xy = np.array([[100.5, 300.5], [420.5, 64.5]])  # box origins (x - 32.5) / 2 are integers on level 1
+    g = _group(tmp_path)
+    with Slide(p) as s:
+        meta = write_section_tiles(s, xy, 0.5, g, SMALL)
+    spot = g["spot"][:]
+    for k, (x, y) in enumerate(xy):
+        i, j = int((y - 32.5) / 2), int((x - 32.5) / 2)
+        np.testing.assert_array_equal(spot[k], levels[1][i : i + 32, j : j + 32])
+    for name, lv in (("region", 2), ("global", 3)):
+        tile_px = 32 * 2**lv  # level-0 px per tile
+        rc = np.unique(np.floor((xy[:, ::-1] + 0.5) / tile_px).astype(int), axis=0)
+        for t, (r, c) in enumerate(rc):
+            np.testing.assert_array_equal(g[name][t], levels[lv][r * 32 : (r + 1) * 32, c * 32 : (c + 1) * 32])
+    assert meta["n_spots"] == 2

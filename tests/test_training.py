@@ -146,7 +146,8 @@ def test_ensemble_members_calibration_and_determinism(tmp_path, stack, ensemble_
     np.testing.assert_array_equal(impute(res2, g, emb, remb, gemb, y[meas], meas, CPU)["blend"], out["blend"])
     save_checkpoint(res, tmp_path / "c.pt")
     back = load_checkpoint(tmp_path / "c.pt")
-    assert back.n_members == 3 and set(back.calibration) == {"model", "blend"}
+    assert back.n_members == 3 and set(back.calibration) == {"model", "blend", "sigma"}
+    assert back.calibration["sigma"].shape == (res.config["n_genes"],) and (back.calibration["sigma"] > 0).all()
     np.testing.assert_array_equal(impute(back, g, emb, remb, gemb, y[meas], meas, CPU)["blend"], out["blend"])
 
 
@@ -200,3 +201,26 @@ def test_receptive_pruning_keeps_outputs(stack, blocks):
         full = _forward(model, sub, xs, xr, xg, None, None, CPU)["spot"][out_local]
         part = _forward(model, pruned, xs, xr, xg, None, None, CPU, out_local)["spot"]
     torch.testing.assert_close(part, full, rtol=1e-4, atol=1e-5)
+
+
+def test_uncertainty_scaled_to_out_of_fold_error_and_zero_at_known_spots():
+    from asign_assets.training import residual_sigma, uncertainty_from_spread
+
+    g = torch.Generator().manual_seed(0)
+    spread = torch.rand(50, 4, generator=g) + 0.1
+    known = torch.zeros(50, dtype=torch.bool)
+    known[:10] = True
+    sigma = torch.tensor([0.5, 1.0, 2.0, 0.0])
+    u = uncertainty_from_spread(spread, known, sigma)
+    assert (u[known] == 0).all()
+    rms = u[~known].pow(2).mean(0).sqrt()
+    assert torch.allclose(rms, sigma, atol=1e-5)
+    # per gene a positive rescaling: the ranking of spots is the spread's
+    assert torch.equal(torch.argsort(u[~known, 0]), torch.argsort(spread[~known, 0]))
+    # without calibration: the raw spread
+    assert torch.equal(uncertainty_from_spread(spread, known, None)[~known], spread[~known])
+    # sigma = RMS of calibrated residuals
+    pred = torch.randn(30, 3, generator=g)
+    y = pred + 0.3
+    cal = torch.stack([torch.zeros(3), torch.ones(3)])
+    assert torch.allclose(residual_sigma(pred, y, cal), torch.full((3,), 0.3), atol=1e-5)

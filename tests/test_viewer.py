@@ -344,3 +344,136 @@ def test_truth_rows_out_of_range_is_a_note(tmp_path):
     t.write_zarr(path)
     fig, note = cb.section_view(r.home, r.sample, "sec0", r.genes[0], ["imputed", "truth"])
     assert [d["name"] for d in fig["data"]] == ["imputed"] and "does not index" in _note_text(note)
+
+
+# ----------------------------------------------------------------------------- 3D readability, dense volume views
+
+
+def test_default_stretch_separates_sections_and_z_ticks_are_section_names(fake):
+    fig = cb.select_sample(fake.home, fake.sample)[4]
+    scene = fig["layout"]["scene"]
+    assert scene["aspectratio"]["z"] >= 0.3 * max(scene["aspectratio"]["x"], scene["aspectratio"]["y"])
+    assert scene["zaxis"]["ticktext"] == fake.sections
+    assert scene["zaxis"]["tickvals"] == pytest.approx([0.0, 20.0, 40.0])
+    # an empty box means the default; a typed value applies as is
+    auto = _patch_ops(cb.set_z_stretch(fake.home, fake.sample, None))[("layout", "scene", "aspectratio")]
+    assert auto == scene["aspectratio"]
+    typed = _patch_ops(cb.set_z_stretch(fake.home, fake.sample, 2))[("layout", "scene", "aspectratio")]
+    span = fake.xyz_um.max(0) - fake.xyz_um.min(0)
+    assert typed["z"] == pytest.approx(2 * span[2] / span[0])
+
+
+def test_colour_bars_carry_the_unit_from_the_normalisation(fake):
+    fig = cb.select_sample(fake.home, fake.sample)[4]
+    assert "log1p CP10k" in fig["data"][0]["marker"]["colorbar"]["title"]["text"]
+    ops = _patch_ops(cb.switch_gene(fake.home, fake.sample, "GENE004")[0])
+    assert ops[("data", 0, "marker", "colorbar", "title", "text")] == "GENE004<br><sub>log1p CP10k</sub>"
+    sec, _ = cb.section_view(fake.home, fake.sample, "sec0", "GENE004", ["imputed"])
+    assert "log1p CP10k" in sec["data"][0]["marker"]["colorbar"]["title"]["text"]
+
+
+def test_section_view_markers_opacity_and_uncertainty_panel(fake):
+    fig, note = cb.section_view(fake.home, fake.sample, "sec2", "GENE003", ["imputed", "uncertainty"], "/", 0.4)
+    assert note is None and [d["name"] for d in fig["data"]] == ["imputed", "uncertainty"]
+    m0, m1 = fig["data"][0]["marker"], fig["data"][1]["marker"]
+    assert m0["size"] >= 10 and m0["line"]["color"] == "white" and m0["opacity"] == 0.4
+    assert m0["colorscale"] != "Viridis"
+    rows = np.flatnonzero(fake.section == "sec2")
+    vol = data.load_volume(fake.home, fake.sample)
+    import anndata as ad
+
+    unc = ad.read_zarr(fake.home / "samples" / fake.sample / "imputed_volume.zarr").layers["uncertainty"]
+    order = np.flatnonzero(vol.section_code == vol.sections.index("sec2"))
+    np.testing.assert_allclose(decode_typed_array(m1["color"]), unc[order, 3], rtol=1e-6)
+    assert len(order) == len(rows)
+    # bad opacity from the browser falls back to the default
+    fig2, _ = cb.section_view(fake.home, fake.sample, "sec2", "GENE003", ["imputed"], "/", "nan")
+    assert fig2["data"][0]["marker"]["opacity"] == cb.DEFAULT_OPACITY
+
+
+def _dense(fake):
+    from asign_assets.volume import open_ome_zarr
+
+    return open_ome_zarr(fake.home / "samples" / fake.sample / "expression_volume" / "expression.ome.zarr")
+
+
+def test_slice_controls_span_the_volume_with_section_marks(fake):
+    lo, hi, val, marks, note = cb.slice_controls(fake.home, fake.sample)
+    assert (lo, hi) == (0.0, 40.0) and lo < val < hi and note is None
+    assert [m["label"] for m in marks.values()] == fake.sections
+
+
+def test_xy_slice_between_sections_interpolates_and_xz_yz_go_through_the_point(fake):
+    ov = _dense(fake)
+    g = ov.grid
+    v = np.asarray(ov.levels[0][ov.channel_index("GENE005")])
+    t = np.asarray(ov.tissue[:], bool)
+    fig, note = cb.slice_view(fake.home, fake.sample, "GENE005", 25.0, None)  # between sec1 (20) and sec2 (40)
+    assert note is None
+    xy = np.array(fig["data"][0]["z"], dtype=float)
+    both = t[1] & t[2]
+    want = 0.75 * v[1] + 0.25 * v[2]
+    np.testing.assert_allclose(xy[both], want[both], atol=2e-4)
+    assert np.isnan(xy[~(t[1] | t[2])]).all()
+    # at a section's z the slice is that section's plane
+    at, _ = cb.slice_view(fake.home, fake.sample, "GENE005", 20.0, None)
+    np.testing.assert_allclose(np.array(at["data"][0]["z"], dtype=float)[t[1]], v[1][t[1]], atol=2e-4)
+    # xz at the clicked y, yz at the clicked x
+    px, py = g.axis(2)[5], g.axis(1)[7]
+    fig, _ = cb.slice_view(fake.home, fake.sample, "GENE005", 0.0, {"x": px, "y": py})
+    xz = np.array(fig["data"][1]["z"], dtype=float)
+    yz = np.array(fig["data"][2]["z"], dtype=float)
+    np.testing.assert_allclose(xz[t[:, 7, :]], v[:, 7, :][t[:, 7, :]], atol=2e-4)
+    np.testing.assert_allclose(yz[t[:, :, 5]], v[:, :, 5][t[:, :, 5]], atol=2e-4)
+    assert fig["data"][3]["x"] == [px] and fig["data"][3]["y"] == [py]
+    assert fig["layout"]["yaxis2"]["ticktext"] == fake.sections
+
+
+def test_isosurface_threshold_is_the_percentile_of_tissue_voxels(fake):
+    ov = _dense(fake)
+    v = np.asarray(ov.levels[0][ov.channel_index("GENE002")])
+    t = np.asarray(ov.tissue[:], bool)
+    for pct in (60, 90):
+        fig, _ = cb.iso_view(fake.home, fake.sample, "GENE002", pct)
+        tr = fig["data"][0]
+        assert tr["type"] == "isosurface"
+        assert tr["isomin"] == pytest.approx(np.percentile(v[t], pct), rel=1e-5)
+        vals = decode_typed_array(tr["value"])
+        assert len(vals) == v.size and (vals[~t.ravel()] < v[t].min()).all()
+
+
+def test_dense_views_say_when_the_volume_is_missing(tmp_path):
+    r = write_fake_result(tmp_path / "h", with_dense=False)
+    fig, note = cb.slice_view(r.home, r.sample, r.genes[0], 0.0)
+    assert fig["data"] == [] and "expression_volume" in _note_text(note)
+    assert "expression_volume" in _note_text(cb.slice_controls(r.home, r.sample)[-1])
+    assert "evaluation_genes" in _note_text(cb.gene_accuracy(r.home, r.sample, r.genes[0]))
+    assert _panel_disabled(cb.select_sample(r.home, r.sample)[5], "uncertainty")
+
+
+def _panel_disabled(options, value) -> bool:
+    return next(o for o in options if o["value"] == value)["disabled"]
+
+
+def test_gene_accuracy_shows_the_gene_per_section_with_method_legend(fake):
+    out = cb.gene_accuracy(fake.home, fake.sample, "GENE004")
+    table = out.children[1]
+    assert [c["id"] for c in table.columns] == ["section", "asign", "mean", "overlap"]
+    assert [r["section"] for r in table.data] == ["sec0", "sec2"]
+    assert table.data[0]["asign"] == pytest.approx(0.64) and table.data[0]["overlap"] == pytest.approx(0.24)
+    assert set(table.tooltip_header) == {"asign", "mean", "overlap"}
+    assert "baseline" in str(out.children[2])
+    assert "not in var_names" in _note_text(cb.gene_accuracy(fake.home, fake.sample, "../x"))
+
+
+def test_overlay_legend_curves_and_deep_link(fake):
+    legend, curves = cb.sample_extras(fake.home, fake.sample)
+    spans = legend.children
+    assert [s.children[1] for s in spans] == fake.sections
+    assert spans[0].children[0].style["background"] == "rgb(230,25,75)"
+    assert curves.src.startswith("/_asign/curves/S1.png")
+    assert cb.sample_from_url(fake.home, "?sample=S1", None) == "S1"
+    from dash import no_update
+
+    assert cb.sample_from_url(fake.home, "?sample=..%2F..", None) is no_update
+    assert cb.sample_from_url(fake.home, "?sample=S1", "S1") is no_update

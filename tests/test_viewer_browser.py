@@ -161,3 +161,86 @@ def test_pick_sample_and_gene_in_browser(dash_duo, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     dash_duo.driver.save_screenshot(str(ARTIFACTS / "viewer.png"))
     assert (ARTIFACTS / "viewer.png").stat().st_size > 10_000
+
+
+JS_TRACES = """
+const el = document.getElementById(arguments[0]);
+const gd = el && el.querySelector('.js-plotly-plot');
+if (!gd || !gd.data || !gd.data.length) { return null; }
+return gd.data.map(t => ({type: t.type, name: t.name || null, isomin: t.isomin === undefined ? null : t.isomin,
+                          z: t.type === 'heatmap' ? t.z : null, x: t.type === 'scatter' ? Array.from(t.x) : null,
+                          y: t.type === 'scatter' ? Array.from(t.y) : null}));
+"""
+
+
+def _wait_traces(dash_duo, graph_id: str, ok, timeout: float = 20.0):
+    import time
+
+    deadline = time.time() + timeout
+    got = None
+    while time.time() < deadline:
+        got = dash_duo.driver.execute_script(JS_TRACES, graph_id)
+        if got and ok(got):
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"{graph_id}: condition not met, last traces {str(got)[:300]}")
+
+
+def _grid(z) -> np.ndarray:
+    return np.array([[np.nan if v is None else v for v in row] for row in z], dtype=float)
+
+
+def test_slices_isosurface_and_uncertainty_in_browser(dash_duo, tmp_path):
+    """Deep link ?sample=, orthogonal slices (click moves xz/yz), isosurface, uncertainty panel."""
+    from dash_app import callbacks as cb
+    from dash_app import create_app
+    from dash_app import data
+
+    data.clear_caches()
+    home = tmp_path / "home"
+    write_fake_result(home, sample="A_other", seed=3, n_genes=6)
+    r = write_fake_result(home, sample="S1", n_genes=12)
+    app = create_app(home)
+    dash_duo.start_server(app)
+    dash_duo.driver.get(dash_duo.server_url + "/?sample=S1")  # the link Dagster's asset pages carry
+    dash_duo.wait_for_element("#graph-slices .js-plotly-plot", timeout=30)
+    gene = r.genes[0]
+
+    # xy slice at the slider's start value (mid z = sec1) equals the callback's plane for S1
+    want, _ = cb.slice_view(home, "S1", gene, 20.0, None)
+    traces = _wait_traces(dash_duo, "graph-slices", lambda t: len(t) == 4 and t[0]["z"] is not None
+                          and np.allclose(_grid(t[0]["z"]), _grid(want["data"][0]["z"]), equal_nan=True, atol=1e-4))
+    before = (traces[3]["x"][0], traces[3]["y"][0])
+
+    # a click on the xy slice (plotly's click event, as a mouse click on a cell emits it)
+    # moves the cross; xz/yz then go through the clicked point
+    from asign_assets.volume import open_ome_zarr
+
+    g = open_ome_zarr(home / "samples" / "S1" / "expression_volume" / "expression.ome.zarr").grid
+    point = {"x": float(g.axis(2)[5]), "y": float(g.axis(1)[7])}
+    dash_duo.driver.execute_script(
+        "const gd = document.querySelector('#graph-slices .js-plotly-plot');"
+        "gd.emit('plotly_click', {points: [{curveNumber: 0, pointNumber: [7, 5], x: arguments[0], y: arguments[1]}]});",
+        point["x"], point["y"],
+    )
+    moved = _wait_traces(dash_duo, "graph-slices", lambda t: len(t) == 4 and (t[3]["x"][0], t[3]["y"][0]) != before)
+    assert (moved[3]["x"][0], moved[3]["y"][0]) == pytest.approx((point["x"], point["y"]))
+    ref, _ = cb.slice_view(home, "S1", gene, 20.0, point)
+    np.testing.assert_allclose(_grid(moved[1]["z"]), _grid(ref["data"][1]["z"]), atol=1e-4)
+    np.testing.assert_allclose(_grid(moved[2]["z"]), _grid(ref["data"][2]["z"]), atol=1e-4)
+
+    # the isosurface of the gene at the default threshold
+    iso, _ = cb.iso_view(home, "S1", gene)
+    got = _wait_traces(dash_duo, "graph-iso", lambda t: t[0]["type"] == "isosurface")
+    assert got[0]["isomin"] == pytest.approx(iso["data"][0]["isomin"], rel=1e-6)
+    dash_duo.wait_for_element("#graph-iso canvas", timeout=10)
+
+    # uncertainty toggle in the section view
+    dash_duo.find_element("#panels input[value='uncertainty']").click()
+    sec = _wait_traces(dash_duo, "graph-section", lambda t: any(x["name"] == "uncertainty" for x in t))
+    assert [x["name"] for x in sec][-1] == "uncertainty"
+    dash_duo.wait_for_element("#overlay-legend", timeout=10)
+    dash_duo.wait_for_element("#gene-accuracy-table", timeout=10)
+    assert dash_duo.get_logs() == [], "browser console errors"
+    ARTIFACTS.mkdir(exist_ok=True)
+    dash_duo.driver.save_screenshot(str(ARTIFACTS / "viewer_dense.png"))

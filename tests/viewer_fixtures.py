@@ -42,9 +42,12 @@ def write_fake_result(
     write_h5ad: bool = True,
     zarr_format: int = 2,
     with_layers: bool = True,
+    with_dense: bool = True,
 ) -> FakeResult:
     """Write samples/<sample>/ with sections, thumbnails, imputed_volume(.zarr/.h5ad),
-    evaluation.parquet, overlay.png and evaluation_truth.zarr."""
+    evaluation.parquet, overlay.png and evaluation_truth.zarr; with ``with_dense`` also an
+    uncertainty layer, expression_volume/ (built by asign_assets.volume), evaluation_genes.parquet
+    and model/curves.png."""
     import anndata as ad
     import pandas as pd
     from PIL import Image
@@ -115,6 +118,11 @@ def write_fake_result(
     adata.obsm["spatial_3d"] = xyz_um
     for layer in ("model", "propagation", "blend") if with_layers else ():
         adata.layers[layer] = X
+    unc = None
+    if with_dense:
+        unc = np.where(measured[:, None], 0.0, 0.1 + 0.05 * rng.random((n, n_genes))).astype(np.float32)
+        adata.layers["uncertainty"] = unc
+    adata.uns["normalisation"] = {"normalisation": "log1p_cp10k", "n_genes": n_genes}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with ad.settings.override(zarr_write_format=zarr_format):
@@ -142,6 +150,27 @@ def write_fake_result(
                 for metric, v in (("mse", 0.1), ("mae", 0.2), ("pcc", 0.5)):
                     rows.append({"method": m, "section": s, "metric": metric, "value": v + 0.01 * len(rows)})
         pd.DataFrame(rows).to_parquet(d / "evaluation.parquet")
+
+    if with_dense:
+        from PIL import Image as _Image
+
+        from asign_assets.volume import gridding_operator, write_ome_zarr
+
+        op = gridding_operator(xyz_um, sec_idx)
+        attrs = {"unit": "log1p_cp10k", "sections": [{"name": r["name"], "z_um": r["z_um"], "measured": r["measured"]} for r in recs]}
+        (d / "expression_volume").mkdir(exist_ok=True)
+        write_ome_zarr(d / "expression_volume" / "expression.ome.zarr", op.apply(X), genes, op.grid, op.tissue, attrs=attrs)
+        write_ome_zarr(d / "expression_volume" / "uncertainty.ome.zarr", op.apply(unc), genes, op.grid, op.tissue, "uncertainty", attrs=attrs)
+        if with_truth:
+            gp = []
+            for s in sections:
+                if s == sections[measured_index]:
+                    continue
+                for m_i, m in enumerate(("asign", "mean", "overlap")):
+                    gp.append(pd.DataFrame({"method": m, "section": s, "gene": genes, "value": 0.6 - 0.2 * m_i + 0.01 * np.arange(n_genes)}))
+            pd.concat(gp).to_parquet(d / "evaluation_genes.parquet")
+        (d / "model").mkdir(exist_ok=True)
+        _Image.fromarray(np.full((60, 160, 3), 200, np.uint8)).save(d / "model" / "curves.png")
 
     return FakeResult(
         home=Path(home),

@@ -4,8 +4,9 @@ from asign_assets.assets.imaging import embeddings, tiles
 from asign_assets.assets.ingest import expression, sections
 from asign_assets.assets.results import evaluation, imputed_volume, model
 from asign_assets.assets.spatial import graph_3d, registrations
+from asign_assets.assets.volume import expression_volume
 
-ALL_ASSETS = [sections, tiles, embeddings, registrations, graph_3d, expression, model, imputed_volume, evaluation]
+ALL_ASSETS = [sections, tiles, embeddings, registrations, graph_3d, expression, model, imputed_volume, evaluation, expression_volume]
 ALL_CHECKS: list = []
 
 __all__ = ["ALL_ASSETS", "ALL_CHECKS"]

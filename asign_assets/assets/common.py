@@ -142,3 +142,10 @@ def md_table(rows: list[dict[str, Any]], floatfmt: str = ".3f") -> str:
 
 def log_progress(context: dg.AssetExecutionContext, message: str) -> None:
     context.log.info(f"[{context.asset_key.to_user_string()} {context.partition_key}] {message}")
+
+
+def viewer_url(sample_id: str) -> dg.MetadataValue:
+    """Link to the sample's page in the Dash viewer (``ASIGN_VIEWER_URL``, default the local one):
+    Dagster shows a URL inline on the asset page, where images in markdown need a dialog."""
+    base = os.environ.get("ASIGN_VIEWER_URL", "http://127.0.0.1:8050").rstrip("/")
+    return dg.MetadataValue.url(f"{base}/?sample={sample_id}")

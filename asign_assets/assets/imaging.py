@@ -50,12 +50,13 @@ class EmbeddingsConfig(dg.Config):
     kinds={"zarr"},
     deps=[sections],
     description="Spot (224 px), region (512 px grid) and global (1024 px grid) patches of every spot, "
-    "at a common physical scale, in zarr (one chunk per tile). Each full image is read once.",
+    "at a common physical scale, in zarr (one chunk per tile). Whole-slide TIFFs are read window by window "
+    "at the matching pyramid level; JPEG/PNG are decoded once.",
 )
 def tiles(context: dg.AssetExecutionContext, config: TilesConfig, storage: StorageResource) -> dg.MaterializeResult:
     import zarr
 
-    from asign_assets.imaging import read_rgb
+    from asign_assets.slide import Slide
     from asign_assets.tiles import TileParams, auto_spot_downsample, write_section_tiles
 
     store = storage.get()
@@ -79,12 +80,12 @@ def tiles(context: dg.AssetExecutionContext, config: TilesConfig, storage: Stora
                 t0 = time.perf_counter()
                 sub = spots.filter(spots["section"] == rec.name)
                 xy = np.stack([sub["x_px"].to_numpy(), sub["y_px"].to_numpy()], 1)
-                rgb = read_rgb(rec.image)  # one full-resolution image in memory at a time
-                meta = write_section_tiles(rgb, xy, rec.pixel_size_um, root.create_group(rec.name), params, source=rec.image)
-                del rgb
+                with Slide(rec.image) as slide:  # at most one decoded JPEG/PNG in memory at a time
+                    meta = write_section_tiles(slide, xy, rec.pixel_size_um, root.create_group(rec.name), params, source=str(rec.image))
+                    levels = len(slide.levels)
                 gc.collect()
                 dt = time.perf_counter() - t0
-                rows.append({"section": rec.name, "spots": len(xy), "region_tiles": meta.get("n_region", ""), "global_tiles": meta.get("n_global", ""), "seconds": round(dt, 2)})
+                rows.append({"section": rec.name, "spots": len(xy), "pyramid_levels": levels, "region_tiles": meta.get("n_region", ""), "global_tiles": meta.get("n_global", ""), "seconds": round(dt, 2)})
                 log_progress(context, f"section {rec.name}: {len(xy)} spot patches in {dt:.1f} s")
     version = digest_arrays(spots["x_px"].to_numpy(), spots["y_px"].to_numpy(), extra={"params": params.__dict__, "images": [(r.image, r.width, r.height) for r in records]})
     return dg.MaterializeResult(

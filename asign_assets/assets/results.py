@@ -20,6 +20,7 @@ from asign_assets.assets.common import (
     md_table,
     path_meta,
     samples_partitions,
+    viewer_url,
 )
 from asign_assets.assets.imaging import embeddings
 from asign_assets.assets.ingest import expression
@@ -151,6 +152,7 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, storage: Stora
             "measured_spots": int(len(inp.measured_idx)),
             "genes": int(inp.y_measured.shape[1]),
             "curves": _md_image(png, "training curves") if png else "",
+            "viewer": viewer_url(sid),  # inline link; the markdown image above opens in a dialog only
             "path": path_meta(store, sid, "model"),
             **mon.metadata(),
         },
@@ -173,8 +175,9 @@ def build_volume(inp: InputsCache, preds: dict[str, np.ndarray], records, sec_di
     obs.index = (spots["section"] + ":" + spots["spot_id"]).to_list()
     adata = ad.AnnData(X=preds["blend"].astype(np.float32), obs=obs)
     adata.var_names = list(inp.expr.var_names)
-    for k in ("model", "propagation", "blend"):
-        adata.layers[k] = preds[k].astype(np.float32)
+    for k in ("model", "propagation", "blend", "uncertainty"):
+        if k in preds:
+            adata.layers[k] = preds[k].astype(np.float32)
     adata.obsm["spatial"] = np.stack([spots["x_px"].to_numpy(), spots["y_px"].to_numpy()], 1)
     adata.obsm["spatial_3d"] = np.stack([spots["x_um"].to_numpy(), spots["y_um"].to_numpy(), spots["z_um"].to_numpy()], 1)
     adata.uns["spatial"] = {
@@ -189,19 +192,20 @@ def build_volume(inp: InputsCache, preds: dict[str, np.ndarray], records, sec_di
         for r in records
     }
     adata.uns["normalisation"] = dict(inp.expr.uns.get("normalisation", {}))
-    adata.uns["asign"] = {"measured_section": next(r.name for r in records if r.measured), "layers": "X = blend of model and propagation; measured spots keep measured values"}
+    adata.uns["asign"] = {"measured_section": next(r.name for r in records if r.measured), "layers": "X = blend of model and propagation; measured spots keep measured values; "
+                     "uncertainty = SD of the members' networks and the propagation, scaled per gene to the out-of-fold error (0 at measured spots)"}
     return adata
 
 
 @dg.asset(
     partitions_def=samples_partitions,
     group_name="results",
-    code_version="1",
+    code_version="2",
     kinds={"anndata", "zarr"},
     deps=[model, graph_3d, embeddings, expression, registrations],
     pool=GPU_POOL,
     description="The imputed 3D volume: every spot of every section (AnnData .h5ad and .zarr, one gene per zarr chunk), "
-    "layers model/propagation/blend, own-image and common-frame coordinates, thumbnails for sc.pl.spatial.",
+    "layers model/propagation/blend/uncertainty, own-image and common-frame coordinates, thumbnails for sc.pl.spatial.",
 )
 def imputed_volume(context: dg.AssetExecutionContext, storage: StorageResource, device: DeviceResource) -> dg.MaterializeResult:
     import torch
@@ -278,18 +282,19 @@ def _truth_matrix(manifest, inp: InputsCache, genes: np.ndarray, method: str):
 @dg.asset(
     partitions_def=samples_partitions,
     group_name="results",
-    code_version="1",
+    code_version="2",
     kinds={"parquet"},
     deps=[imputed_volume],
     check_specs=[dg.AssetCheckSpec(EVAL_CHECK, asset="evaluation", description="ASIGN's pooled gene_pcc is at least every baseline's.")],
     description="Held-out metrics (mse, mae, spot_pcc, spot_pcc_z, gene_pcc, gene_pcc_hvg50) of ASIGN and the baselines "
-    "(mean, overlap, similarity, gauss_knn, image_2d) on sections with truth. The only asset that reads truth.",
+    "(mean, overlap, similarity, gauss_knn, image_2d) on sections with truth, ASIGN's uncertainty metrics "
+    "(unc_spearman, unc_spearman_all, coverage_80) and per-gene PCC (evaluation_genes.parquet). The only asset that reads truth.",
 )
 def evaluation(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
     import anndata as ad
 
     from asign_assets.baselines import run_baselines
-    from asign_assets.metrics import evaluate_sections, hvg_indices, markdown_table
+    from asign_assets.metrics import evaluate_sections, gene_pcc_table, hvg_indices, markdown_table, uncertainty_table
 
     store = storage.get()
     sid = context.partition_key
@@ -311,6 +316,8 @@ def evaluation(context: dg.AssetExecutionContext, storage: StorageResource) -> d
             ref_mean = inp.y_measured.mean(0)
             ref_sd = inp.y_measured.std(0)
             table = evaluate_sections({k: v[rows] for k, v in preds.items()}, truth, sec_names, ref_mean, ref_sd, hvg_indices(inp.y_measured, 50))
+            if "uncertainty" in vol.layers:
+                table = pl.concat([table, uncertainty_table(np.asarray(vol.layers["uncertainty"])[rows], preds["asign"][rows], truth, sec_names)])
             pooled = table.filter((pl.col("section") == "pooled") & (pl.col("metric") == "gene_pcc"))
             score = dict(zip(pooled["method"].to_list(), pooled["value"].to_list()))
             losers = {k: round(v, 4) for k, v in score.items() if k in BASELINES and v > score["asign"]}
@@ -321,19 +328,27 @@ def evaluation(context: dg.AssetExecutionContext, storage: StorageResource) -> d
             )
         with store.write(sid, "evaluation.parquet") as tmp:
             table.write_parquet(tmp, statistics=False)
+        if len(rows):  # per-gene PCC for the viewer's per-gene accuracy
+            with store.write(sid, "evaluation_genes.parquet") as tmp:
+                gene_pcc_table({k: v[rows] for k, v in preds.items()}, truth, sec_names, genes).write_parquet(tmp, statistics=False)
         if len(rows):
             tv = ad.AnnData(X=truth, obs=vol.obs.iloc[rows].copy())
             tv.obs["row"] = rows
             tv.var_names = genes
             with store.write(sid, "evaluation_truth.zarr") as tmp:
                 tv.write_zarr(tmp, chunks=(max(1, tv.n_obs), 1))
-    md = markdown_table(table) if table.height else "_no truth: nothing evaluated_"
+    # two narrow tables (gene-level, spot-level metrics): one wide table is cut off on the Dagster asset page
+    halves = (["gene_pcc", "gene_pcc_hvg50", "mse"], ["spot_pcc", "spot_pcc_z", "mae"])
+    md = "\n\n".join(markdown_table(table.filter(pl.col("metric").is_in(h))) for h in halves) if table.height else "_no truth: nothing evaluated_"
+    unc = table.filter(pl.col("metric").is_in(["unc_spearman", "unc_spearman_all", "coverage_80"]))
+    unc_md = md_table(unc.pivot(on="metric", index="section", values="value").to_dicts()) if unc.height else "_no uncertainty layer_"
+    log_progress(context, "pooled metrics:\n" + md + "\nuncertainty (asign):\n" + unc_md)
     scored = table.filter((pl.col("metric") == "genes_scored") & (pl.col("method") == "asign")) if table.height else table
     scored_md = md_table([{"section": r["section"], "genes_scored": int(r["value"])} for r in scored.iter_rows(named=True)]) if scored.height else ""
-    log_progress(context, "pooled metrics:\n" + md)
     return dg.MaterializeResult(
         metadata={
             "pooled": dg.MetadataValue.md(md),
+            "uncertainty": dg.MetadataValue.md(unc_md),
             "evaluated_spots": int(len(rows)),
             "genes_scored": dg.MetadataValue.md(scored_md or "_none_"),
             "path": path_meta(store, sid, "evaluation.parquet"),

@@ -17,6 +17,7 @@ from asign_assets.assets.common import (
     md_table,
     path_meta,
     samples_partitions,
+    viewer_url,
 )
 from asign_assets.assets.imaging import embeddings, tiles
 from asign_assets.assets.ingest import sections
@@ -132,6 +133,7 @@ def registrations(context: dg.AssetExecutionContext, config: RegistrationConfig,
             "qc": dg.MetadataValue.md(md_table(qc_rows)),
             "overlay": dg.MetadataValue.md(f"![overlay](data:image/png;base64,{base64.b64encode(_png(overlay, 480)).decode()})"),
             "overlay_path": path_meta(store, sid, "registrations/overlay.png"),
+            "viewer": viewer_url(sid),  # inline link; the markdown image above opens in a dialog only
             "flipped_sections": ", ".join(qc.filter(pl.col("flipped"))["section"].to_list()) or "none",
             "path": path_meta(store, sid, "registrations"),
             **mon.metadata(),
