@@ -61,8 +61,9 @@ class GraphParams:
     neighbour_sections: int = 2  # overlap edges between sections i and i+1..i+n (2 measured better on HER2ST C)
     # Depth: overlap weights times exp(-dz^2 / 2 s^2) for sections dz um apart (the manifest's
     # z_um), so a sibling section counts more than one at another depth. s = None: the
-    # gaussian sigma (isotropic tissue); depth_weight False ignores z.
-    depth_weight: bool = True
+    # gaussian sigma (isotropic tissue); depth_weight False ignores z (the default:
+    # measured neutral on HER2ST patient C, docs/accuracy.md).
+    depth_weight: bool = False
     depth_sigma_um: float | None = None
     # Similarity: top-k cosine among spots of other sections.
     k_similarity: int = 3

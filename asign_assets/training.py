@@ -94,14 +94,16 @@ class TrainParams:
     calib_shrink: float = 20.0
     mask_pool: int = 16  # known masks (and their propagations) drawn once and cycled; 0 = a fresh one every epoch
     cli_lr_mult: float = 1.0  # learning-rate multiplier of the CLI blend weights (one scalar per gene)
-    # labels arrive in training the way they do at imputation: "blocked" known masks and
-    # validation folds are whole spatial blocks of ``block_pitches`` pitches; "random": spot-wise
-    mask: Literal["random", "blocked"] = "blocked"
+    # "blocked": known masks and validation folds are whole spatial blocks of
+    # ``block_pitches`` pitches, so labels reach a spot from outside its block as at
+    # imputation; "random": spot-wise (default: blocked measured no better, docs/accuracy.md)
+    mask: Literal["random", "blocked"] = "random"
     block_pitches: float = 2.0
     # propagated labels: rank-r reconstruction of the measured expression (lowrank.py);
     # -1: rank chosen by bi-cross-validation on the measured spots, 0: raw log counts
-    source_rank: int = -1
-    edge_dz: bool = True  # the network's spot-graph edges see their depth difference (in pitches)
+    # (default: propagation already averages many spots, denoising measured no gain)
+    source_rank: int = 0
+    edge_dz: bool = False  # the network's spot-graph edges see their depth difference (in pitches)
     # image ridge (the network's base) fitted to rank-r expression; -1: r chosen by the
     # ridge's leave-one-out per-gene PCC on the measured spots (baselines.choose_ridge_rank)
     ridge_rank: int = -1

@@ -48,8 +48,9 @@ CONFIGS: dict[str, tuple[str, dict, bool]] = {
     "denoise": ("item 2a alone: low-rank (BCV rank) propagated labels", {**BEFORE_TRAIN, "source_rank": -1}, False),
     "programmes": ("item 2b alone: image ridge on rank-r expression (LOO rank)", {**BEFORE_TRAIN, "ridge_rank": -1}, False),
     "depth": ("item 3 alone: block-layout z, depth-weighted overlap, dz edge feature", {**BEFORE_TRAIN, "edge_dz": True}, True),
-    "all": ("current defaults (items 1-3)", {}, True),
+    "all": ("items 1, 2a, 2b and 3 together", {"mask": "blocked", "source_rank": -1, "edge_dz": True, "ridge_rank": -1}, True),
 }
+FINAL = "programmes"  # the configuration equal to the current defaults (training.TrainParams, graph.GraphParams)
 SHOWN = ("gene_pcc", "gene_pcc_hvg50", "mse", "spot_pcc_z")
 BASELINES = ("overlap", "similarity", "gauss_knn", "image_2d", "avg_knn_image")
 
@@ -60,7 +61,7 @@ def log(msg: str) -> None:
 
 def graph_for(prep: dict, depth: bool):
     if depth:
-        return pce.build_graph(prep, her2st_z_um(pce.SECTIONS), GraphParams())
+        return pce.build_graph(prep, her2st_z_um(pce.SECTIONS), GraphParams(depth_weight=True))
     return pce.build_graph(prep, UNIFORM_Z, GraphParams(depth_weight=False))
 
 
@@ -85,6 +86,76 @@ def run_config(name: str, data: Path, prep: dict, cache: Path, force: bool) -> t
     out.write_parquet(f_m)
     secs.write_parquet(f_t)
     return out, secs
+
+
+# ----------------------------------------------------------------------------- DLPFC
+
+DLPFC_DIRECTIONS = (("151674", "151673"), ("151673", "151674"))
+
+
+def run_dlpfc(work: Path, name: str, force: bool) -> pl.DataFrame | None:
+    """Library chain on the stored inputs of ``benchmarks/dlpfc_eval.py --work WORK``.
+
+    dlpfc_eval runs ``asign import-visium`` + ``asign run`` for both directions; this
+    reloads each direction's graph, embeddings and measured expression from its storage
+    and trains/imputes/evaluates under configuration ``name`` (the graph is the
+    pipeline's, so the depth configuration differs only in the dz edge feature: the two
+    sections are 10 um apart). Truth is read by the evaluation asset's own reader.
+    """
+    from asign_assets.assets.results import BASELINES as PIPE_BASELINES
+    from asign_assets.assets.results import InputsCache, _truth_matrix
+    from asign_assets.baselines import run_baselines
+    from asign_assets.metrics import evaluate_sections, hvg_indices
+    from asign_assets.storage import Storage
+    from asign_assets.training import impute, train_model
+
+    f = work / f"acc_dlpfc_{name}.parquet"
+    if f.exists() and not force:
+        return pl.read_parquet(f)
+    _, over, _ = CONFIGS[name]
+    params = params_for("cpu", **over)
+    dfs = []
+    for measured, imputed in DLPFC_DIRECTIONS:
+        home = work / f"home_{measured}"
+        if not home.is_dir():
+            return None
+        store, sid = Storage(home), f"dlpfc_{measured}"
+        inp = InputsCache(store, sid)
+        t0 = time.perf_counter()
+        args = (inp.graph, torch.from_numpy(inp.spot_emb), torch.from_numpy(inp.region_emb), torch.from_numpy(inp.global_emb))
+        ym, mi = torch.from_numpy(inp.y_measured), torch.from_numpy(inp.measured_idx)
+        res = train_model(*args, ym, mi, params, torch.device("cpu"))
+        out = impute(res, *args, ym, mi, torch.device("cpu"))
+        seconds = time.perf_counter() - t0
+        genes = np.asarray(inp.expr.var_names)
+        method = str(inp.expr.uns.get("normalisation", {}).get("method", "log1p_cp10k"))
+        rows, truth = _truth_matrix(store.load_registered(sid), inp, genes, method)
+        base = run_baselines(inp.graph, inp.spot_emb, inp.y_measured, inp.measured_idx)
+        preds = {"asign": out["blend"], "asign_network": out["model"], "asign_propagation": out["propagation"],
+                 **{k: base[k] for k in PIPE_BASELINES}, "avg_knn_image": 0.5 * (base["gauss_knn"] + base["image_2d"])}
+        secs = inp.spots["section"].to_numpy()[rows]
+        df = evaluate_sections({k: v[rows] for k, v in preds.items()}, truth, secs, inp.y_measured.mean(0),
+                               inp.y_measured.std(0), hvg_indices(inp.y_measured, 50))
+        dfs.append(df.with_columns(pl.lit(measured).alias("measured"), pl.lit(seconds).alias("train_impute_s")))
+        g = df.filter((pl.col("section") == "pooled") & (pl.col("method") == "asign") & (pl.col("metric") == "gene_pcc"))
+        log(f"dlpfc {name} {measured} -> {imputed}: gene_pcc {g['value'][0]:.3f} ({seconds:.0f}s train+impute)")
+    out_df = pl.concat(dfs)
+    out_df.write_parquet(f)
+    return out_df
+
+
+def dlpfc_table(results: dict[str, pl.DataFrame]) -> str:
+    rows = ["| configuration | direction | asign | network | propagation | best baseline | | hvg50 | genes scored | train+impute s |",
+            "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+    for name, df in results.items():
+        for measured, imputed in DLPFC_DIRECTIONS:
+            d = df.filter((pl.col("measured") == measured) & (pl.col("section") == "pooled"))
+            lut = {(r["method"], r["metric"]): r["value"] for r in d.iter_rows(named=True)}
+            best = max(BASELINES, key=lambda b: lut[(b, "gene_pcc")])
+            rows.append(f"| {name} | {measured} -> {imputed} | {lut[('asign', 'gene_pcc')]:.3f} | {lut[('asign_network', 'gene_pcc')]:.3f}"
+                        f" | {lut[('asign_propagation', 'gene_pcc')]:.3f} | {lut[(best, 'gene_pcc')]:.3f} | {best}"
+                        f" | {lut[('asign', 'gene_pcc_hvg50')]:.3f} | {lut[('asign', 'genes_scored')]:.0f} | {d['train_impute_s'][0]:.0f} |")
+    return "\n".join(rows)
 
 
 # ----------------------------------------------------------------------------- report
@@ -152,8 +223,9 @@ def timing_table(times: dict[str, pl.DataFrame]) -> str:
     return "\n".join(rows)
 
 
-def report(results: dict[str, pl.DataFrame], times: dict[str, pl.DataFrame], prep: dict, extra: str) -> str:
-    final = "all" if "all" in results else list(results)[-1]
+def report(results: dict[str, pl.DataFrame], times: dict[str, pl.DataFrame], prep: dict, extra: str,
+           dlpfc: dict[str, pl.DataFrame]) -> str:
+    final = FINAL if FINAL in results else list(results)[-1]
     z = her2st_z_um(pce.SECTIONS)
     return "\n".join([
         "# Accuracy report (issue #13)",
@@ -182,6 +254,14 @@ def report(results: dict[str, pl.DataFrame], times: dict[str, pl.DataFrame], pre
         "",
         section_rows(results[final]),
         "",
+        "## DLPFC (10x Visium, 151673 / 151674, adjacent 10 um sections), both directions",
+        "",
+        ("Library chain on the inputs stored by `benchmarks/dlpfc_eval.py --work DIR` (registration, tiles,"
+         " embeddings and graph of the pipeline; genes scored only where the truth section measured them)."
+         if dlpfc else "_not run: pass `--dlpfc-work DIR` after `benchmarks/dlpfc_eval.py --work DIR`._"),
+        "",
+        dlpfc_table(dlpfc) if dlpfc else "",
+        "",
         "## Timings (this machine: 2 cores shared with other jobs, so figures are pessimistic)",
         "",
         f"Cached stages (once per stack): {json.dumps({k: round(v, 1) for k, v in prep['seconds'].items()})} s.",
@@ -200,6 +280,8 @@ def main() -> None:
     ap.add_argument("--force", action="store_true", help="rerun configurations whose metrics are stored")
     ap.add_argument("--notes", type=Path, help="markdown appended to the report (e.g. DLPFC results, what is not done)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "accuracy.md")
+    ap.add_argument("--dlpfc-work", type=Path, help="work folder of benchmarks/dlpfc_eval.py --work (inputs reused)")
+    ap.add_argument("--dlpfc-configs", nargs="*", default=["before", FINAL])
     args = ap.parse_args()
     torch.set_num_threads(1)
     if not args.data.is_dir():
@@ -210,10 +292,18 @@ def main() -> None:
     for name in args.configs:
         results[name], times[name] = run_config(name, args.data.resolve(), prep, args.cache, args.force)
     print(ablation_table(results))
+    dlpfc: dict[str, pl.DataFrame] = {}
+    if args.dlpfc_work is not None:
+        for name in args.dlpfc_configs:
+            d = run_dlpfc(args.dlpfc_work, name, args.force)
+            if d is not None:
+                dlpfc[name] = d
+        if dlpfc:
+            print(dlpfc_table(dlpfc))
     extra = args.notes.read_text() if args.notes else ""
     if str(args.out) != "-":
         tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(report(results, times, prep, extra))
+        tmp.write_text(report(results, times, prep, extra, dlpfc))
         tmp.replace(args.out)
         log(f"wrote {args.out}")
 
