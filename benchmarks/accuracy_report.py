@@ -88,6 +88,45 @@ def run_config(name: str, data: Path, prep: dict, cache: Path, force: bool) -> t
     return out, secs
 
 
+# ----------------------------------------------------------------------------- several measured sections
+
+MULTI = (("C4",), ("C2", "C6"))  # item 5: C2 + C6 measured vs C4 alone, scored on C3 and C5
+
+
+def run_multi(data: Path, prep: dict, cache: Path, force: bool) -> pl.DataFrame:
+    """The current defaults with each measured set of ``MULTI`` (library chain; all sections scored)."""
+    f = cache / "acc_multi.parquet"
+    if f.exists() and not force:
+        return pl.read_parquet(f)
+    _, over, depth = CONFIGS[FINAL]
+    graph = graph_for(prep, depth)
+    dfs = []
+    for ms in MULTI:
+        df, tm = pce.run_choice(data, prep, graph, list(ms), params_for("cpu", **over), torch.device("cpu"))
+        dfs.append(df.with_columns(pl.lit(tm["train_s"]).alias("train_s")))
+        log(f"multi {'+'.join(ms)}: train {tm['train_s']:.1f}s")
+    out = pl.concat(dfs)
+    out.write_parquet(f)
+    return out
+
+
+def multi_table(df: pl.DataFrame) -> str:
+    z = dict(zip(pce.SECTIONS, her2st_z_um(pce.SECTIONS)))
+    gp = df.filter(pl.col("metric") == "gene_pcc")
+    lut = {(r["measured"], r["section"], r["method"]): r["value"] for r in gp.iter_rows(named=True)}
+    rows = ["| measured | imputed | um to nearest measured | asign | best baseline | |", "| --- | --- | ---: | ---: | ---: | --- |"]
+    for ms in MULTI:
+        key = "+".join(ms)
+        for s in pce.SECTIONS:
+            if s in ms:
+                continue
+            best = max(BASELINES, key=lambda b: lut[(key, s, b)])
+            rows.append(f"| {key} | {s} | {min(abs(z[s] - z[m]) for m in ms):.0f} | {lut[(key, s, 'asign')]:.3f}"
+                        f" | {lut[(key, s, best)]:.3f} | {best} |")
+    on = {key: np.mean([lut[(key, s, "asign")] for s in ("C3", "C5")]) for key in ("+".join(ms) for ms in MULTI)}
+    return "\n".join(rows) + "\n\nMean asign gene_pcc on C3 and C5: " + ", ".join(f"{k} measured {v:.3f}" for k, v in on.items()) + "."
+
+
 # ----------------------------------------------------------------------------- DLPFC
 
 DLPFC_DIRECTIONS = (("151674", "151673"), ("151673", "151674"))
@@ -224,7 +263,7 @@ def timing_table(times: dict[str, pl.DataFrame]) -> str:
 
 
 def report(results: dict[str, pl.DataFrame], times: dict[str, pl.DataFrame], prep: dict, extra: str,
-           dlpfc: dict[str, pl.DataFrame]) -> str:
+           dlpfc: dict[str, pl.DataFrame], item4: str, multi: pl.DataFrame | None) -> str:
     final = FINAL if FINAL in results else list(results)[-1]
     z = her2st_z_um(pce.SECTIONS)
     return "\n".join([
@@ -254,6 +293,22 @@ def report(results: dict[str, pl.DataFrame], times: dict[str, pl.DataFrame], pre
         "",
         section_rows(results[final]),
         "",
+        "## Item 5: several measured sections (library level)",
+        "",
+        "`train_model`/`impute` take measured spots from any number of sections; the benchmark stacks the",
+        "measured sections' counts over their common genes and normalises them together. Distances use the",
+        "depths above.",
+        "",
+        multi_table(multi) if multi is not None else "_not run: pass `--multi`._",
+        "",
+        "## Item 4: nuclear features (image ridge alone, same fits as in training)",
+        "",
+        "`benchmarks/nuclei_features.py`: Macenko stain vectors per section, haematoxylin nuclei on the 0.8 um/px",
+        "spot patches, per-spot nuclear features (asign_assets/nuclei.py); image ridge per-gene PCC on the imputed",
+        "sections with and without them.",
+        "",
+        item4 or "_not run: pass `--item4`._",
+        "",
         "## DLPFC (10x Visium, 151673 / 151674, adjacent 10 um sections), both directions",
         "",
         ("Library chain on the inputs stored by `benchmarks/dlpfc_eval.py --work DIR` (registration, tiles,"
@@ -282,6 +337,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "accuracy.md")
     ap.add_argument("--dlpfc-work", type=Path, help="work folder of benchmarks/dlpfc_eval.py --work (inputs reused)")
     ap.add_argument("--dlpfc-configs", nargs="*", default=["before", FINAL])
+    ap.add_argument("--item4", action="store_true", help="measure the nuclear features (benchmarks/nuclei_features.py)")
+    ap.add_argument("--multi", action="store_true", help="item 5: C2+C6 measured vs C4 alone")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if not args.data.is_dir():
@@ -300,10 +357,21 @@ def main() -> None:
                 dlpfc[name] = d
         if dlpfc:
             print(dlpfc_table(dlpfc))
+    item4 = ""
+    if args.item4:
+        import nuclei_features
+
+        f4 = args.cache / "acc_item4.parquet"
+        d4 = pl.read_parquet(f4) if f4.exists() and not args.force else nuclei_features.measure(args.data.resolve(), args.cache)
+        d4.write_parquet(f4)
+        item4 = nuclei_features.table(d4)
+    multi = run_multi(args.data.resolve(), prep, args.cache, args.force) if args.multi else None
+    if multi is not None:
+        print(multi_table(multi))
     extra = args.notes.read_text() if args.notes else ""
     if str(args.out) != "-":
         tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(report(results, times, prep, extra, dlpfc))
+        tmp.write_text(report(results, times, prep, extra, dlpfc, item4, multi))
         tmp.replace(args.out)
         log(f"wrote {args.out}")
 
