@@ -48,6 +48,8 @@ CONFIGS: dict[str, tuple[str, dict, bool]] = {
     "denoise": ("item 2a alone: low-rank (BCV rank) propagated labels", {**BEFORE_TRAIN, "source_rank": -1}, False),
     "programmes": ("item 2b alone: image ridge on rank-r expression (LOO rank)", {**BEFORE_TRAIN, "ridge_rank": -1}, False),
     "depth": ("item 3 alone: block-layout z, depth-weighted overlap, dz edge feature", {**BEFORE_TRAIN, "edge_dz": True}, True),
+    "programmes+denoise": ("items 2a and 2b", {**BEFORE_TRAIN, "ridge_rank": -1, "source_rank": -1}, False),
+    "programmes+regime": ("items 1 and 2b", {**BEFORE_TRAIN, "ridge_rank": -1, "mask": "blocked"}, False),
     "all": ("items 1, 2a, 2b and 3 together", {"mask": "blocked", "source_rank": -1, "edge_dz": True, "ridge_rank": -1}, True),
 }
 FINAL = "programmes"  # the configuration equal to the current defaults (training.TrainParams, graph.GraphParams)

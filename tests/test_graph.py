@@ -172,11 +172,11 @@ def test_for_lattice_scales_defaults():
 def test_depth_weights_decrease_with_dz():
     from asign_assets.graph import depth_factor
 
-    p = GraphParams(gaussian_sigma_um=100.0)
+    p = GraphParams(gaussian_sigma_um=100.0, depth_weight=True)
     f = depth_factor(np.array([0.0, 16.0, 50.0, 100.0, 300.0]), p)
     assert f[0] == 1.0 and np.all(np.diff(f) < 0)
     assert f[3] == pytest.approx(np.exp(-0.5))
-    assert depth_factor(100.0, GraphParams(depth_sigma_um=50.0)) == pytest.approx(np.exp(-2.0))
+    assert depth_factor(100.0, GraphParams(depth_sigma_um=50.0, depth_weight=True)) == pytest.approx(np.exp(-2.0))
     assert depth_factor(300.0, GraphParams(depth_weight=False)) == 1.0
 
 
