@@ -38,11 +38,14 @@ benchmarks/accuracy_report.py; everything is chosen on the measured spots only):
   to a rank-r reconstruction of the measured expression (reduced-rank regression; r by the
   ridge's leave-one-out per-gene PCC, :func:`asign_assets.baselines.choose_ridge_rank`).
   Patient C mean gene_pcc 0.281 -> 0.296.
+- ``source_rank`` (default -1, on): propagate a rank-r reconstruction of the measured
+  expression (:mod:`asign_assets.lowrank`, BCV rank). Neutral on patient C (legacy ST,
+  200 um pitch: propagation already averages many spots), +0.011 on DLPFC (Visium, 55 um
+  spots, noisier), so on with the ridge rank: patient C 0.281 -> 0.292.
 - ``mask="blocked"``: known masks and validation folds made of spatial blocks of
   ``block_pitches`` pitches (labels reach a spot only from outside its block).
-- ``source_rank``: propagate a rank-r reconstruction (:mod:`asign_assets.lowrank`, BCV rank).
 - ``edge_dz``: the network's spot edges carry their depth difference.
-These last three are off by default: alone, none gained on patient C (docs/accuracy.md).
+These last two are off by default: alone, neither gained on patient C (docs/accuracy.md).
 
 Cost: the network computes spot outputs only where the loss needs them (the measured
 spots) and keeps only the edges those outputs depend on (:func:`_receptive`); propagation
@@ -114,8 +117,7 @@ class TrainParams:
     block_pitches: float = 2.0
     # propagated labels: rank-r reconstruction of the measured expression (lowrank.py);
     # -1: rank chosen by bi-cross-validation on the measured spots, 0: raw log counts
-    # (default: propagation already averages many spots, denoising measured no gain)
-    source_rank: int = 0
+    source_rank: int = -1
     edge_dz: bool = False  # the network's spot-graph edges see their depth difference (in pitches)
     # image ridge (the network's base) fitted to rank-r expression; -1: r chosen by the
     # ridge's leave-one-out per-gene PCC on the measured spots (baselines.choose_ridge_rank)
