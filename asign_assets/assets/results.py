@@ -38,6 +38,10 @@ class ModelConfig(dg.Config):
     seed: int = 0
     known_frac: float = -1.0
     ensemble: int = 0  # members averaged (0: the preset's; 1 is ~3x faster on very large stacks)
+    # accuracy options (training.TrainParams; docs/accuracy.md): -2 / "" keep the preset's value
+    source_rank: int = -2  # propagated labels: -1 BCV rank of the measured expression, 0 raw, r > 0 fixed
+    ridge_rank: int = -2  # image ridge targets: -1 rank by leave-one-out PCC, 0 raw, r > 0 fixed
+    mask: str = ""  # "random" or "blocked" known masks / validation folds
 
 
 class InputsCache:
@@ -122,6 +126,13 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, storage: Stora
         overrides["known_frac"] = config.known_frac
     if config.ensemble > 0:
         overrides["ensemble"] = config.ensemble
+    for key in ("source_rank", "ridge_rank"):
+        if getattr(config, key) >= -1:
+            overrides[key] = getattr(config, key)
+    if config.mask:
+        if config.mask not in ("random", "blocked"):
+            raise ValueError(f"model config mask must be 'random' or 'blocked', got {config.mask!r}")
+        overrides["mask"] = config.mask
     params = params_for(config.preset, **overrides)
     with StageMonitor().run() as mon:
         inp = InputsCache(store, sid)
