@@ -354,7 +354,8 @@ def report(results: dict[str, pl.DataFrame], times: dict[str, pl.DataFrame], pre
         "## DLPFC (10x Visium, 151673 / 151674, adjacent 10 um sections), both directions",
         "",
         ("Library chain on the inputs stored by `benchmarks/dlpfc_eval.py --work DIR` (registration, tiles,"
-         " embeddings and graph of the pipeline; genes scored only where the truth section measured them)."
+         " embeddings and graph of the pipeline, the same for every configuration; genes scored only where the"
+         " truth section measured them). `before` here is the previous training on that graph."
          if dlpfc else "_not run: pass `--dlpfc-work DIR` after `benchmarks/dlpfc_eval.py --work DIR`._"),
         "",
         dlpfc_table(dlpfc) if dlpfc else "",
