@@ -60,7 +60,7 @@ def macenko_stain_vectors(rgb: np.ndarray, od_min: float = 0.15, alpha: float = 
     od = od[(od > od_min).all(1)]
     if len(od) < 10:
         raise ValueError("too few tissue pixels to estimate stain vectors")
-    _, _, vt = np.linalg.svd(od - 0.0, full_matrices=False)  # directions of OD (not centred, as in the method)
+    _, _, vt = np.linalg.svd(od, full_matrices=False)  # directions of OD (not centred, as in the method)
     plane = vt[:2]
     plane = plane * np.sign(plane.sum(1, keepdims=True))  # both directions point into positive OD
     proj = od @ plane.T
