@@ -17,6 +17,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from scipy import ndimage as ndi
 
 from asign_assets.errors import InputError
+from asign_assets.paths import require_regular_file
 
 # A deliberate bound: above the ~92 Mpx HER2ST slides and typical 40x crops, far below
 # anything that would exhaust memory on a laptop by accident (500 Mpx RGB = 1.5 GB).
@@ -37,9 +38,7 @@ __all__ = [
 def _open(path: Path) -> Iterator[Image.Image]:
     """Open an image, turning every failure into an InputError naming the file."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "image file does not exist")
-    if path.stat().st_size == 0:
+    if require_regular_file(path, "image file").st_size == 0:
         raise InputError(path, "image file is empty (0 bytes)")
     try:
         im = Image.open(path)

@@ -18,10 +18,16 @@ from typing import Any
 
 import yaml
 
+from asign_assets import strict_yaml
 from asign_assets.errors import InputError
+from asign_assets.paths import require_regular_file
 
 SAMPLE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SECTION_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: A manifest is a few kilobytes; anything far larger is not one (and is not parsed).
+MAX_MANIFEST_BYTES = 1 << 20
+#: Keys whose values stay strings exactly as written (no number parsing).
+_STRING_KEYS = frozenset({"sample_id", "name", "description"})
 
 _TOP_KEYS = {"sample_id", "pixel_size_um", "spot_diameter_um", "spot_pitch_um", "sections", "description"}
 _SECTION_KEYS = {"name", "z_um", "image", "spots", "counts", "truth", "measured", "pixel_size_um"}
@@ -196,12 +202,17 @@ def parse_manifest(raw: Any, src: Path, check_files: bool = True) -> Manifest:
 
 
 def load_manifest(path: str | Path, check_files: bool = True) -> Manifest:
-    """Read and validate a manifest file; errors name the file and the field."""
+    """Read and validate a manifest file; errors name the file and the field.
+
+    Parsing is bounded: only a regular file of at most ``MAX_MANIFEST_BYTES``, no YAML
+    anchors/aliases or duplicate keys, and ids and names stay strings as written.
+    """
     path = Path(path).expanduser()
-    if not path.exists():
-        raise InputError(path, "manifest file not found")
+    st = require_regular_file(path, "manifest file")
+    if st.st_size > MAX_MANIFEST_BYTES:
+        raise InputError(path, f"manifest is {st.st_size} bytes; a manifest must be at most {MAX_MANIFEST_BYTES} bytes")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = strict_yaml.load(path.read_bytes()[: MAX_MANIFEST_BYTES + 1].decode("utf-8"), _STRING_KEYS)
     except yaml.YAMLError as exc:
         raise InputError(path, f"not valid YAML: {exc}") from None
     except UnicodeDecodeError:

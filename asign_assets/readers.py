@@ -26,6 +26,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from asign_assets.errors import InputError
+from asign_assets.paths import require_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ def _validate_counts(X: sp.csr_matrix, spot_ids: np.ndarray, genes: np.ndarray, 
 
 
 def _read_text_bytes(path: Path) -> bytes:
+    require_regular_file(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -186,8 +188,7 @@ def _read_h5ad(path: Path):
 def read_counts(path: str | Path) -> CountMatrix:
     """Read a count matrix, choosing the format from the file name."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(path, "counts file not found")
+    require_regular_file(path, "counts file")
     name = path.name.lower()
     if name.endswith(".h5ad"):
         adata = _read_h5ad(path)
@@ -241,8 +242,7 @@ _VISIUM_COLS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fu
 def read_spots(path: str | Path) -> pl.DataFrame:
     """Read a spot table into ``spot_id, x_px, y_px`` (own full-resolution pixels)."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(path, "spot table not found")
+    require_regular_file(path, "spot table")
     name = path.name.lower()
     if name.endswith(".h5ad"):
         adata = _read_h5ad(path)
