@@ -119,7 +119,11 @@ def cmd_validate(args: argparse.Namespace) -> None:
     manifest = load_manifest(args.manifest)
     prep = prepare_sections(manifest)
     for r in prep.records:
-        print(f"{r.name}: {r.n_spots} spots ({r.n_virtual} virtual), tissue {r.tissue_area_mm2:.2f} mm2{' [measured]' if r.measured else ''}")
+        figures = ", ".join(f"{k} {v:.3g}" for k, v in prep.plausibility.get(r.name, {}).items())
+        print(
+            f"{r.name}: {r.n_spots} spots ({r.n_virtual} virtual), tissue {r.tissue_area_mm2:.2f} mm2"
+            f"{' [measured]' if r.measured else ''}{'; ' + figures if figures else ''}"
+        )
     if prep.join_report:
         print(prep.join_report.summary())
     print(f"{args.manifest}: OK")

@@ -29,8 +29,40 @@ MAX_MANIFEST_BYTES = 1 << 20
 #: Keys whose values stay strings exactly as written (no number parsing).
 _STRING_KEYS = frozenset({"sample_id", "name", "description"})
 
-_TOP_KEYS = {"sample_id", "pixel_size_um", "spot_diameter_um", "spot_pitch_um", "sections", "description"}
+_TOP_KEYS = {"sample_id", "pixel_size_um", "spot_diameter_um", "spot_pitch_um", "sections", "description", "checks"}
 _SECTION_KEYS = {"name", "z_um", "image", "spots", "counts", "truth", "measured", "pixel_size_um"}
+
+
+@dataclass(frozen=True)
+class Checks:
+    """The manifest's optional ``checks:`` mapping: thresholds of the plausibility checks."""
+
+    min_spots_on_tissue: float = 0.8
+    pitch_tolerance: float = 0.25
+    allow_identical_images: bool = False
+    counts_normalised: bool = False
+
+
+def _parse_checks(raw: Any, src: Path) -> Checks:
+    if raw is None:
+        return Checks()
+    if not isinstance(raw, dict):
+        raise InputError(src, "must be a mapping of check settings", field="checks")
+    allowed = {f.name: f.default for f in dataclasses.fields(Checks)}
+    unknown = sorted(set(raw) - set(allowed))
+    if unknown:
+        raise InputError(src, f"unknown key(s) {unknown}; allowed: {sorted(allowed)}", field=f"checks.{unknown[0]}")
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(allowed[key], bool):
+            if not isinstance(value, bool):
+                raise InputError(src, f"must be true or false, got {value!r}", field=f"checks.{key}")
+            out[key] = value
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise InputError(src, f"must be a number between 0 and 1, got {value!r}", field=f"checks.{key}")
+        else:
+            out[key] = float(value)
+    return Checks(**out)
 
 
 @dataclass(frozen=True)
@@ -57,6 +89,7 @@ class Manifest:
     spot_pitch_um: float
     sections: tuple[SectionSpec, ...]
     description: str = ""
+    checks: Checks = field(default_factory=Checks)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -198,6 +231,7 @@ def parse_manifest(raw: Any, src: Path, check_files: bool = True) -> Manifest:
         spot_pitch_um=pitch,
         sections=tuple(sections),
         description=str(raw.get("description", "")),
+        checks=_parse_checks(raw.get("checks"), src),
     )
 
 
@@ -243,6 +277,8 @@ def to_dict(manifest: Manifest, relative_to: Path | None = None) -> dict[str, An
     }
     if manifest.description:
         out["description"] = manifest.description
+    if manifest.checks != Checks():
+        out["checks"] = dataclasses.asdict(manifest.checks)
     for s in manifest.sections:
         d: dict[str, Any] = {"name": s.name, "z_um": s.z_um, "image": p(s.image), "pixel_size_um": s.pixel_size_um}
         if s.measured:

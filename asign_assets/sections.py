@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from asign_assets import imaging, lattice
+from asign_assets import imaging, lattice, plausibility
 from asign_assets.errors import InputError
 from asign_assets.manifest import Manifest, SectionSpec
 from asign_assets.readers import CountMatrix, JoinReport, join_spots_counts, read_counts, read_spots
@@ -53,6 +53,7 @@ class PreparedSections:
     join_report: JoinReport | None
     lattice: lattice.LatticeGeometry | None
     seconds: float
+    plausibility: dict[str, dict[str, float]]
 
 
 def _check_spots_in_image(spots: pl.DataFrame, spec: SectionSpec, width: int, height: int) -> None:
@@ -70,10 +71,10 @@ def _check_spots_in_image(spots: pl.DataFrame, spec: SectionSpec, width: int, he
         )
 
 
-def read_measured(spec: SectionSpec) -> tuple[pl.DataFrame, CountMatrix, JoinReport]:
-    """Spots and counts of the measured section, joined on spot id."""
+def read_measured(spec: SectionSpec, normalised: bool = False) -> tuple[pl.DataFrame, CountMatrix, JoinReport]:
+    """Spots and counts of the measured section, joined on spot id (``normalised``: see Checks)."""
     assert spec.counts is not None
-    counts = read_counts(spec.counts)
+    counts = read_counts(spec.counts, normalised=normalised)
     if spec.spots is not None:
         spots = read_spots(spec.spots)
     elif spec.counts.name.lower().endswith(".h5ad"):
@@ -92,7 +93,7 @@ def prepare_sections(manifest: Manifest) -> PreparedSections:
     manifest = manifest.without_truth()
     m_idx = manifest.measured_index
     m_spec = manifest.sections[m_idx]
-    m_spots, _counts, report = read_measured(m_spec)
+    m_spots, _counts, report = read_measured(m_spec, manifest.checks.counts_normalised)
 
     records: list[SectionRecord] = []
     frames: list[pl.DataFrame] = []
@@ -125,6 +126,16 @@ def prepare_sections(manifest: Manifest) -> PreparedSections:
             virtual = True
         _check_spots_in_image(spots, spec, width, height)
         per_section[i] = (spots, virtual, width, height, thumb, scale, mask)
+    evidence = [
+        plausibility.SectionEvidence(
+            index=i, spec=spec, thumb=per_section[i][4], thumb_scale=per_section[i][5], mask=per_section[i][6],
+            xy_px=None if per_section[i][1] else per_section[i][0].select("x_px", "y_px").to_numpy(),
+            spots_source=spec.spots or spec.counts,
+        )
+        for i, spec in enumerate(manifest.sections)
+    ]
+    tissue = {ev.spec.name: imaging.tissue_area_mm2(ev.mask, ev.thumb_scale, ev.spec.pixel_size_um) for ev in evidence}
+    figures = plausibility.check_sections(manifest, evidence, tissue)
 
     for i, spec in enumerate(manifest.sections):
         spots, virtual, width, height, thumb, scale, mask = per_section[i]
@@ -152,7 +163,7 @@ def prepare_sections(manifest: Manifest) -> PreparedSections:
         )
     return PreparedSections(
         records=records, spots=pl.concat(frames), thumbnails=thumbs, masks=masks,
-        join_report=report, lattice=geom, seconds=time.perf_counter() - t0,
+        join_report=report, lattice=geom, seconds=time.perf_counter() - t0, plausibility=figures,
     )
 
 
