@@ -85,7 +85,7 @@ def check_spots_on_tissue(ev: SectionEvidence, min_fraction: float) -> float:
     frac = spot_coverage(ev.mask, ev.thumb_scale, ev.xy_px)
     if frac < min_fraction:
         raise InputError(
-            ev.spots_source, f"section {ev.spec.name}: only {frac:.0%} of {len(ev.xy_px)} spots lie on the tissue of "
+            ev.spots_source, f"section {ev.spec.name}: only {frac:.1%} of {len(ev.xy_px)} spots lie on the tissue of "
             f"{ev.spec.image.name}; expected at least {min_fraction:.0%} (x/y transposed, coordinates in another unit or "
             f"scale, or the spot table of another section?). Lower checks.min_spots_on_tissue only if the tissue "
             f"detection is wrong", field="x_px, y_px",
@@ -187,11 +187,11 @@ def check_count_values(X: sp.csr_matrix, spot_ids: np.ndarray, genes: np.ndarray
     X = sp.csr_matrix(X)
     data = X.data
     tests = [
-        (~np.isfinite(data), "NaN or infinite values"),
+        (~np.isfinite(data), "NaN, empty or infinite values"),
         (data < 0, "negative values"),
     ]
     if not normalised:
-        tests.append((np.mod(data, 1) != 0, "non-integer values"))
+        tests.append((np.mod(np.where(np.isfinite(data), data, 0), 1) != 0, "non-integer values"))
     for bad, what in tests:
         hits = np.flatnonzero(bad)
         if hits.size == 0:
