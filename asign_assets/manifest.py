@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import re
 import uuid
@@ -117,6 +118,12 @@ class Manifest:
     def input_fingerprint(self) -> str:
         """Hash of everything except truth, so truth edits never look like new input."""
         payload = yaml.safe_dump(to_dict(self.without_truth(), relative_to=None), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def digest(self) -> str:
+        """Hash of the whole manifest (truth and checks included): the identity of a sample's
+        outputs. Equal for a user's file and its registered (absolute-path) copy."""
+        payload = json.dumps(to_dict(self, relative_to=None), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

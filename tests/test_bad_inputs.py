@@ -28,7 +28,7 @@ from asign_assets.assets import expression, graph_3d, registrations, sections, t
 from asign_assets.definitions import build_definitions
 from asign_assets.demo import DemoConfig, make_demo_stack
 from asign_assets.errors import InputError
-from asign_assets.manifest import load_manifest
+from asign_assets.manifest import load_manifest, write_manifest
 from asign_assets.storage import Storage
 
 CFG = DemoConfig(n_sections=3, spots_per_section=60, image_px=320, n_genes=60)
@@ -417,8 +417,9 @@ def case_env(tmp_path, base_stack, good_home):
 
 
 def _register_broken(stack: Path, home: Path) -> None:
-    """Register the edited manifest as the CLI would; when the manifest itself is invalid,
-    drop the raw YAML into place (an edited registration), so the asset must catch it."""
+    """Put the edited manifest in place of the registered one, bypassing `Storage.register`
+    (which refuses new content for a sample id with outputs): an edited registration, so the
+    assets themselves must catch the bad input. An invalid manifest goes in as raw YAML."""
     try:
         manifest = load_manifest(stack / "manifest.yaml")
     except InputError:
@@ -429,7 +430,7 @@ def _register_broken(stack: Path, home: Path) -> None:
                     s[k] = str((stack / s[k]).resolve())
         Storage(home).manifest_path(SID).write_text(yaml.safe_dump(data, sort_keys=False))
         return
-    Storage(home).register(manifest)
+    write_manifest(manifest, Storage(home).manifest_path(SID), relative=False)
 
 
 # --------------------------------------------------------------------------- tests
@@ -489,7 +490,7 @@ def test_acceptable_inputs_work(case: Case, case_env, caplog):
 
     stack, home = case_env
     case.mutate(stack)
-    Storage(home).register(load_manifest(stack / "manifest.yaml"))
+    Storage(home).register(load_manifest(stack / "manifest.yaml"), replace=True)
     with caplog.at_level(logging.WARNING, logger="asign_assets.readers"):
         result = _materialise(home, [sections, expression, registrations, tiles])
     assert result.success
@@ -520,7 +521,7 @@ def test_unregistrable_section_fails_the_blocking_check(case_env):
     the section, and graph_3d (downstream of the blocking check) never starts."""
     stack, home = case_env
     unregistrable_image(stack)
-    Storage(home).register(load_manifest(stack / "manifest.yaml"))
+    Storage(home).register(load_manifest(stack / "manifest.yaml"), replace=True)
     result = _materialise(home, [sections, registrations, graph_3d])
     evals = [ev.event_specific_data for ev in result.all_events if ev.event_type_value == "ASSET_CHECK_EVALUATION"]
     assert len(evals) == 1 and not evals[0].passed
