@@ -495,6 +495,10 @@ def test_acceptable_inputs_work(case: Case, case_env, caplog):
         result = _materialise(home, [sections, expression, registrations, tiles])
     assert result.success
     sample = home / "samples" / SID
+    digest = load_manifest(stack / "manifest.yaml").digest()
+    for node in ("sections", "expression", "registrations", "tiles"):  # every asset records its manifest
+        assert result.asset_materializations_for_node(node)[0].metadata["manifest_digest"].value == digest
+    assert set(Storage(home).provenance(SID).values()) == {digest}
     recs = sections_lib.load_records(sample / "sections")
     assert all(r.tissue_area_mm2 > 0.1 for r in recs)
     qc = pl.read_parquet(sample / "registrations" / "qc.parquet")
