@@ -94,7 +94,7 @@ def storage_error(exc: BaseException) -> str | None:
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR):
+        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST):
             path = e.filename or os.environ.get("ASIGN_HOME", "")
             return f"cannot write to {path}: {e.strerror} (check ASIGN_HOME={os.environ.get('ASIGN_HOME', '')} and DAGSTER_HOME={os.environ.get('DAGSTER_HOME', '')})"
         text = str(e).lower()
@@ -144,6 +144,7 @@ def materialise_sample(manifest_or_id: str, device: str = "auto", run_config: di
     from asign_assets.storage import Storage
 
     storage = Storage()
+    instance = dg.DagsterInstance.get()  # an unusable DAGSTER_HOME fails here, before registering
     candidate = Path(manifest_or_id).expanduser()
     if candidate.suffix.lower() in (".yaml", ".yml") or candidate.exists():
         manifest = load_manifest(candidate)
@@ -155,7 +156,6 @@ def materialise_sample(manifest_or_id: str, device: str = "auto", run_config: di
         sample_id = manifest_or_id
         storage.load_registered(sample_id)  # clear error if unknown
     defs = build_definitions(storage_root=storage.root, device=device)
-    instance = dg.DagsterInstance.get()
     instance.add_dynamic_partitions("samples", [sample_id])
     job = defs.resolve_job_def("full_sample")
     print(f"asign: materialising sample {sample_id!r} (storage {storage.root}, device {device})", file=sys.stderr)

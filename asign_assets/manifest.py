@@ -254,8 +254,12 @@ def load_manifest(path: str | Path, check_files: bool = True) -> Manifest:
         raise InputError(path, f"manifest is {st.st_size} bytes; a manifest must be at most {MAX_MANIFEST_BYTES} bytes")
     try:
         raw = strict_yaml.load(path.read_bytes()[: MAX_MANIFEST_BYTES + 1].decode("utf-8"), _STRING_KEYS)
+    except yaml.MarkedYAMLError as exc:
+        where = f" (line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1})" if exc.problem_mark else ""
+        what = "; ".join(x for x in (exc.context, exc.problem) if x)
+        raise InputError(path, f"not valid YAML: {what}{where}") from None
     except yaml.YAMLError as exc:
-        raise InputError(path, f"not valid YAML: {exc}") from None
+        raise InputError(path, f"not valid YAML: {' '.join(str(exc).split())}") from None
     except UnicodeDecodeError:
         raise InputError(path, "not a text file") from None
     return parse_manifest(raw, path, check_files=check_files)

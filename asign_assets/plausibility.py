@@ -204,7 +204,7 @@ def check_count_values(X: sp.csr_matrix, spot_ids: np.ndarray, genes: np.ndarray
             "is deliberately normalised)" if what == "non-integer values" else ""
         )
         raise InputError(
-            src, f"counts contain {what}: {hits.size} entr{'y' if hits.size == 1 else 'ies'}, first {data[k]!r} at spot "
+            src, f"counts contain {what}: {hits.size} entr{'y' if hits.size == 1 else 'ies'}, first {float(data[k])!r} at spot "
             f"{str(spot_ids[row])!r} (data row {row + 1}), gene {str(genes[col])!r} (gene column {col + 1}){hint}",
             field=f"row {row + 1}, column {str(genes[col])!r}",
         )
