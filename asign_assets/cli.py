@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import logging
 import os
 import signal
 import sys
@@ -25,8 +26,10 @@ class _InterruptWatch:
     """Silences stderr the moment SIGINT arrives, so Ctrl-C gives one line, not tracebacks.
 
     Dagster installs its own SIGINT handler during a run; ``signal.set_wakeup_fd`` still
-    sees every signal (at C level), and a thread redirects fd 2 to /dev/null at once. The
-    real stderr is restored on exit, for the one line the CLI prints.
+    sees every signal (at C level), and a thread at once disables logging (Dagster's event
+    log and tracebacks go through it) and redirects fd 2 to /dev/null (Dagster's compute-log
+    capture may later restore fd 2, hence both). Both are restored on exit, for the one
+    line the CLI prints.
     """
 
     def __init__(self) -> None:
@@ -49,6 +52,7 @@ class _InterruptWatch:
             if not got:
                 return
             if signal.SIGINT in got and not self.fired.is_set():
+                logging.disable(logging.CRITICAL)
                 sys.stderr.flush()
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, 2)
@@ -62,6 +66,7 @@ class _InterruptWatch:
             with contextlib.suppress(Exception):
                 sys.stderr.flush()
             os.dup2(self._saved, 2)
+            logging.disable(logging.NOTSET)
         os.close(self._saved)
         os.close(self._r)
 
