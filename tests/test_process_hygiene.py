@@ -161,8 +161,9 @@ def test_ctrl_c_during_run_prints_one_line_and_exits_130(tmp_path):
     lines = log.read_text().splitlines()
     assert proc.returncode == 130, "\n".join(lines[-40:])
     after = lines[n_before:]
-    # The one line, plus at most one log line that was already being written.
-    assert 1 <= len(after) <= 2, after
+    # The one line, after at most a few ordinary log lines that were being written as the signal came.
+    in_flight = after[:-1]
+    assert len(in_flight) <= 4 and all(" - dagster - " in x and " - ERROR - " not in x for x in in_flight), "\n".join(after)
     assert after[-1].startswith("asign: interrupted; sample 'demo': complete outputs kept: ")
     assert "nothing is half-written" in after[-1] and "embeddings.zarr" in after[-1]
     assert not [x for x in after if 'File "' in x or "Interrupted" in x or "Traceback" in x]
