@@ -655,3 +655,10 @@ def test_unregistrable_section_fails_the_blocking_check(case_env):
     started = {ev.step_key for ev in result.all_events if ev.event_type_value == "STEP_START"}
     assert "registrations" in started and "graph_3d" not in started
     assert not result.success
+
+
+def test_doc_lists_every_case():
+    """docs/bad_inputs.md's generated table is rewritten by tests/bad_inputs_doc.py."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md").read_text()
+    missing = [c.id for c in CASES + LOADER_CASES + ACCEPTED if f"| `{c.id}` |" not in doc]
+    assert not missing, f"run `PYTHONPATH=. python tests/bad_inputs_doc.py`; missing {missing}"
