@@ -188,3 +188,36 @@ def test_duplicate_gene_names_after_trimming_quotes_and_spaces(tmp_path):
         read_counts(p)
     p.write_text('spot\t"ERBB2"\t GAPDH\nA\t1\t2\nB\t4\t5\n')
     assert list(read_counts(p).genes) == ["ERBB2", "GAPDH"]
+
+
+@pytest.mark.slow
+def test_her2st_patient_c_passes_and_its_realistic_mistakes_do_not(tmp_path):
+    """Real data keeps its margins; a spot table in micrometres and a 10x pixel size are refused."""
+    import dataclasses
+
+    import polars as pl
+
+    from conftest import her2st_or_skip
+
+    from asign_assets.her2st import manifest_from_her2st
+    from asign_assets.manifest import load_manifest
+    from asign_assets.sections import prepare_sections
+
+    data = her2st_or_skip()
+    path, _ = manifest_from_her2st(data, "C", ["C2", "C3", "C4", "C5", "C6"], "C4", with_truth=True, out=tmp_path / "c.yaml")
+    m = load_manifest(path)
+    figures = prepare_sections(m).plausibility
+    for name, f in figures.items():
+        assert f["spots_on_tissue"] >= 0.95 and abs(f["pitch_ratio"] - 1) < 0.1 and 0.8 < f["area_ratio"] < 1.5, (name, f)
+        assert f["min_image_difference"] > 5 * pl_.NEAR_IDENTICAL_MAD, (name, f)
+
+    c4 = m.measured
+    sel = pl.read_csv(c4.spots, separator="\t")
+    in_um = tmp_path / "C4_um.tsv"
+    sel.with_columns(pl.col("pixel_x") * c4.pixel_size_um, pl.col("pixel_y") * c4.pixel_size_um).write_csv(in_um, separator="\t")
+    wrong_unit = dataclasses.replace(m, sections=tuple(dataclasses.replace(s, spots=in_um) if s.measured else s for s in m.sections))
+    with pytest.raises(InputError, match=r"section C4: only 3\d\.\d% of 184 spots lie on the tissue"):
+        prepare_sections(wrong_unit)
+    px10 = dataclasses.replace(m, sections=tuple(dataclasses.replace(s, pixel_size_um=s.pixel_size_um * 10) for s in m.sections))
+    with pytest.raises(InputError, match=r"ratio 9\.\d\d, expected 0.75-1.25\); a pixel size of 0\.7\d+ um would agree"):
+        prepare_sections(px10)
