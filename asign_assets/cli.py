@@ -149,15 +149,17 @@ def materialise_sample(manifest_or_id: str, device: str = "auto", run_config: di
     from asign_assets.storage import Storage
 
     storage = Storage()
-    instance = dg.DagsterInstance.get()  # an unusable DAGSTER_HOME fails here, before registering
     candidate = Path(manifest_or_id).expanduser()
+    manifest = None
     if candidate.suffix.lower() in (".yaml", ".yml") or candidate.exists():
         manifest = load_manifest(candidate)
+    elif replace:
+        raise AsignError(f"--replace needs a manifest file; {manifest_or_id!r} is not one")
+    instance = dg.DagsterInstance.get()  # an unusable DAGSTER_HOME fails here, before registering
+    if manifest is not None:
         storage.register(manifest, replace=replace)
         sample_id = manifest.sample_id
     else:
-        if replace:
-            raise AsignError(f"--replace needs a manifest file; {manifest_or_id!r} is not one")
         sample_id = manifest_or_id
         storage.load_registered(sample_id)  # clear error if unknown
     defs = build_definitions(storage_root=storage.root, device=device)

@@ -26,7 +26,7 @@ def require_regular_file(path: str | Path, what: str = "file", field: str | None
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise InputError(path, f"{what} does not exist", field=field) from None
+        raise InputError(path, f"{what} not found: it does not exist", field=field) from None
     except OSError as exc:
         raise InputError(path, f"cannot access {what}: {exc.strerror}", field=field) from None
     if not stat.S_ISREG(st.st_mode):

@@ -127,7 +127,7 @@ def test_viewer_refuses_a_sample_built_from_two_manifests(tmp_path):
 
 def test_cli_run_refuses_and_replace_needs_a_manifest(tmp_path, capsys, monkeypatch):
     home = tmp_path / "home"
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     monkeypatch.setenv("ASIGN_HOME", str(tmp_path / "unset"))  # main() sets both; monkeypatch restores them
     Storage(home).register(load_manifest(_manifest(tmp_path / "in")))
     before = _snapshot(home / "manifests")

@@ -79,7 +79,7 @@ def test_manifest_errors_name_file_and_field(tmp_path, mutate, field, problem):
 
 
 def test_missing_manifest_and_bad_yaml(tmp_path):
-    with pytest.raises(InputError, match="manifest file does not exist"):
+    with pytest.raises(InputError, match="manifest file not found"):
         load_manifest(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("sample_id: [unclosed")

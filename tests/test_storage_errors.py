@@ -32,7 +32,7 @@ def _one_line(capsys) -> str:
 
 
 def test_home_below_a_file(tmp_path, stack, capsys, monkeypatch):
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     monkeypatch.setenv("ASIGN_HOME", str(tmp_path / "unset"))  # main() sets both; monkeypatch restores them
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -53,7 +53,7 @@ def test_dagster_database_unusable(tmp_path, stack, capsys, monkeypatch):
 
 
 def test_full_disk_while_registering(tmp_path, stack, capsys, monkeypatch):
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     monkeypatch.setenv("ASIGN_HOME", str(tmp_path / "unset"))  # main() sets both; monkeypatch restores them
     home = tmp_path / "home"
     target = home / "manifests" / "st.yaml"
@@ -82,7 +82,7 @@ def test_sqlite_readonly_and_full_messages(monkeypatch):
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permissions; covered by the ENOTDIR and ENOSPC tests")
 def test_read_only_home(tmp_path, stack, capsys, monkeypatch):
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     monkeypatch.setenv("ASIGN_HOME", str(tmp_path / "unset"))  # main() sets both; monkeypatch restores them
     home = tmp_path / "home"
     home.mkdir()
