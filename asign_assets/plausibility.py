@@ -143,12 +143,7 @@ def _grey(thumb: np.ndarray) -> np.ndarray:
     return np.asarray(im, dtype=np.float32)
 
 
-def image_difference(thumb_a: np.ndarray, thumb_b: np.ndarray) -> float:
-    """Mean absolute grey difference (0-255) of two thumbnails resampled to 128x128."""
-    return float(np.abs(_grey(thumb_a) - _grey(thumb_b)).mean())
-
-
-def check_distinct_images(evidence: list[SectionEvidence], manifest: Manifest) -> dict[tuple[str, str], float]:
+def check_distinct_images(evidence: list[SectionEvidence]) -> dict[tuple[str, str], float]:
     """Refuse two sections with the same or a near-identical image; returns pairwise differences."""
     digests: dict[str, SectionEvidence] = {}
     for ev in evidence:
@@ -222,7 +217,7 @@ def check_sections(manifest: Manifest, evidence: list[SectionEvidence], tissue_m
         f["pitch_ratio"] = check_pitch(ev, manifest, checks.pitch_tolerance)
         f["area_ratio"] = check_tissue_area(ev, manifest, tissue_mm2[ev.spec.name])
     if not checks.allow_identical_images:
-        diffs = check_distinct_images(evidence, manifest)
+        diffs = check_distinct_images(evidence)
         for (a, b), mad in diffs.items():
             for name in (a, b):
                 figures[name]["min_image_difference"] = min(figures[name].get("min_image_difference", math.inf), mad)

@@ -109,15 +109,14 @@ def test_identical_and_near_identical_images_are_refused(tmp_path):
     b_thumb, _ = _tissue_thumb(2, lo=40, hi=190)  # another slide: tissue elsewhere
     a = _section(tmp_path, "A", a_thumb)
     b = _section(tmp_path, "B", b_thumb)
-    m = _manifest(tmp_path, [a, b])
-    diffs = pl_.check_distinct_images([_evidence(a, a_thumb, mask, None), _evidence(b, b_thumb, mask, None, index=1)], m)
+    diffs = pl_.check_distinct_images([_evidence(a, a_thumb, mask, None), _evidence(b, b_thumb, mask, None, index=1)])
     assert diffs[("A", "B")] > 10
     # The same file content under two names.
     same = tmp_path / "B_copy.png"
     same.write_bytes(a.image.read_bytes())
     b_same = SectionSpec(name="B", z_um=1.0, image=same, pixel_size_um=PX)
     with pytest.raises(InputError, match=r"sections A and B have the same image \(identical file content") as info:
-        pl_.check_distinct_images([_evidence(a, a_thumb, mask, None), _evidence(b_same, a_thumb, mask, None, index=1)], m)
+        pl_.check_distinct_images([_evidence(a, a_thumb, mask, None), _evidence(b_same, a_thumb, mask, None, index=1)])
     assert str(same) in str(info.value) and "sections[1].image" in str(info.value)
     # A re-encoded copy (JPEG) differs in bytes but not in content.
     jpg = tmp_path / "B.jpg"
@@ -125,7 +124,7 @@ def test_identical_and_near_identical_images_are_refused(tmp_path):
     b_jpg = SectionSpec(name="B", z_um=1.0, image=jpg, pixel_size_um=PX)
     b_jpg_thumb = np.asarray(Image.open(jpg).convert("RGB"))
     with pytest.raises(InputError, match=r"near-identical images \(mean grey difference 1\.\d\d of 255 .* expected at least 2"):
-        pl_.check_distinct_images([_evidence(a, a_thumb, mask, None), _evidence(b_jpg, b_jpg_thumb, mask, None, index=1)], m)
+        pl_.check_distinct_images([_evidence(a, a_thumb, mask, None), _evidence(b_jpg, b_jpg_thumb, mask, None, index=1)])
 
 
 def test_check_sections_honours_the_manifest_flags(tmp_path):
