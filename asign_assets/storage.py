@@ -203,6 +203,14 @@ class Storage:
             files = list(folder.glob("*.manifest")) if folder.exists() else []
         return {f.name[: -len(".manifest")].replace("%2F", "/"): f.read_text().strip() for f in files}
 
+    def has_outputs(self, sample_id: str) -> bool:
+        """Whether any asset output of the sample exists (temporaries do not count)."""
+        if self.is_local:
+            folder = Path(self.sample_uri(sample_id))
+            return folder.is_dir() and any(not p.name.startswith(".") for p in folder.iterdir())
+        folder = self._upath("samples", sample_id)
+        return folder.exists() and any(not p.name.startswith(".") for p in folder.iterdir())
+
     def remove_outputs(self, sample_id: str) -> None:
         """Remove every output of a sample at once: the folder is renamed aside, then deleted,
         so a reader sees either all the old outputs or none (remote roots: best effort)."""
@@ -290,18 +298,19 @@ class Storage:
     def register(self, manifest: Manifest, replace: bool = False) -> Path:
         """Keep a resolved (absolute-path) copy of the manifest that the assets read.
 
-        A sample id already registered with different content is refused (its outputs would
-        mix two datasets) unless ``replace``: then the old outputs are removed first, at once.
-        Registering the same content again changes nothing.
+        A sample id already registered with different content and holding outputs is refused
+        (they would mix two datasets) unless ``replace``: then the old outputs are removed first,
+        at once. Without outputs (e.g. the first run failed validation) the new content simply
+        replaces the registration. Registering the same content again changes nothing.
         """
         path = self._manifest_file(manifest.sample_id)
         old = self.registered_digest(manifest.sample_id, strict=False)
         if old == manifest.digest():
             return path
-        if old is not None and not replace:
+        if old is not None and not replace and self.has_outputs(manifest.sample_id):
             raise InputError(
                 manifest.path,
-                f"sample {manifest.sample_id!r} is already registered with different content ({path}, manifest digest "
+                f"sample {manifest.sample_id!r} is already registered with different content and has outputs ({path}, manifest digest "
                 f"{old} here {manifest.digest()}); nothing was changed. Use `asign run --replace` to discard its outputs "
                 f"and start afresh, or choose another sample_id",
                 field="sample_id",

@@ -73,6 +73,18 @@ def test_other_content_is_refused_and_nothing_changes(tmp_path):
     assert _snapshot(home) == before
 
 
+def test_without_outputs_new_content_replaces_the_registration(tmp_path):
+    """A first run that failed validation wrote no output: the corrected manifest just registers."""
+    store = Storage(tmp_path / "home")
+    store.register(load_manifest(_manifest(tmp_path / "in")))
+    fixed = load_manifest(_manifest(tmp_path / "other", desc="fixed pixel size"))
+    store.register(fixed)
+    assert store.registered_digest("s1") == fixed.digest()
+    (tmp_path / "home" / "samples" / "s1").mkdir(parents=True)
+    (tmp_path / "home" / "samples" / "s1" / ".tmp-sections-x").mkdir()  # a temporary is no output
+    assert not store.has_outputs("s1")
+
+
 def test_outputs_record_the_manifest_and_metadata_digest(tmp_path):
     store = Storage(tmp_path / "home")
     m = load_manifest(_manifest(tmp_path / "in"))
@@ -130,12 +142,13 @@ def test_cli_run_refuses_and_replace_needs_a_manifest(tmp_path, capsys, monkeypa
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     monkeypatch.setenv("ASIGN_HOME", str(tmp_path / "unset"))  # main() sets both; monkeypatch restores them
     Storage(home).register(load_manifest(_manifest(tmp_path / "in")))
-    before = _snapshot(home / "manifests")
+    _outputs(Storage(home))
+    before = _snapshot(home)
     other = _manifest(tmp_path / "other", desc="another dataset")
     assert main(["run", str(other), "--home", str(home)]) == 1
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "already registered with different content" in err
-    assert _snapshot(home / "manifests") == before
+    assert len(err.splitlines()) == 1 and "already registered with different content and has outputs" in err
+    assert _snapshot(home) == before
     assert main(["run", "s1", "--replace", "--home", str(home)]) == 1
     assert "--replace needs a manifest file" in capsys.readouterr().err
 
