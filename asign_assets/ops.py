@@ -8,7 +8,7 @@ so their behaviour can be tested without a daemon.
   ``$ASIGN_HOME/manifests/<id>.yaml`` where the assets read it), its partition is added and one
   ``full_sample`` run is requested. A bad manifest (the strict loader of
   :func:`asign_assets.manifest.load_manifest`, so YAML bombs are refused unexpanded), or one
-  whose ``sample_id`` is registered with other content, is logged and skipped until it changes
+  whose ``sample_id`` is registered with other content and has outputs, is logged and skipped until it changes
   (or is touched); it never stops the sensor.
 * ``reprocess_stale`` (cron ``$ASIGN_REPROCESS_CRON``, default ``0 2 * * *``) rematerialises the
   stale assets of every sample: code version changed, an upstream asset re-materialised with a
