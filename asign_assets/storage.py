@@ -31,6 +31,9 @@ from asign_assets.manifest import SAMPLE_ID_RE, Manifest, load_manifest, write_m
 
 TMP_PREFIX = ".tmp-"
 OLD_PREFIX = ".old-"
+TRASH_PREFIX = ".trash-"
+#: ``samples/<id>/provenance/<asset>.manifest`` holds the digest of the manifest the asset was built from.
+PROVENANCE = "provenance"
 DEFAULT_HOME = "~/.asign"
 # Temporaries are named <prefix><name>-<host>-<pid>-<uuid>, so a sweep can tell a crashed
 # writer (same host, process gone) from a live one, even on a folder shared by machines.
@@ -146,6 +149,7 @@ class Storage:
         """
         target_uri = self.sample_uri(sample_id, name)
         token = _writer_token()
+        digest = self.registered_digest(sample_id, strict=False)
         if self.is_local:
             target = Path(target_uri)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -162,6 +166,8 @@ class Storage:
                 _replace(tmp, target)
             else:
                 self._upload(tmp, sample_id, name, token)
+            if digest is not None:
+                self._record_provenance(sample_id, name, digest)
         finally:
             if tmp.exists():
                 _remove(tmp)
@@ -171,6 +177,57 @@ class Storage:
     def write_bytes(self, sample_id: str, name: str, data: bytes) -> None:
         with self.write(sample_id, name) as tmp:
             tmp.write_bytes(data)
+
+    def _record_provenance(self, sample_id: str, name: str, digest: str) -> None:
+        """Written after the asset: a crash in between reads as a mismatch, never as a false match."""
+        rel = f"{PROVENANCE}/{name.replace('/', '%2F')}.manifest"
+        if not self.is_local:
+            self._upath("samples", sample_id, rel).write_text(digest)
+            return
+        path = Path(self.sample_uri(sample_id, rel))
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{_writer_token()}")
+        try:
+            tmp.write_text(digest)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def provenance(self, sample_id: str) -> dict[str, str]:
+        """``{asset output name: manifest digest}`` for every output that recorded one."""
+        if self.is_local:
+            folder = Path(self.sample_uri(sample_id, PROVENANCE))
+            files = list(folder.glob("*.manifest")) if folder.is_dir() else []
+        else:
+            folder = self._upath("samples", sample_id, PROVENANCE)
+            files = list(folder.glob("*.manifest")) if folder.exists() else []
+        return {f.name[: -len(".manifest")].replace("%2F", "/"): f.read_text().strip() for f in files}
+
+    def has_outputs(self, sample_id: str) -> bool:
+        """Whether any asset output of the sample exists (temporaries do not count)."""
+        if self.is_local:
+            folder = Path(self.sample_uri(sample_id))
+            return folder.is_dir() and any(not p.name.startswith(".") for p in folder.iterdir())
+        folder = self._upath("samples", sample_id)
+        return folder.exists() and any(not p.name.startswith(".") for p in folder.iterdir())
+
+    def remove_outputs(self, sample_id: str) -> None:
+        """Remove every output of a sample at once: the folder is renamed aside, then deleted,
+        so a reader sees either all the old outputs or none (remote roots: best effort)."""
+        check_sample_id(sample_id)
+        if not self.is_local:
+            folder = self._upath("samples", sample_id)
+            if folder.exists():
+                trash = folder.with_name(f"{TRASH_PREFIX}{sample_id}-{_writer_token()}")
+                folder.fs.mv(folder.path, trash.path, recursive=True)
+                folder.fs.rm(trash.path, recursive=True)
+            return
+        base = Path(self.root) / "samples"
+        folder = base / sample_id
+        if folder.exists():
+            os.replace(folder, base / f"{TRASH_PREFIX}{sample_id}-{_writer_token()}")
+        for leftover in base.glob(f"{TRASH_PREFIX}{sample_id}-*"):  # this one, and any a crash left
+            _remove(leftover)
 
     def _upload(self, local: Path, sample_id: str, name: str, token: str) -> None:
         target = self._upath("samples", sample_id, name)
@@ -238,9 +295,41 @@ class Storage:
             raise ValueError("registered manifests live under a local ASIGN_HOME")
         return Path(self.root) / "manifests" / f"{check_sample_id(sample_id)}.yaml"
 
-    def register(self, manifest: Manifest) -> Path:
-        """Keep a resolved (absolute-path) copy of the manifest that the assets read."""
-        return write_manifest(manifest, self._manifest_file(manifest.sample_id), relative=False)
+    def register(self, manifest: Manifest, replace: bool = False) -> Path:
+        """Keep a resolved (absolute-path) copy of the manifest that the assets read.
+
+        A sample id already registered with different content and holding outputs is refused
+        (they would mix two datasets) unless ``replace``: then the old outputs are removed first,
+        at once. Without outputs (e.g. the first run failed validation) the new content simply
+        replaces the registration. Registering the same content again changes nothing.
+        """
+        path = self._manifest_file(manifest.sample_id)
+        old = self.registered_digest(manifest.sample_id, strict=False)
+        if old == manifest.digest():
+            return path
+        if old is not None and not replace and self.has_outputs(manifest.sample_id):
+            raise InputError(
+                manifest.path,
+                f"sample {manifest.sample_id!r} is already registered with different content and has outputs ({path}, manifest digest "
+                f"{old} here {manifest.digest()}); nothing was changed. Use `asign run --replace` to discard its outputs "
+                f"and start afresh, or choose another sample_id",
+                field="sample_id",
+            )
+        if replace:
+            self.remove_outputs(manifest.sample_id)
+        return write_manifest(manifest, path, relative=False)
+
+    def registered_digest(self, sample_id: str, strict: bool = True) -> str | None:
+        """Digest of the registered manifest; None when unregistered (or, not ``strict``, unreadable)."""
+        path = self._manifest_file(sample_id)
+        if not path.exists():
+            return None
+        try:
+            return load_manifest(path, check_files=False).digest()
+        except InputError:
+            if strict:
+                raise
+            return "unreadable"
 
     def _manifest_file(self, sample_id: str) -> Path:
         if self.is_local:

@@ -77,10 +77,11 @@ def _stamp(path: Path) -> tuple[int, int]:
 class SampleAssets:
     sample: str
     present: dict[str, bool] = field(default_factory=dict)
+    mixed: str | None = None  # see manifest_mismatch
 
     @property
     def viewable(self) -> bool:
-        return self.present.get("imputed_volume", False)
+        return self.present.get("imputed_volume", False) and self.mixed is None
 
 
 def list_samples(home: str | os.PathLike) -> list[SampleAssets]:
@@ -93,7 +94,7 @@ def list_samples(home: str | os.PathLike) -> list[SampleAssets]:
         if not p.is_dir() or not SAMPLE_ID_RE.match(p.name):
             continue
         present = {name: any((p / f).exists() for f in files) for name, files in ASSETS.items()}
-        out.append(SampleAssets(p.name, present))
+        out.append(SampleAssets(p.name, present, manifest_mismatch(home, p.name)))
     return out
 
 
@@ -133,9 +134,45 @@ class Volume:
         return self.sections.index(section)
 
 
-def volume_path(home: str | os.PathLike, sample_id: str) -> tuple[Path, str]:
-    """Prefer the zarr store (one gene per chunk); fall back to the h5ad."""
+def manifest_mismatch(home: str | os.PathLike, sample_id: str) -> str | None:
+    """Why a sample's outputs must not be drawn together: they were built from different
+    manifests (each output records its manifest's digest in ``provenance/``); else None.
+    Samples materialised before provenance was recorded have none and pass."""
+    from asign_assets.manifest import load_manifest
+    from asign_assets.storage import PROVENANCE
+
     d = sample_dir(home, sample_id)
+    records = {p.name[: -len(".manifest")]: p.read_text().strip() for p in sorted((d / PROVENANCE).glob("*.manifest"))}
+    if not records:
+        return None
+    registered = Path(home) / "manifests" / f"{sample_id}.yaml"
+    try:
+        current = load_manifest(registered, check_files=False).digest() if registered.exists() else None
+    except InputError:
+        current = "unreadable"
+    unrecorded = [
+        name for name, files in ASSETS.items()
+        if name not in ("truth", "overlay") and any((d / f).exists() for f in files)
+        and not any(f"{Path(f).parts[0]}" in records for f in files)
+    ]
+    stale = {k: v for k, v in records.items() if current is not None and v != current}
+    if len(set(records.values())) == 1 and not stale and not unrecorded:
+        return None
+    parts = [f"{k} from manifest {v}" for k, v in sorted(records.items())]
+    parts += [f"{k} with no manifest record" for k in unrecorded]
+    return (
+        f"sample {sample_id!r} is not shown: its outputs come from different manifests ({'; '.join(parts)}; "
+        f"registered manifest {current or 'missing'}). Re-run it with `asign run <manifest> --replace`"
+    )
+
+
+def volume_path(home: str | os.PathLike, sample_id: str) -> tuple[Path, str]:
+    """Prefer the zarr store (one gene per chunk); fall back to the h5ad. A sample whose
+    outputs come from different manifests is refused with the reason."""
+    d = sample_dir(home, sample_id)
+    mixed = manifest_mismatch(home, sample_id)
+    if mixed is not None:
+        raise InputError(d, mixed)
     if (d / "imputed_volume.zarr").exists():
         return d / "imputed_volume.zarr", "zarr"
     if (d / "imputed_volume.h5ad").exists():

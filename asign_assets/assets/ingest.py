@@ -84,7 +84,7 @@ def expression(context: dg.AssetExecutionContext, config: ExpressionConfig, stor
         manifest = load_manifest_for(context, store)
         spots_df = sections_lib.load_spots(store.local_path(sid, "sections"))
         spec = manifest.measured
-        _spots, counts, _report = sections_lib.read_measured(spec)
+        _spots, counts, _report = sections_lib.read_measured(spec, manifest.checks.counts_normalised)
         measured_ids = spots_df.filter(spots_df["measured"])["spot_id"].to_list()
         counts = counts.subset_spots(measured_ids)
         params = ExpressionParams(
