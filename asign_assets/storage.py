@@ -31,6 +31,10 @@ from asign_assets.manifest import SAMPLE_ID_RE, Manifest, load_manifest, write_m
 
 TMP_PREFIX = ".tmp-"
 OLD_PREFIX = ".old-"
+# URL roots only: samples/<id>/.complete/<name> is written (one PUT) after the asset's last
+# object and deleted before its first, so readers treat an asset without it as absent.
+COMPLETE_DIR = ".complete"
+READ_RETRIES = 3
 DEFAULT_HOME = "~/.asign"
 # Temporaries are named <prefix><name>-<host>-<pid>-<uuid>, so a sweep can tell a crashed
 # writer (same host, process gone) from a live one, even on a folder shared by machines.
@@ -125,7 +129,18 @@ class Storage:
     def exists(self, sample_id: str, name: str) -> bool:
         if self.is_local:
             return Path(self.sample_uri(sample_id, name)).exists()
-        return self._upath("samples", sample_id, name).exists()
+        return self._completion_token(sample_id, name) is not None
+
+    def _marker(self, sample_id: str, name: str):
+        return self._upath("samples", check_sample_id(sample_id), COMPLETE_DIR, _check_name(name))
+
+    def _completion_token(self, sample_id: str, name: str) -> str | None:
+        """The writer token of the complete version of a remote asset; None while absent or being replaced."""
+        marker = self._marker(sample_id, name)
+        try:
+            return marker.fs.cat_file(marker.path).decode()
+        except FileNotFoundError:
+            return None
 
     def list_samples(self) -> list[str]:
         if self.is_local:
@@ -173,13 +188,23 @@ class Storage:
             tmp.write_bytes(data)
 
     def _upload(self, local: Path, sample_id: str, name: str, token: str) -> None:
+        """Object stores cannot rename a folder atomically: the completion marker stands in.
+
+        Upload to a staging prefix, delete the marker (readers now see the asset as absent),
+        replace the target, then write the marker (a single PUT, atomic) with this writer's
+        token. Readers compare the token before and after reading (:meth:`local_path`).
+        """
         target = self._upath("samples", sample_id, name)
         staging = target.with_name(f"{TMP_PREFIX}{target.name}-{token}")
+        marker = self._marker(sample_id, name)
         fs = target.fs
         fs.put(str(local), staging.path, recursive=local.is_dir())
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(marker.path)
         if target.exists():
             fs.rm(target.path, recursive=True)
         fs.mv(staging.path, target.path, recursive=True)
+        fs.pipe_file(marker.path, token.encode())
 
     @staticmethod
     def _sweep(folder: Path, older_than_s: float = 6 * 3600) -> None:
@@ -219,18 +244,61 @@ class Storage:
             if not p.exists():
                 raise FileNotFoundError(f"{p}: asset output not found; materialise its asset first")
             return p
-        src = self._upath("samples", sample_id, name)
-        if not src.exists():
-            raise FileNotFoundError(f"{uri}: asset output not found; materialise its asset first")
         if self._cache is None:
             self._cache = Path(tempfile.mkdtemp(prefix="asign-cache-"))
         key = hashlib.sha1(uri.encode()).hexdigest()[:12]
         dest = self._cache / key / Path(name).name
-        if dest.exists():
-            _remove(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        src.fs.get(src.path, str(dest), recursive=src.is_dir())
+        self.download(sample_id, name, dest)
         return dest
+
+    def download(self, sample_id: str, name: str, dest: Path) -> str:
+        """Copy the complete version of a remote asset to ``dest``; returns its writer token.
+
+        The marker is read before and after the copy: if a writer replaced the asset in
+        between (the token changed or vanished), the copy may mix versions and is retried.
+        """
+        uri = self.sample_uri(sample_id, name)
+        src = self._upath("samples", sample_id, name)
+        for _ in range(READ_RETRIES):
+            before = self._completion_token(sample_id, name)
+            if before is None:
+                raise FileNotFoundError(f"{uri}: asset output not found (or being replaced); materialise its asset first")
+            if dest.exists():
+                _remove(dest)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            src.fs.get(src.path, str(dest), recursive=src.is_dir())
+            if self._completion_token(sample_id, name) == before:
+                return before
+        raise RuntimeError(f"{uri}: replaced by another writer during {READ_RETRIES} reads in a row")
+
+    def completed_assets(self, sample_id: str) -> dict[str, str]:
+        """Remote roots: {asset name: writer token} of every complete asset of a sample."""
+        folder = self._upath("samples", check_sample_id(sample_id), COMPLETE_DIR)
+        if not folder.exists():
+            return {}
+        base = folder.path.rstrip("/") + "/"
+        return {p[len(base):]: self._completion_token(sample_id, p[len(base):]) or "" for p in folder.fs.find(folder.path)}
+
+    def mirror(self, dest: Path) -> list[str]:
+        """Bring every complete asset of a remote root to ``dest`` (same layout); returns the names copied.
+
+        An asset is downloaded only when its writer token differs from the one copied last
+        time (kept in ``dest/samples/<id>/.complete/<name>``), and moved into place with the
+        same atomic replace as local writes, so a local reader of ``dest`` never sees half of it.
+        """
+        copied = []
+        for sid in self.list_samples():
+            local = Storage(dest)
+            for name, token in self.completed_assets(sid).items():
+                seen = Path(dest, "samples", sid, COMPLETE_DIR, name)
+                if not token or (seen.exists() and seen.read_text() == token):
+                    continue
+                with local.write(sid, name) as tmp:
+                    token = self.download(sid, name, tmp)
+                seen.parent.mkdir(parents=True, exist_ok=True)
+                seen.write_text(token)
+                copied.append(f"{sid}/{name}")
+        return copied
 
     # ---------------------------------------------------------------- manifests
     def manifest_path(self, sample_id: str) -> Path:
