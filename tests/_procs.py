@@ -77,7 +77,7 @@ def require_modules(*modules: str) -> None:
 
 def shell(command: str, env: dict[str, str], log: Path, cwd: Path = ROOT, user: str | None = None) -> subprocess.Popen:
     """Start ``command`` with bash in its own process group (optionally as ``user``), output to ``log``."""
-    argv = ["bash", "-c", command]
+    argv = ["bash", "-c", "set -euo pipefail\n" + command]
     if user is not None:
         argv = ["runuser", "-u", user, "--", *argv]
     with open(log, "ab") as fh:
