@@ -203,7 +203,13 @@ class Storage:
             fs.rm_file(marker.path)
         if target.exists():
             fs.rm(target.path, recursive=True)
-        fs.mv(staging.path, target.path, recursive=True)
+        if local.is_dir():  # object by object: s3fs cannot `mv` a prefix (no rename on S3 anyway)
+            base = staging.path.rstrip("/") + "/"
+            files = fs.find(staging.path)
+            fs.copy(files, [target.path.rstrip("/") + "/" + f[len(base):] for f in files])
+            fs.rm(staging.path, recursive=True)
+        else:
+            fs.mv(staging.path, target.path)
         fs.pipe_file(marker.path, token.encode())
 
     @staticmethod
