@@ -127,3 +127,36 @@ def test_celery_workers_run_every_step(tmp_path):
     ours, theirs = array_hashes(asign_home / "samples" / SAMPLE), array_hashes(ref_root / "samples" / SAMPLE)
     assert ours == theirs, {k: (ours.get(k), theirs.get(k)) for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k)}
 
+
+
+def test_executor_from_env_and_gpu_queue(monkeypatch):
+    """ASIGN_EXECUTOR picks the executor; every gpu-pool step carries the gpu queue tag."""
+    import dagster as dg
+
+    from asign_assets.assets.common import GPU_POOL
+    from asign_assets.definitions import build_definitions, executor_from_env
+
+    for name, expected in (("", None), ("in_process", dg.in_process_executor), ("multiprocess", dg.multiprocess_executor)):
+        monkeypatch.setenv("ASIGN_EXECUTOR", name)
+        assert executor_from_env() is expected
+    monkeypatch.setenv("ASIGN_EXECUTOR", "celery")
+    assert executor_from_env().name == "celery"
+    monkeypatch.setenv("ASIGN_EXECUTOR", "spark")
+    with pytest.raises(ValueError, match="ASIGN_EXECUTOR='spark'"):
+        executor_from_env()
+    defs = build_definitions(storage_root="/tmp/unused-asign-root")
+    queues = {k.to_user_string(): defs.resolve_assets_def(k).op.tags.get("dagster-celery/queue") for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert {k for k, q in queues.items() if q == "gpu"} == {k for k in queues if defs.resolve_assets_def(k).op.pool == GPU_POOL}
+    assert {"model", "imputed_volume", "embeddings"} <= {k for k, q in queues.items() if q == "gpu"}
+
+
+def test_every_tested_doc_command_exists():
+    """The deployment tests read these blocks from docs/deployment.md; none may go missing."""
+    import re
+
+    names = set()
+    for test in Path(__file__).parent.glob("test_deploy_*.py"):
+        names |= set(re.findall(r'doc_command\("([a-z0-9-]+)"\)', test.read_text()))
+    assert len(names) >= 14, names
+    for name in names:
+        assert doc_command(name)
