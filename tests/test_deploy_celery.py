@@ -35,13 +35,15 @@ def _workers_ready(env: dict[str, str], names: set[str]):
     return names <= seen
 
 
-def _step_facts(instance, run_id: str) -> tuple[dict[str, int], dict[str, str]]:
-    """{step: pid of its STEP_START}, {step: Celery worker that took it} from the event log."""
+def _step_facts(instance, run_id: str) -> tuple[int, dict[str, int], dict[str, str]]:
+    """The launcher's pid (RUN_START), {step: pid of its STEP_START}, {step: Celery worker} from the event log."""
     import dagster as dg
 
-    pids, workers = {}, {}
+    launcher, pids, workers = None, {}, {}
     for rec in instance.all_logs(run_id):
         ev = rec.dagster_event
+        if ev is not None and ev.event_type == dg.DagsterEventType.RUN_START:
+            launcher = ev.pid
         if ev is None or ev.step_key is None:
             continue
         if ev.event_type == dg.DagsterEventType.STEP_START:
@@ -50,7 +52,7 @@ def _step_facts(instance, run_id: str) -> tuple[dict[str, int], dict[str, str]]:
             worker = ev.engine_event_data.metadata.get("Celery worker")
             if worker is not None:
                 workers[ev.step_key] = worker.value
-    return pids, workers
+    return launcher, pids, workers
 
 
 @pytest.mark.e2e
@@ -106,12 +108,13 @@ def test_celery_workers_run_every_step(tmp_path):
         runs = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": SAMPLE}))
         assert len(runs) == 1, runs
         assert runs[0].status == dg.DagsterRunStatus.SUCCESS, f"{runs[0].status}\n{tail(launch_log)}\n--- cpu worker ---\n{tail(cpu_log)}"
-        pids, workers = _step_facts(instance, runs[0].run_id)
+        launcher_pid, pids, workers = _step_facts(instance, runs[0].run_id)
 
     assert GPU_STEPS <= set(pids) and len(pids) >= 9, sorted(pids)
     assert set(workers) == set(pids), f"steps without a Celery worker event: {set(pids) ^ set(workers)}"
+    assert launcher_pid is not None and launcher_pid not in cpu_pids | gpu_pids
     for step, pid in pids.items():
-        assert pid != launcher.pid and pid in cpu_pids | gpu_pids, f"{step} ran in pid {pid}, not in a worker ({cpu_pids}, {gpu_pids}); launcher {launcher.pid}"
+        assert pid != launcher_pid and pid in cpu_pids | gpu_pids, f"{step} ran in pid {pid}, not in a worker ({cpu_pids}, {gpu_pids}); launcher {launcher_pid}"
     for step in GPU_STEPS:
         assert workers[step].startswith("gpu@") and pids[step] in gpu_pids, (step, workers[step])
 
