@@ -20,6 +20,7 @@ from _reliability import array_hashes  # noqa: E402
 SAMPLE = "celery_demo"
 RUN_CONFIG = {"ops": {"model": {"config": {"epochs": 5}}}}
 GPU_STEPS = {"model", "imputed_volume"}
+WORKER_START_S = 420
 
 
 def _workers_ready(env: dict[str, str], names: set[str]):
@@ -90,7 +91,10 @@ def test_celery_workers_run_every_step(tmp_path):
         cpu = shell(doc_command("celery-worker-cpu"), env, cpu_log)
         gpu = shell(doc_command("celery-worker-gpu"), env, gpu_log)
         try:
-            wait_for(lambda: _workers_ready(env, {"cpu", "gpu"}), 180, "both celery workers answer a ping", log=gpu_log, every=2)
+            try:  # each worker imports torch and the code location first: slow on a busy 2-core machine
+                wait_for(lambda: cpu.poll() is None and gpu.poll() is None and _workers_ready(env, {"cpu", "gpu"}), WORKER_START_S, "both celery workers answer a ping", every=2)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n--- cpu worker (exit {cpu.poll()}) ---\n{tail(cpu_log, 3000)}\n--- gpu worker (exit {gpu.poll()}) ---\n{tail(gpu_log, 3000)}") from None
             run(doc_command("register"), env, tmp_path / "register.log")
             launch_log = tmp_path / "launcher.log"
             launcher = shell(doc_command("celery-run"), env, launch_log)
