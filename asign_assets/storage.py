@@ -4,7 +4,9 @@ The root is a local path or an fsspec URL (``s3://``, ``gs://``, ``memory://``) 
 universal-pathlib, so several machines can share assets. Library code always works
 on local paths: :meth:`Storage.write` hands out a local temporary sibling and moves it
 into place only when the block succeeds, so a crash or an error never leaves half an
-asset where a reader (the next step, the viewer) would find it.
+asset where a reader (the next step, the viewer) would find it. Object stores have no
+atomic folder rename: there a completion marker, written last and checked by every reader,
+takes its place (:meth:`Storage._upload`, docs/deployment.md "Shared storage").
 """
 
 from __future__ import annotations
