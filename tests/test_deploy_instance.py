@@ -37,7 +37,6 @@ def postgres():
         require({"runuser (util-linux), to run Postgres as nobody": shutil.which("runuser")})
     pgdata_parent = Path(tempfile.mkdtemp(prefix="asign-pg-"))  # under /tmp: reachable for `nobody`
     pgdata = pgdata_parent / "data"
-    chown_for(pgdata_parent, user)
     port = free_port()
     env = tool_env({**os.environ, "PGDATA": str(pgdata), "DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(port),
                     "DAGSTER_PG_PASSWORD": "unused-with-trust"}, [bin_dir])
