@@ -287,8 +287,10 @@ class Storage:
         base = folder.path.rstrip("/") + "/"
         return {p[len(base):]: self._completion_token(sample_id, p[len(base):]) or "" for p in folder.fs.find(folder.path)}
 
-    def mirror(self, dest: Path) -> list[str]:
-        """Bring every complete asset of a remote root to ``dest`` (same layout); returns the names copied.
+    def mirror(self, dest: Path, names: frozenset[str] | None = None) -> list[str]:
+        """Bring the complete assets (all, or those in ``names``) of a remote root to ``dest``.
+
+        Same layout as the root; returns the ``<sample>/<asset>`` names copied.
 
         An asset is downloaded only when its writer token differs from the one copied last
         time (kept in ``dest/samples/<id>/.complete/<name>``), and moved into place with the
@@ -298,6 +300,8 @@ class Storage:
         for sid in self.list_samples():
             local = Storage(dest)
             for name, token in self.completed_assets(sid).items():
+                if names is not None and name not in names:
+                    continue
                 seen = Path(dest, "samples", sid, COMPLETE_DIR, name)
                 if not token or (seen.exists() and seen.read_text() == token):
                     continue

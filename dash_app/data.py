@@ -57,13 +57,15 @@ def resolve_home(home: str | os.PathLike | None = None) -> Path:
     return Path(raw).expanduser().resolve()
 
 
+# The assets the viewer reads (tiles and embeddings, the largest, are not among them).
+VIEWER_ASSETS = frozenset(f.split("/")[0] for files in ASSETS.values() for f in files)
 # local mirror folder -> [remote root URL, monotonic time of the last refresh]
 _MIRRORS: dict[str, list] = {}
 MIRROR_REFRESH_S = 10.0
 
 
 def mirror_remote(url: str) -> Path:
-    """A local copy of a remote root's complete assets, refreshed by :func:`list_samples`.
+    """A local copy of the complete assets the viewer reads from a remote root, refreshed by :func:`list_samples`.
 
     Only assets whose completion marker changed since the last copy are downloaded, and each
     is moved into place atomically (``Storage.mirror``), so the caches below, keyed on inode
@@ -90,7 +92,7 @@ def refresh_mirror(home: str | os.PathLike, force: bool = False) -> list[str]:
     if entry is None or (not force and time.monotonic() - entry[1] < MIRROR_REFRESH_S):
         return []
     try:
-        copied = Storage(entry[0]).mirror(Path(home))
+        copied = Storage(entry[0]).mirror(Path(home), names=VIEWER_ASSETS)
     except (OSError, ValueError) as e:
         raise InputError(entry[0], f"cannot read the remote storage root: {e}") from None
     entry[1] = time.monotonic()

@@ -75,6 +75,8 @@ def test_mirror_copies_only_changed_assets(remote, tmp_path):
     assert (tmp_path / "samples" / "s1" / "a" / "part0.txt").read_text() == "v2-0"
     assert (tmp_path / "samples" / "s1" / "b.json").stat().st_ino == stamp
     assert (tmp_path / "samples" / "s1" / COMPLETE_DIR / "a").read_text() == remote._completion_token("s1", "a")
+    remote.write_bytes("s1", "c.json", b"[]")
+    assert remote.mirror(tmp_path / "only_b", names=frozenset({"b.json"})) == ["s1/b.json"]
 
 
 @pytest.mark.e2e
@@ -122,6 +124,8 @@ def test_demo_and_viewer_on_s3(tmp_path, monkeypatch):
 
         home = data.resolve_home(root)
         assert home.is_relative_to(tmp_path / "reader_cache")
+        mirrored = {p.name for p in (home / "samples" / "demo").iterdir()}
+        assert {"imputed_volume.zarr", "sections", "evaluation.parquet"} <= mirrored and "tiles.zarr" not in mirrored, mirrored
         [listed] = data.list_samples(home)
         assert listed.sample == "demo" and listed.viewable
         vol = data.load_volume(home, "demo")
