@@ -236,6 +236,21 @@ def cmd_run(args: argparse.Namespace) -> None:
     materialise_sample(args.target, device=args.device, run_config=_run_config(args), replace=args.replace)
 
 
+def cmd_register(args: argparse.Namespace) -> None:
+    """Register a manifest and add its partition, for runs launched elsewhere (`dagster job execute`)."""
+    import dagster as dg
+
+    from asign_assets.manifest import load_manifest
+    from asign_assets.storage import Storage
+
+    _set_home(args.home)
+    manifest = load_manifest(args.manifest)
+    Storage().register(manifest)
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions("samples", [manifest.sample_id])
+    print(manifest.sample_id)
+
+
 def cmd_validate(args: argparse.Namespace) -> None:
     from asign_assets.manifest import load_manifest
     from asign_assets.sections import prepare_sections
@@ -357,6 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("target", help="manifest .yaml path or registered sample id")
     r.add_argument("--replace", action="store_true", help="the sample id is registered with other content: remove its outputs and start afresh")
     r.set_defaults(func=cmd_run)
+
+    g = sub.add_parser("register", help="register a manifest and add its sample partition, without running anything")
+    common(g, device=False)
+    g.add_argument("manifest")
+    g.set_defaults(func=cmd_register)
 
     v = sub.add_parser("validate", help="check a manifest and its files without writing anything")
     v.add_argument("manifest")

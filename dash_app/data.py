@@ -46,12 +46,58 @@ ASSETS: dict[str, tuple[str, ...]] = {
 
 
 def resolve_home(home: str | os.PathLike | None = None) -> Path:
-    """The storage root: the argument, else $ASIGN_HOME, else ~/.asign (local paths only)."""
+    """The storage root: the argument, else $ASIGN_HOME, else ~/.asign.
+
+    An fsspec URL (``s3://bucket/prefix``) is mirrored to a local folder (see
+    :func:`mirror_remote`) and that folder is returned, so every reader below works on files.
+    """
     raw = str(home) if home is not None else (os.environ.get("ASIGN_HOME") or "~/.asign")
     if "://" in raw and not raw.startswith("file://"):
-        raise InputError(raw, "the viewer reads a local ASIGN_HOME only (no fsspec URLs)")
+        return mirror_remote(raw)
     raw = raw.removeprefix("file://")
     return Path(raw).expanduser().resolve()
+
+
+# The assets the viewer reads (tiles and embeddings, the largest, are not among them).
+VIEWER_ASSETS = frozenset(f.split("/")[0] for files in ASSETS.values() for f in files)
+# local mirror folder -> [remote root URL, monotonic time of the last refresh]
+_MIRRORS: dict[str, list] = {}
+MIRROR_REFRESH_S = 10.0
+
+
+def mirror_remote(url: str) -> Path:
+    """A local copy of the complete assets the viewer reads from a remote root, refreshed by :func:`list_samples`.
+
+    Only assets whose completion marker changed since the last copy are downloaded, and each
+    is moved into place atomically (``Storage.mirror``), so the caches below, keyed on inode
+    and mtime, pick up re-materialised assets. The folder is ``$ASIGN_VIEWER_CACHE`` (default
+    ``~/.cache/asign/viewer``) / a hash of the URL.
+    """
+    import hashlib
+
+    base = Path(os.environ.get("ASIGN_VIEWER_CACHE") or "~/.cache/asign/viewer").expanduser()
+    local = (base / hashlib.sha1(url.rstrip("/").encode()).hexdigest()[:16]).resolve()
+    local.mkdir(parents=True, exist_ok=True)
+    _MIRRORS[str(local)] = [url, float("-inf")]
+    refresh_mirror(local)
+    return local
+
+
+def refresh_mirror(home: str | os.PathLike, force: bool = False) -> list[str]:
+    """Copy new or changed assets of the remote root behind ``home`` (no-op for local roots)."""
+    import time
+
+    from asign_assets.storage import Storage
+
+    entry = _MIRRORS.get(str(home))
+    if entry is None or (not force and time.monotonic() - entry[1] < MIRROR_REFRESH_S):
+        return []
+    try:
+        copied = Storage(entry[0]).mirror(Path(home), names=VIEWER_ASSETS)
+    except (OSError, ValueError) as e:
+        raise InputError(entry[0], f"cannot read the remote storage root: {e}") from None
+    entry[1] = time.monotonic()
+    return copied
 
 
 def sample_dir(home: str | os.PathLike, sample_id: object) -> Path:
@@ -86,6 +132,7 @@ class SampleAssets:
 
 def list_samples(home: str | os.PathLike) -> list[SampleAssets]:
     """Every sample folder with a valid id, with which assets it holds."""
+    refresh_mirror(home)
     root = Path(home) / "samples"
     if not root.is_dir():
         return []

@@ -322,7 +322,9 @@ def test_k8s_executor_and_docs_config(monkeypatch):
     assert checked.success, checked.errors
 
 
-def test_celery_executor_and_docs_config():
+def test_celery_executor_and_docs_config(monkeypatch):
+    monkeypatch.setenv("ASIGN_CELERY_BROKER", "redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("ASIGN_CELERY_BACKEND", "redis://127.0.0.1:6379/1")
     dagster_celery = pytest.importorskip("dagster_celery", reason="dagster-celery not installed (pip install 'asign[cluster]')")
     from asign_assets.definitions import build_definitions
 
@@ -336,6 +338,8 @@ def test_deploy_instance_yaml_is_valid(monkeypatch):
     """The example dagster.yaml files pass Dagster's own instance schema (no cluster needed)."""
     monkeypatch.setenv("DAGSTER_PG_PASSWORD", "secret")
     monkeypatch.setenv("DAGSTER_PG_HOST", "localhost")
+    monkeypatch.setenv("DAGSTER_PG_PORT", "5432")
+    monkeypatch.setenv("DAGSTER_PG_DB", "dagster")
     from dagster._config import process_config
     from dagster._core.instance.config import dagster_instance_config_schema
 

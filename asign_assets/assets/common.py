@@ -22,8 +22,12 @@ from asign_assets.storage import Storage, default_home
 samples_partitions = dg.DynamicPartitionsDefinition(name="samples")
 
 GPU_POOL = "gpu"
+# Every step of the `gpu` pool goes to the Celery queue of the same name (celery_executor);
+# other executors ignore the tag. Workers on GPU machines listen on it (docs/deployment.md).
+GPU_QUEUE_TAGS = {"dagster-celery/queue": GPU_POOL}
 # Requests a GPU when the code runs on Kubernetes (k8s_job_executor / k8s run launcher).
 K8S_GPU_TAGS = {
+    **GPU_QUEUE_TAGS,
     "dagster-k8s/config": json.dumps(
         {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}}}
     )
