@@ -3,14 +3,113 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import logging
 import os
 import signal
-import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from asign_assets.errors import AsignError
+
+EXIT_INTERRUPTED = 130
+
+
+class RunInterrupted(AsignError):
+    """Ctrl-C during a run; the message says what was kept."""
+
+
+class _InterruptWatch:
+    """Silences stderr the moment SIGINT arrives, so Ctrl-C gives one line, not tracebacks.
+
+    Dagster installs its own SIGINT handler during a run; ``signal.set_wakeup_fd`` still
+    sees every signal (at C level), and a thread at once disables logging (Dagster's event
+    log and tracebacks go through it) and redirects fd 2 to /dev/null (Dagster's compute-log
+    capture may later restore fd 2, hence both). Both are restored on exit, for the one
+    line the CLI prints.
+    """
+
+    def __init__(self) -> None:
+        self.fired = threading.Event()
+
+    def __enter__(self) -> "_InterruptWatch":
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._w, False)
+        self._saved = os.dup(2)
+        self._prev = signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, daemon=True).start()
+        return self
+
+    def _watch(self) -> None:
+        while True:
+            try:
+                got = os.read(self._r, 64)
+            except OSError:
+                return
+            if not got:
+                return
+            if signal.SIGINT in got and not self.fired.is_set():
+                logging.disable(logging.CRITICAL)
+                sys.stderr.flush()
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 2)
+                os.close(devnull)
+                self.fired.set()
+
+    def __exit__(self, *exc) -> None:
+        signal.set_wakeup_fd(self._prev)
+        os.close(self._w)  # ends the thread
+        if self.fired.is_set():
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os.dup2(self._saved, 2)
+            logging.disable(logging.NOTSET)
+        os.close(self._saved)
+        os.close(self._r)
+
+
+_WATCH: _InterruptWatch | None = None
+
+
+def _interrupted() -> bool:
+    return _WATCH is not None and _WATCH.fired.is_set()
+
+
+def _kept_line(storage, sample_id: str) -> str:
+    from asign_assets.storage import PROVENANCE
+
+    kept: list[str] = []
+    if storage.is_local:
+        folder = Path(storage.sample_uri(sample_id))
+        if folder.is_dir():
+            kept = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and p.name != PROVENANCE)
+    what = f"complete outputs kept: {', '.join(kept)}" if kept else "no outputs were written yet"
+    return (
+        f"interrupted; sample {sample_id!r}: {what}; nothing is half-written (outputs are replaced atomically). "
+        f"Run the same command again to finish"
+    )
+
+
+def storage_error(exc: BaseException) -> str | None:
+    """A one-line message for an unwritable or full ASIGN_HOME / DAGSTER_HOME, else None."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST):
+            path = e.filename or os.environ.get("ASIGN_HOME", "")
+            return f"cannot write to {path}: {e.strerror} (check ASIGN_HOME={os.environ.get('ASIGN_HOME', '')} and DAGSTER_HOME={os.environ.get('DAGSTER_HOME', '')})"
+        text = str(e).lower()
+        if type(e).__name__ == "OperationalError" and any(
+            k in text for k in ("readonly database", "read-only", "disk is full", "unable to open database", "disk i/o error")
+        ):
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            return f"Dagster's database under DAGSTER_HOME={os.environ.get('DAGSTER_HOME', '')} is not writable: {first[:200]}"
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _set_home(home: str | None) -> str:
@@ -37,8 +136,12 @@ def _run_config(args: argparse.Namespace) -> dict:
     return {"ops": ops} if ops else {}
 
 
-def materialise_sample(manifest_or_id: str, device: str = "auto", run_config: dict | None = None) -> str:
-    """Register the sample, add its partition and run every asset through Dagster."""
+def materialise_sample(manifest_or_id: str, device: str = "auto", run_config: dict | None = None, replace: bool = False) -> str:
+    """Register the sample, add its partition and run every asset through Dagster.
+
+    A sample id registered with other content is refused unless ``replace`` (its old
+    outputs are then removed at once before the run).
+    """
     import dagster as dg
 
     from asign_assets.definitions import build_definitions
@@ -47,20 +150,29 @@ def materialise_sample(manifest_or_id: str, device: str = "auto", run_config: di
 
     storage = Storage()
     candidate = Path(manifest_or_id).expanduser()
+    manifest = None
     if candidate.suffix.lower() in (".yaml", ".yml") or candidate.exists():
         manifest = load_manifest(candidate)
-        storage.register(manifest)
+    elif replace:
+        raise AsignError(f"--replace needs a manifest file; {manifest_or_id!r} is not one")
+    instance = dg.DagsterInstance.get()  # an unusable DAGSTER_HOME fails here, before registering
+    if manifest is not None:
+        storage.register(manifest, replace=replace)
         sample_id = manifest.sample_id
     else:
         sample_id = manifest_or_id
         storage.load_registered(sample_id)  # clear error if unknown
     defs = build_definitions(storage_root=storage.root, device=device)
-    instance = dg.DagsterInstance.get()
     instance.add_dynamic_partitions("samples", [sample_id])
     job = defs.resolve_job_def("full_sample")
     print(f"asign: materialising sample {sample_id!r} (storage {storage.root}, device {device})", file=sys.stderr)
     t0 = time.perf_counter()
-    result = job.execute_in_process(partition_key=sample_id, instance=instance, raise_on_error=False, run_config=run_config or {})
+    try:
+        result = job.execute_in_process(partition_key=sample_id, instance=instance, raise_on_error=False, run_config=run_config or {})
+    except KeyboardInterrupt:
+        raise RunInterrupted(_kept_line(storage, sample_id)) from None
+    if _interrupted():
+        raise RunInterrupted(_kept_line(storage, sample_id))
     if not result.success:
         messages = []
         for ev in result.all_events:
@@ -88,7 +200,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     stack = make_demo_stack(out, cfg, sample_id=args.sample_id)
     print(f"asign: demo stack of {cfg.n_sections} sections written to {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    materialise_sample(str(stack.manifest_path), device=args.device, run_config=_run_config(args))
+    materialise_sample(str(stack.manifest_path), device=args.device, run_config=_run_config(args), replace=args.replace)
     print(f"asign: open the viewer with `asign viewer` (ASIGN_HOME={home})", file=sys.stderr)
     print(stack.manifest_path)
 
@@ -140,7 +252,22 @@ def cmd_import_visium(args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     _set_home(args.home)
-    materialise_sample(args.target, device=args.device, run_config=_run_config(args))
+    materialise_sample(args.target, device=args.device, run_config=_run_config(args), replace=args.replace)
+
+
+def cmd_register(args: argparse.Namespace) -> None:
+    """Register a manifest and add its partition, for runs launched elsewhere (`dagster job execute`)."""
+    import dagster as dg
+
+    from asign_assets.manifest import load_manifest
+    from asign_assets.storage import Storage
+
+    _set_home(args.home)
+    manifest = load_manifest(args.manifest)
+    Storage().register(manifest)
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions("samples", [manifest.sample_id])
+    print(manifest.sample_id)
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
@@ -150,14 +277,14 @@ def cmd_validate(args: argparse.Namespace) -> None:
     manifest = load_manifest(args.manifest)
     prep = prepare_sections(manifest)
     for r in prep.records:
-        print(f"{r.name}: {r.n_spots} spots ({r.n_virtual} virtual), tissue {r.tissue_area_mm2:.2f} mm2{' [measured]' if r.measured else ''}")
+        figures = ", ".join(f"{k} {v:.3g}" for k, v in prep.plausibility.get(r.name, {}).items())
+        print(
+            f"{r.name}: {r.n_spots} spots ({r.n_virtual} virtual), tissue {r.tissue_area_mm2:.2f} mm2"
+            f"{' [measured]' if r.measured else ''}{'; ' + figures if figures else ''}"
+        )
     if prep.join_report:
         print(prep.join_report.summary())
     print(f"{args.manifest}: OK")
-
-
-def _viewer_proc(host: str, port: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "dash_app", "--host", host, "--port", str(port)])
 
 
 def cmd_viewer(args: argparse.Namespace) -> None:
@@ -167,33 +294,53 @@ def cmd_viewer(args: argparse.Namespace) -> None:
     run_viewer(home, host=args.host, port=args.port)
 
 
-def cmd_ui(args: argparse.Namespace) -> None:
-    _set_home(args.home)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "dagster", "dev", "-m", "asign_assets.definitions", "-h", args.host, "-p", str(args.port)],
-        )
-    ]
+def _ui_commands(args: argparse.Namespace) -> list[list[str]]:
+    cmds = [[sys.executable, "-m", "dagster", "dev", "-m", "asign_assets.definitions", "-h", args.host, "-p", str(args.port)]]
     if not args.no_viewer:
-        procs.append(_viewer_proc(args.host, args.viewer_port))
+        cmds.append([sys.executable, "-m", "dash_app", "--host", args.host, "--port", str(args.viewer_port)])
+    return cmds
+
+
+UI_STOP_TIMEOUT_S = 10.0
+
+
+def run_children(cmds: list[list[str]], stop_timeout: float = UI_STOP_TIMEOUT_S) -> int:
+    """Run ``cmds`` in their own sessions until SIGINT/SIGTERM/SIGHUP or one exits; stop all."""
+    from asign_assets.proctree import ChildGroup
+
+    group = ChildGroup()
+    stopping = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum, _frame):
+        received.append(signum)
+        stopping.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    try:
+        for cmd in cmds:
+            group.start(cmd)
+        while not stopping.is_set() and group.first_exited() is None:
+            stopping.wait(0.5)
+    finally:
+        exited = group.first_exited()
+        survivors = group.stop(stop_timeout)
+    if survivors:
+        print(f"asign: error: processes {survivors} did not stop within {stop_timeout:.0f} s", file=sys.stderr)
+        return 1
+    if received:
+        print(f"asign: stopped on {signal.Signals(received[0]).name}; every child process ended", file=sys.stderr)
+        return 0
+    code = exited.returncode if exited is not None else 0
+    print(f"asign: {' '.join(exited.args[1:4]) if exited is not None else 'a child'} exited with code {code}; stopped the others", file=sys.stderr)
+    return 1 if code else 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    _set_home(args.home)
     print(f"asign: Dagster UI on http://{args.host}:{args.port}, viewer on http://{args.host}:{args.viewer_port}", file=sys.stderr)
-
-    def stop(*_):
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        sys.exit(0)
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    while all(p.poll() is None for p in procs):
-        time.sleep(0.5)
-    stop()
+    return run_children(_ui_commands(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--spots", type=int, default=220, help="approximate spots per section")
     d.add_argument("--image-px", type=int, default=1000)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--replace", action="store_true", help="replace an existing sample of this id made with other settings")
     d.set_defaults(func=cmd_demo)
 
     h = sub.add_parser("import-her2st", help="write a manifest for a HER2ST (legacy ST) patient stack")
@@ -243,7 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="register a manifest (or a known sample id) and materialise all its assets")
     common(r)
     r.add_argument("target", help="manifest .yaml path or registered sample id")
+    r.add_argument("--replace", action="store_true", help="the sample id is registered with other content: remove its outputs and start afresh")
     r.set_defaults(func=cmd_run)
+
+    g = sub.add_parser("register", help="register a manifest and add its sample partition, without running anything")
+    common(g, device=False)
+    g.add_argument("manifest")
+    g.set_defaults(func=cmd_register)
 
     v = sub.add_parser("validate", help="check a manifest and its files without writing anything")
     v.add_argument("manifest")
@@ -266,13 +420,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _WATCH
     args = build_parser().parse_args(argv)
+    watch = _InterruptWatch() if args.command in ("run", "demo") and threading.current_thread() is threading.main_thread() else None
+    message, code = None, 0
     try:
-        args.func(args)
-    except (AsignError, ValueError, FileNotFoundError) as exc:
-        print(f"asign: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        with watch if watch is not None else contextlib.nullcontext():
+            _WATCH = watch
+            try:
+                code = args.func(args) or 0
+            except RunInterrupted as exc:
+                message, code = str(exc), EXIT_INTERRUPTED
+            except KeyboardInterrupt:
+                message, code = "interrupted; nothing is half-written (outputs are replaced atomically)", EXIT_INTERRUPTED
+            except (AsignError, ValueError, FileNotFoundError) as exc:
+                if _interrupted():
+                    message, code = "interrupted; nothing is half-written (outputs are replaced atomically)", EXIT_INTERRUPTED
+                else:
+                    message, code = f"error: {storage_error(exc) or exc}", 1
+            except Exception as exc:  # noqa: BLE001 - storage failures become one line; the rest propagate
+                line = storage_error(exc)
+                if line is None:
+                    raise
+                message, code = f"error: {line}", 1
+    finally:
+        _WATCH = None
+    if message is not None:
+        print(f"asign: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -17,6 +17,41 @@ full_sample_job = dg.define_asset_job(
 )
 
 
+EXECUTORS = ("", "in_process", "multiprocess", "celery", "k8s")
+
+
+def executor_from_env() -> dg.ExecutorDefinition | None:
+    """The executor named by ``$ASIGN_EXECUTOR`` (empty: Dagster's default, multiprocess).
+
+    ``celery`` reads the broker and result backend from ``$ASIGN_CELERY_BROKER`` and
+    ``$ASIGN_CELERY_BACKEND`` when a run starts, so runs the sensor requests (no run config)
+    reach the workers too; ``in_process`` keeps a run in one process (small machines).
+    """
+    name = os.environ.get("ASIGN_EXECUTOR", "").strip()
+    if name not in EXECUTORS:
+        raise ValueError(f"ASIGN_EXECUTOR={name!r}: expected one of {', '.join(repr(e) for e in EXECUTORS)}")
+    if name == "in_process":
+        return dg.in_process_executor
+    if name == "multiprocess":
+        return dg.multiprocess_executor
+    if name == "celery":
+        from dagster_celery import celery_executor
+
+        return celery_executor.configured(
+            {
+                "broker": {"env": "ASIGN_CELERY_BROKER"},
+                "backend": {"env": "ASIGN_CELERY_BACKEND"},
+                "config_source": {"task_acks_late": True, "worker_prefetch_multiplier": 1, "broker_connection_retry_on_startup": True},
+            },
+            name="celery",
+        )
+    if name == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    return None
+
+
 def build_definitions(storage_root: str | None = None, device: str | None = None, executor: dg.ExecutorDefinition | None = None, extra: list | None = None) -> dg.Definitions:
     """Definitions with explicit resources (the CLI and tests use this)."""
     from asign_assets.ops import schedules_and_sensors
@@ -36,4 +71,4 @@ def build_definitions(storage_root: str | None = None, device: str | None = None
     )
 
 
-defs = build_definitions()
+defs = build_definitions(executor=executor_from_env())

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from asign_assets.errors import InputError
+from asign_assets.paths import require_regular_file
 
 # Pillow's own bound counts pixels and would refuse (or only warn about) a file before
 # anything is known about the decode; ours (decode_budget_bytes) counts the bytes the
@@ -85,9 +86,7 @@ def check_decode_budget(path: Path, mode: str, w: int, h: int) -> None:
 def _open(path: Path) -> Iterator[Image.Image]:
     """Open an image, turning every failure into an InputError naming the file."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "image file does not exist")
-    if path.stat().st_size == 0:
+    if require_regular_file(path, "image file").st_size == 0:
         raise InputError(path, "image file is empty (0 bytes)")
     try:
         im = Image.open(path)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import re
@@ -26,16 +27,54 @@ from typing import Any
 
 import yaml
 
+from asign_assets import strict_yaml
 from asign_assets.errors import InputError
+from asign_assets.paths import require_regular_file
 from asign_assets.visium import COUNTS_FILE, VISIUM_DIAMETER_UM, VISIUM_PITCH_UM, VisiumSection, resolve_anndata, resolve_visium
 
 SAMPLE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SECTION_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: A manifest is a few kilobytes; anything far larger is not one (and is not parsed).
+MAX_MANIFEST_BYTES = 1 << 20
+#: Keys whose values stay strings exactly as written (no number parsing).
+_STRING_KEYS = frozenset({"sample_id", "name", "description"})
 
 log = logging.getLogger(__name__)
 
-_TOP_KEYS = {"sample_id", "pixel_size_um", "spot_diameter_um", "spot_pitch_um", "sections", "description"}
+_TOP_KEYS = {"sample_id", "pixel_size_um", "spot_diameter_um", "spot_pitch_um", "sections", "description", "checks"}
 _SECTION_KEYS = {"name", "z_um", "image", "spots", "counts", "truth", "measured", "pixel_size_um", "visium", "anndata"}
+
+
+@dataclass(frozen=True)
+class Checks:
+    """The manifest's optional ``checks:`` mapping: thresholds of the plausibility checks."""
+
+    min_spots_on_tissue: float = 0.8
+    pitch_tolerance: float = 0.25
+    allow_identical_images: bool = False
+    counts_normalised: bool = False
+
+
+def _parse_checks(raw: Any, src: Path) -> Checks:
+    if raw is None:
+        return Checks()
+    if not isinstance(raw, dict):
+        raise InputError(src, "must be a mapping of check settings", field="checks")
+    allowed = {f.name: f.default for f in dataclasses.fields(Checks)}
+    unknown = sorted(set(raw) - set(allowed))
+    if unknown:
+        raise InputError(src, f"unknown key(s) {unknown}; allowed: {sorted(allowed)}", field=f"checks.{unknown[0]}")
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(allowed[key], bool):
+            if not isinstance(value, bool):
+                raise InputError(src, f"must be true or false, got {value!r}", field=f"checks.{key}")
+            out[key] = value
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise InputError(src, f"must be a number between 0 and 1, got {value!r}", field=f"checks.{key}")
+        else:
+            out[key] = float(value)
+    return Checks(**out)
 
 
 @dataclass(frozen=True)
@@ -73,6 +112,7 @@ class Manifest:
     spot_pitch_um: float
     sections: tuple[SectionSpec, ...]
     description: str = ""
+    checks: Checks = field(default_factory=Checks)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -100,6 +140,12 @@ class Manifest:
     def input_fingerprint(self) -> str:
         """Hash of everything except truth, so truth edits never look like new input."""
         payload = yaml.safe_dump(to_dict(self.without_truth(), relative_to=None), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def digest(self) -> str:
+        """Hash of the whole manifest (truth and checks included): the identity of a sample's
+        outputs. Equal for a user's file and its registered (absolute-path) copy."""
+        payload = json.dumps(to_dict(self, relative_to=None), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -312,18 +358,28 @@ def parse_manifest(raw: Any, src: Path, check_files: bool = True) -> Manifest:
         spot_pitch_um=pitch,
         sections=tuple(sections),
         description=str(raw.get("description", "")),
+        checks=_parse_checks(raw.get("checks"), src),
     )
 
 
 def load_manifest(path: str | Path, check_files: bool = True) -> Manifest:
-    """Read and validate a manifest file; errors name the file and the field."""
+    """Read and validate a manifest file; errors name the file and the field.
+
+    Parsing is bounded: only a regular file of at most ``MAX_MANIFEST_BYTES``, no YAML
+    anchors/aliases or duplicate keys, and ids and names stay strings as written.
+    """
     path = Path(path).expanduser()
-    if not path.exists():
-        raise InputError(path, "manifest file not found")
+    st = require_regular_file(path, "manifest file")
+    if st.st_size > MAX_MANIFEST_BYTES:
+        raise InputError(path, f"manifest is {st.st_size} bytes; a manifest must be at most {MAX_MANIFEST_BYTES} bytes")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = strict_yaml.load(path.read_bytes()[: MAX_MANIFEST_BYTES + 1].decode("utf-8"), _STRING_KEYS)
+    except yaml.MarkedYAMLError as exc:
+        where = f" (line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1})" if exc.problem_mark else ""
+        what = "; ".join(x for x in (exc.context, exc.problem) if x)
+        raise InputError(path, f"not valid YAML: {what}{where}") from None
     except yaml.YAMLError as exc:
-        raise InputError(path, f"not valid YAML: {exc}") from None
+        raise InputError(path, f"not valid YAML: {' '.join(str(exc).split())}") from None
     except UnicodeDecodeError:
         raise InputError(path, "not a text file") from None
     return parse_manifest(raw, path, check_files=check_files)
@@ -352,6 +408,8 @@ def to_dict(manifest: Manifest, relative_to: Path | None = None) -> dict[str, An
     }
     if manifest.description:
         out["description"] = manifest.description
+    if manifest.checks != Checks():
+        out["checks"] = dataclasses.asdict(manifest.checks)
     for s in manifest.sections:
         # Keys filled from a visium/anndata source or the image file are left out: loading
         # the manifest again derives them the same way.

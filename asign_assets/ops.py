@@ -6,8 +6,10 @@ so their behaviour can be tested without a daemon.
 * ``new_samples`` watches ``$ASIGN_HOME/inbox/`` for ``*.yaml``/``*.yml`` manifests. A new or
   changed manifest is validated, registered (copied with absolute paths to
   ``$ASIGN_HOME/manifests/<id>.yaml`` where the assets read it), its partition is added and one
-  ``full_sample`` run is requested. A bad manifest is logged and skipped until it changes (or is
-  touched); it never stops the sensor.
+  ``full_sample`` run is requested. A bad manifest (the strict loader of
+  :func:`asign_assets.manifest.load_manifest`, so YAML bombs are refused unexpanded), or one
+  whose ``sample_id`` is registered with other content and has outputs, is logged and skipped until it changes
+  (or is touched); it never stops the sensor.
 * ``reprocess_stale`` (cron ``$ASIGN_REPROCESS_CRON``, default ``0 2 * * *``) rematerialises the
   stale assets of every sample: code version changed, an upstream asset re-materialised with a
   different data version, a missing materialisation, or a failed last run.

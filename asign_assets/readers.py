@@ -28,6 +28,8 @@ import polars as pl
 import scipy.sparse as sp
 
 from asign_assets.errors import InputError
+from asign_assets.paths import require_regular_file
+from asign_assets.plausibility import check_count_values
 
 if TYPE_CHECKING:
     from asign_assets.manifest import SectionSpec
@@ -75,26 +77,25 @@ class JoinReport:
         )
 
 
-def _validate_counts(X: sp.csr_matrix, spot_ids: np.ndarray, genes: np.ndarray, src: Path) -> None:
+def _validate_counts(X: sp.csr_matrix, spot_ids: np.ndarray, genes: np.ndarray, src: Path, normalised: bool = False) -> None:
     if X.shape[0] == 0:
         raise InputError(src, "count table has no spots")
     if X.shape[1] == 0:
         raise InputError(src, "count table has no genes")
-    data = X.data
-    if data.size:
-        if not np.all(np.isfinite(data)):
-            raise InputError(src, "counts contain NaN or infinite values")
-        if data.min() < 0:
-            raise InputError(src, f"counts contain negative values (min {data.min()})")
-        if not np.all(np.equal(np.mod(data, 1), 0)):
-            raise InputError(src, "counts contain non-integer values; asign needs raw UMI/read counts, not normalised data")
+    check_count_values(X, spot_ids, genes, src, normalised=normalised)
     for what, ids in (("spot ids", spot_ids), ("gene names", genes)):
         uniq, counts = np.unique(ids.astype(str), return_counts=True)
         if (counts > 1).any():
             raise InputError(src, f"duplicate {what}: {[str(x) for x in uniq[counts > 1][:5]]}")
 
 
+def _clean_name(name: str) -> str:
+    """A header cell as the gene it names: surrounding whitespace and quotes removed."""
+    return name.strip().strip("\"'").strip()
+
+
 def _read_text_bytes(path: Path) -> bytes:
+    require_regular_file(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -109,13 +110,13 @@ def _read_text_bytes(path: Path) -> bytes:
     return raw
 
 
-def _read_dense_table(path: Path) -> CountMatrix:
+def _read_dense_table(path: Path, normalised: bool = False) -> CountMatrix:
     raw = _read_text_bytes(path)
     sep = "\t" if (".tsv" in path.name or ".txt" in path.name or b"\t" in raw[:4096]) else ","
-    header = raw.split(b"\n", 1)[0].decode(errors="replace").rstrip("\r").split(sep)[1:]
+    header = [_clean_name(h) for h in raw.split(b"\n", 1)[0].decode(errors="replace").rstrip("\r").split(sep)[1:]]
     uniq, n = np.unique(np.array(header, dtype=object).astype(str), return_counts=True)
     if (n > 1).any():
-        raise InputError(path, f"duplicate gene names: {[str(x) for x in uniq[n > 1][:5]]}")
+        raise InputError(path, f"duplicate gene names (after trimming spaces and quotes): {[str(x) for x in uniq[n > 1][:5]]}")
     try:
         df = pl.read_csv(io.BytesIO(raw), separator=sep, infer_schema_length=0)
     except Exception as exc:  # polars raises several error types for bad tables
@@ -123,22 +124,18 @@ def _read_dense_table(path: Path) -> CountMatrix:
     if df.width < 2:
         raise InputError(path, "count table needs a spot id column and at least one gene column")
     id_col = df.columns[0]
-    genes = np.array(df.columns[1:], dtype=object)
+    genes = np.array([_clean_name(c) for c in df.columns[1:]], dtype=object)
     spot_ids = df[id_col].cast(pl.Utf8).to_numpy().astype(object)
     try:
         values = df.select(pl.all().exclude(id_col).cast(pl.Float64, strict=True)).to_numpy()
     except Exception:
         raise InputError(path, "count table has non-numeric values") from None
-    if np.isnan(values).any():
-        raise InputError(path, "counts contain NaN or empty values")
     X = sp.csr_matrix(values.astype(np.float32))
-    if values.size and values.min() < 0:
-        raise InputError(path, f"counts contain negative values (min {values.min()})")
-    _validate_counts(X, spot_ids, genes, path)
+    _validate_counts(X, spot_ids, genes, path, normalised)
     return CountMatrix(spot_ids, genes, X, str(path))
 
 
-def _read_10x_h5(path: Path) -> CountMatrix:
+def _read_10x_h5(path: Path, normalised: bool = False) -> CountMatrix:
     import h5py
 
     try:
@@ -175,7 +172,7 @@ def _read_10x_h5(path: Path) -> CountMatrix:
             uniq.append(n if k == 0 else f"{n}-{k}")
             seen[n] = k + 1
         names = np.array(uniq, dtype=object)
-    _validate_counts(X, barcodes, names, path)
+    _validate_counts(X, barcodes, names, path, normalised)
     return CountMatrix(barcodes, names, X.tocsr(), str(path))
 
 
@@ -188,11 +185,13 @@ def _read_h5ad(path: Path):
         raise InputError(path, f"cannot read AnnData file: {exc}") from None
 
 
-def read_counts(path: str | Path) -> CountMatrix:
-    """Read a count matrix, choosing the format from the file name."""
+def read_counts(path: str | Path, normalised: bool = False) -> CountMatrix:
+    """Read a count matrix, choosing the format from the file name.
+
+    ``normalised`` accepts non-integer values (a table declared normalised in the manifest).
+    """
     path = Path(path)
-    if not path.exists():
-        raise InputError(path, "counts file not found")
+    require_regular_file(path, "counts file")
     name = path.name.lower()
     if name.endswith(".h5ad"):
         adata = _read_h5ad(path)
@@ -200,12 +199,12 @@ def read_counts(path: str | Path) -> CountMatrix:
         X = sp.csr_matrix(X, dtype=np.float32)
         spot_ids = np.asarray(adata.obs_names, dtype=object)
         genes = np.asarray(adata.var_names, dtype=object)
-        _validate_counts(X, spot_ids, genes, path)
+        _validate_counts(X, spot_ids, genes, path, normalised)
         return CountMatrix(spot_ids, genes, X, str(path))
     if name.endswith(".h5"):
-        return _read_10x_h5(path)
+        return _read_10x_h5(path, normalised)
     if any(name.endswith(ext) for ext in (".tsv", ".tsv.gz", ".csv", ".csv.gz", ".txt", ".txt.gz")):
-        return _read_dense_table(path)
+        return _read_dense_table(path, normalised)
     raise InputError(path, "unknown counts format; use .tsv(.gz), .csv(.gz), 10x .h5 or .h5ad")
 
 
@@ -250,8 +249,7 @@ def read_visium_positions(path: str | Path) -> pl.DataFrame:
     (2.x) and ``tissue_positions.parquet`` (newer) have one. Pixel columns are full-resolution.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(path, "Visium tissue positions file not found")
+    require_regular_file(path, "Visium tissue positions file")
     if path.name.lower() == "tissue_positions_list.csv":
         df = _read_table(path, header=False)
         if df.width != len(VISIUM_COLS):
@@ -316,8 +314,7 @@ def read_spots(path: str | Path, scale: float = 1.0) -> pl.DataFrame:
     Ranger's ``tissue_lowres_scalef``) maps them into the frame of a downscaled image.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(path, "spot table not found")
+    require_regular_file(path, "spot table")
     if not (scale > 0 and np.isfinite(scale)):
         raise InputError(path, f"spot scale must be a positive finite number, got {scale!r}")
     spots = _read_spots_own_frame(path)

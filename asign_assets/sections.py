@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from asign_assets import lattice, tissue
+from asign_assets import lattice, plausibility, tissue
 from asign_assets.errors import InputError
 from asign_assets.manifest import Manifest, SectionSpec
 from asign_assets.readers import CountMatrix, JoinReport, join_spots_counts, read_counts, read_section_spots
@@ -43,6 +43,7 @@ class SectionRecord:
     tissue_area_mm2: float
     n_spots: int
     n_virtual: int
+    pixel_size_source: str = "manifest"
 
 
 @dataclass
@@ -54,6 +55,7 @@ class PreparedSections:
     join_report: JoinReport | None
     lattice: lattice.LatticeGeometry | None
     seconds: float
+    plausibility: dict[str, dict[str, float]]
 
 
 def _check_spots_in_image(spots: pl.DataFrame, spec: SectionSpec, width: int, height: int) -> None:
@@ -71,10 +73,11 @@ def _check_spots_in_image(spots: pl.DataFrame, spec: SectionSpec, width: int, he
         )
 
 
-def read_measured(spec: SectionSpec) -> tuple[pl.DataFrame, CountMatrix, JoinReport]:
-    """Spots (in the image's pixel frame) and counts of the measured section, joined on spot id."""
+def read_measured(spec: SectionSpec, normalised: bool = False) -> tuple[pl.DataFrame, CountMatrix, JoinReport]:
+    """Spots (in the image's pixel frame) and counts of the measured section, joined on spot id
+    (``normalised``: the counts are already normalised, see the manifest's ``checks``)."""
     assert spec.counts is not None
-    counts = read_counts(spec.counts)
+    counts = read_counts(spec.counts, normalised=normalised)
     spots = read_section_spots(spec)
     if spots is None:
         raise InputError(spec.counts, f"section {spec.name}: the measured section needs a spot table ('spots'), an .h5ad with obsm['spatial'], or a 'visium'/'anndata' source")
@@ -90,7 +93,7 @@ def prepare_sections(manifest: Manifest) -> PreparedSections:
     manifest = manifest.without_truth()
     m_idx = manifest.measured_index
     m_spec = manifest.sections[m_idx]
-    m_spots, _counts, report = read_measured(m_spec)
+    m_spots, _counts, report = read_measured(m_spec, manifest.checks.counts_normalised)
 
     records: list[SectionRecord] = []
     frames: list[pl.DataFrame] = []
@@ -123,6 +126,16 @@ def prepare_sections(manifest: Manifest) -> PreparedSections:
             virtual = True
         _check_spots_in_image(spots, spec, width, height)
         per_section[i] = (spots, virtual, width, height, thumb, scale, mask)
+    evidence = [
+        plausibility.SectionEvidence(
+            index=i, spec=spec, thumb=per_section[i][4], thumb_scale=per_section[i][5], mask=per_section[i][6],
+            xy_px=None if per_section[i][1] else per_section[i][0].select("x_px", "y_px").to_numpy(),
+            spots_source=spec.spots or spec.counts,
+        )
+        for i, spec in enumerate(manifest.sections)
+    ]
+    areas = {ev.spec.name: tissue.tissue_area_mm2(ev.mask, ev.thumb_scale, ev.spec.pixel_size_um) for ev in evidence}
+    figures = plausibility.check_sections(manifest, evidence, areas)
 
     for i, spec in enumerate(manifest.sections):
         spots, virtual, width, height, thumb, scale, mask = per_section[i]
@@ -144,13 +157,13 @@ def prepare_sections(manifest: Manifest) -> PreparedSections:
             SectionRecord(
                 name=spec.name, section_index=i, z_um=spec.z_um, pixel_size_um=spec.pixel_size_um,
                 image=str(spec.image), width=width, height=height, measured=i == m_idx,
-                thumb_scale=scale, tissue_area_mm2=round(tissue.tissue_area_mm2(mask, scale, spec.pixel_size_um), 4),
-                n_spots=n, n_virtual=n if virtual else 0,
+                thumb_scale=scale, tissue_area_mm2=round(areas[spec.name], 4),
+                n_spots=n, n_virtual=n if virtual else 0, pixel_size_source=spec.pixel_size_source,
             )
         )
     return PreparedSections(
         records=records, spots=pl.concat(frames), thumbnails=thumbs, masks=masks,
-        join_report=report, lattice=geom, seconds=time.perf_counter() - t0,
+        join_report=report, lattice=geom, seconds=time.perf_counter() - t0, plausibility=figures,
     )
 
 

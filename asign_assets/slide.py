@@ -30,6 +30,7 @@ from PIL import Image
 
 from asign_assets import imaging
 from asign_assets.errors import InputError
+from asign_assets.paths import require_regular_file
 
 __all__ = ["Level", "Slide", "file_pixel_size_um", "is_tiff"]
 
@@ -65,9 +66,7 @@ def is_tiff(path: Path) -> bool:
 
 def _check_file(path: Path) -> Path:
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "image file does not exist")
-    if path.stat().st_size == 0:
+    if require_regular_file(path, "image file").st_size == 0:
         raise InputError(path, "image file is empty (0 bytes)")
     return path
 

@@ -4,7 +4,9 @@ The root is a local path or an fsspec URL (``s3://``, ``gs://``, ``memory://``) 
 universal-pathlib, so several machines can share assets. Library code always works
 on local paths: :meth:`Storage.write` hands out a local temporary sibling and moves it
 into place only when the block succeeds, so a crash or an error never leaves half an
-asset where a reader (the next step, the viewer) would find it.
+asset where a reader (the next step, the viewer) would find it. Object stores have no
+atomic folder rename: there a completion marker, written last and checked by every reader,
+takes its place (:meth:`Storage._upload`, docs/deployment.md "Shared storage").
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ from asign_assets.manifest import SAMPLE_ID_RE, Manifest, load_manifest, write_m
 
 TMP_PREFIX = ".tmp-"
 OLD_PREFIX = ".old-"
+TRASH_PREFIX = ".trash-"
+#: ``samples/<id>/provenance/<asset>.manifest`` holds the digest of the manifest the asset was built from.
+PROVENANCE = "provenance"
+# URL roots only: samples/<id>/.complete/<name> is written (one PUT) after the asset's last
+# object and deleted before its first, so readers treat an asset without it as absent.
+COMPLETE_DIR = ".complete"
+READ_RETRIES = 3
 DEFAULT_HOME = "~/.asign"
 # Temporaries are named <prefix><name>-<host>-<pid>-<uuid>, so a sweep can tell a crashed
 # writer (same host, process gone) from a live one, even on a folder shared by machines.
@@ -125,7 +134,18 @@ class Storage:
     def exists(self, sample_id: str, name: str) -> bool:
         if self.is_local:
             return Path(self.sample_uri(sample_id, name)).exists()
-        return self._upath("samples", sample_id, name).exists()
+        return self._completion_token(sample_id, name) is not None
+
+    def _marker(self, sample_id: str, name: str):
+        return self._upath("samples", check_sample_id(sample_id), COMPLETE_DIR, _check_name(name))
+
+    def _completion_token(self, sample_id: str, name: str) -> str | None:
+        """The writer token of the complete version of a remote asset; None while absent or being replaced."""
+        marker = self._marker(sample_id, name)
+        try:
+            return marker.fs.cat_file(marker.path).decode()
+        except FileNotFoundError:
+            return None
 
     def list_samples(self) -> list[str]:
         if self.is_local:
@@ -146,6 +166,7 @@ class Storage:
         """
         target_uri = self.sample_uri(sample_id, name)
         token = _writer_token()
+        digest = self.registered_digest(sample_id, strict=False)
         if self.is_local:
             target = Path(target_uri)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -162,6 +183,8 @@ class Storage:
                 _replace(tmp, target)
             else:
                 self._upload(tmp, sample_id, name, token)
+            if digest is not None:
+                self._record_provenance(sample_id, name, digest)
         finally:
             if tmp.exists():
                 _remove(tmp)
@@ -172,14 +195,83 @@ class Storage:
         with self.write(sample_id, name) as tmp:
             tmp.write_bytes(data)
 
+    def _record_provenance(self, sample_id: str, name: str, digest: str) -> None:
+        """Written after the asset: a crash in between reads as a mismatch, never as a false match."""
+        rel = f"{PROVENANCE}/{name.replace('/', '%2F')}.manifest"
+        if not self.is_local:
+            self._upath("samples", sample_id, rel).write_text(digest)
+            return
+        path = Path(self.sample_uri(sample_id, rel))
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{_writer_token()}")
+        try:
+            tmp.write_text(digest)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def provenance(self, sample_id: str) -> dict[str, str]:
+        """``{asset output name: manifest digest}`` for every output that recorded one."""
+        if self.is_local:
+            folder = Path(self.sample_uri(sample_id, PROVENANCE))
+            files = list(folder.glob("*.manifest")) if folder.is_dir() else []
+        else:
+            folder = self._upath("samples", sample_id, PROVENANCE)
+            files = list(folder.glob("*.manifest")) if folder.exists() else []
+        return {f.name[: -len(".manifest")].replace("%2F", "/"): f.read_text().strip() for f in files}
+
+    def has_outputs(self, sample_id: str) -> bool:
+        """Whether any asset output of the sample exists (temporaries do not count)."""
+        if self.is_local:
+            folder = Path(self.sample_uri(sample_id))
+            return folder.is_dir() and any(not p.name.startswith(".") for p in folder.iterdir())
+        return bool(self.completed_assets(sample_id))
+
+    def remove_outputs(self, sample_id: str) -> None:
+        """Remove every output of a sample at once: the folder is renamed aside, then deleted,
+        so a reader sees either all the old outputs or none (remote roots: best effort)."""
+        check_sample_id(sample_id)
+        if not self.is_local:
+            # No folder rename on object stores: drop the completion markers first (each one
+            # PUT-sized delete), so every asset reads as absent before any object goes.
+            folder = self._upath("samples", sample_id)
+            markers = self._upath("samples", sample_id, COMPLETE_DIR)
+            if markers.exists():
+                markers.fs.rm(markers.path, recursive=True)
+            if folder.exists():
+                folder.fs.rm(folder.path, recursive=True)
+            return
+        base = Path(self.root) / "samples"
+        folder = base / sample_id
+        if folder.exists():
+            os.replace(folder, base / f"{TRASH_PREFIX}{sample_id}-{_writer_token()}")
+        for leftover in base.glob(f"{TRASH_PREFIX}{sample_id}-*"):  # this one, and any a crash left
+            _remove(leftover)
+
     def _upload(self, local: Path, sample_id: str, name: str, token: str) -> None:
+        """Object stores cannot rename a folder atomically: the completion marker stands in.
+
+        Upload to a staging prefix, delete the marker (readers now see the asset as absent),
+        replace the target, then write the marker (a single PUT, atomic) with this writer's
+        token. Readers compare the token before and after reading (:meth:`local_path`).
+        """
         target = self._upath("samples", sample_id, name)
         staging = target.with_name(f"{TMP_PREFIX}{target.name}-{token}")
+        marker = self._marker(sample_id, name)
         fs = target.fs
         fs.put(str(local), staging.path, recursive=local.is_dir())
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(marker.path)
         if target.exists():
             fs.rm(target.path, recursive=True)
-        fs.mv(staging.path, target.path, recursive=True)
+        if local.is_dir():  # object by object: s3fs cannot `mv` a prefix (no rename on S3 anyway)
+            base = staging.path.rstrip("/") + "/"
+            files = fs.find(staging.path)
+            fs.copy(files, [target.path.rstrip("/") + "/" + f[len(base):] for f in files])
+            fs.rm(staging.path, recursive=True)
+        else:
+            fs.mv(staging.path, target.path)
+        fs.pipe_file(marker.path, token.encode())
 
     @staticmethod
     def _sweep(folder: Path, older_than_s: float = 6 * 3600) -> None:
@@ -219,18 +311,70 @@ class Storage:
             if not p.exists():
                 raise FileNotFoundError(f"{p}: asset output not found; materialise its asset first")
             return p
-        src = self._upath("samples", sample_id, name)
-        if not src.exists():
-            raise FileNotFoundError(f"{uri}: asset output not found; materialise its asset first")
         if self._cache is None:
             self._cache = Path(tempfile.mkdtemp(prefix="asign-cache-"))
         key = hashlib.sha1(uri.encode()).hexdigest()[:12]
         dest = self._cache / key / Path(name).name
-        if dest.exists():
-            _remove(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        src.fs.get(src.path, str(dest), recursive=src.is_dir())
+        self.download(sample_id, name, dest)
         return dest
+
+    def download(self, sample_id: str, name: str, dest: Path) -> str:
+        """Copy the complete version of a remote asset to ``dest``; returns its writer token.
+
+        The marker is read before and after the copy: if a writer replaced the asset in
+        between (the token changed or vanished), the copy may mix versions and is retried.
+        """
+        uri = self.sample_uri(sample_id, name)
+        src = self._upath("samples", sample_id, name)
+        for _ in range(READ_RETRIES):
+            before = self._completion_token(sample_id, name)
+            if before is None:
+                raise FileNotFoundError(f"{uri}: asset output not found (or being replaced); materialise its asset first")
+            if dest.exists():
+                _remove(dest)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            src.fs.get(src.path, str(dest), recursive=src.is_dir())
+            if self._completion_token(sample_id, name) == before:
+                return before
+        raise RuntimeError(f"{uri}: replaced by another writer during {READ_RETRIES} reads in a row")
+
+    def completed_assets(self, sample_id: str) -> dict[str, str]:
+        """Remote roots: {asset name: writer token} of every complete asset of a sample."""
+        folder = self._upath("samples", check_sample_id(sample_id), COMPLETE_DIR)
+        if not folder.exists():
+            return {}
+        base = folder.path.rstrip("/") + "/"
+        return {p[len(base):]: self._completion_token(sample_id, p[len(base):]) or "" for p in folder.fs.find(folder.path)}
+
+    def mirror(self, dest: Path, names: frozenset[str] | None = None) -> list[str]:
+        """Bring the complete assets (all, or those in ``names``) of a remote root to ``dest``.
+
+        Same layout as the root; returns the ``<sample>/<asset>`` names copied.
+
+        An asset is downloaded only when its writer token differs from the one copied last
+        time (kept in ``dest/samples/<id>/.complete/<name>``), and moved into place with the
+        same atomic replace as local writes, so a local reader of ``dest`` never sees half of it.
+        """
+        copied = []
+        local = Storage(dest)
+        for sid in self.list_samples():
+            provenance: dict[str, str] | None = None
+            for name, token in self.completed_assets(sid).items():
+                if names is not None and name not in names:
+                    continue
+                seen = Path(dest, "samples", sid, COMPLETE_DIR, name)
+                if not token or (seen.exists() and seen.read_text() == token):
+                    continue
+                with local.write(sid, name) as tmp:
+                    token = self.download(sid, name, tmp)
+                if provenance is None:
+                    provenance = self.provenance(sid)
+                if name in provenance:  # the viewer's mixed-manifest check reads the mirror
+                    local._record_provenance(sid, name, provenance[name])
+                seen.parent.mkdir(parents=True, exist_ok=True)
+                seen.write_text(token)
+                copied.append(f"{sid}/{name}")
+        return copied
 
     # ---------------------------------------------------------------- manifests
     def manifest_path(self, sample_id: str) -> Path:
@@ -238,9 +382,41 @@ class Storage:
             raise ValueError("registered manifests live under a local ASIGN_HOME")
         return Path(self.root) / "manifests" / f"{check_sample_id(sample_id)}.yaml"
 
-    def register(self, manifest: Manifest) -> Path:
-        """Keep a resolved (absolute-path) copy of the manifest that the assets read."""
-        return write_manifest(manifest, self._manifest_file(manifest.sample_id), relative=False)
+    def register(self, manifest: Manifest, replace: bool = False) -> Path:
+        """Keep a resolved (absolute-path) copy of the manifest that the assets read.
+
+        A sample id already registered with different content and holding outputs is refused
+        (they would mix two datasets) unless ``replace``: then the old outputs are removed first,
+        at once. Without outputs (e.g. the first run failed validation) the new content simply
+        replaces the registration. Registering the same content again changes nothing.
+        """
+        path = self._manifest_file(manifest.sample_id)
+        old = self.registered_digest(manifest.sample_id, strict=False)
+        if old == manifest.digest():
+            return path
+        if old is not None and not replace and self.has_outputs(manifest.sample_id):
+            raise InputError(
+                manifest.path,
+                f"sample {manifest.sample_id!r} is already registered with different content and has outputs ({path}, manifest digest "
+                f"{old} here {manifest.digest()}); nothing was changed. Use `asign run --replace` to discard its outputs "
+                f"and start afresh, or choose another sample_id",
+                field="sample_id",
+            )
+        if replace:
+            self.remove_outputs(manifest.sample_id)
+        return write_manifest(manifest, path, relative=False)
+
+    def registered_digest(self, sample_id: str, strict: bool = True) -> str | None:
+        """Digest of the registered manifest; None when unregistered (or, not ``strict``, unreadable)."""
+        path = self._manifest_file(sample_id)
+        if not path.exists():
+            return None
+        try:
+            return load_manifest(path, check_files=False).digest()
+        except InputError:
+            if strict:
+                raise
+            return "unreadable"
 
     def _manifest_file(self, sample_id: str) -> Path:
         if self.is_local:

@@ -87,7 +87,7 @@ def report(results: list[dict]) -> str:
     ]
     for r in results:
         qc = r["qc"]
-        dice = ", ".join(f"{row['section']}: {row['dice_before']:.3f} -> {row['dice_after']:.3f}" for row in qc.iter_rows(named=True) if "dice_after" in qc.columns)
+        dice = ", ".join(f"{row['section']}: {row['dice_before']:.3f} -> {row['dice_after']:.3f}" for row in qc.iter_rows(named=True) if row["method"] != "identity")
         out += [
             f"## {r['measured']} measured, {r['imputed']} imputed",
             "",

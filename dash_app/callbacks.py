@@ -88,7 +88,7 @@ def sample_overview(home: str | os.PathLike) -> tuple[list[dict], str | None, An
         return [], None, note(msg)
     options = [
         {
-            "label": s.sample if s.viewable else f"{s.sample} (no imputed_volume yet)",
+            "label": s.sample if s.viewable else f"{s.sample} (outputs from different manifests)" if s.mixed else f"{s.sample} (no imputed_volume yet)",
             "value": s.sample,
         }
         for s in samples

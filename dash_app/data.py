@@ -46,12 +46,58 @@ ASSETS: dict[str, tuple[str, ...]] = {
 
 
 def resolve_home(home: str | os.PathLike | None = None) -> Path:
-    """The storage root: the argument, else $ASIGN_HOME, else ~/.asign (local paths only)."""
+    """The storage root: the argument, else $ASIGN_HOME, else ~/.asign.
+
+    An fsspec URL (``s3://bucket/prefix``) is mirrored to a local folder (see
+    :func:`mirror_remote`) and that folder is returned, so every reader below works on files.
+    """
     raw = str(home) if home is not None else (os.environ.get("ASIGN_HOME") or "~/.asign")
     if "://" in raw and not raw.startswith("file://"):
-        raise InputError(raw, "the viewer reads a local ASIGN_HOME only (no fsspec URLs)")
+        return mirror_remote(raw)
     raw = raw.removeprefix("file://")
     return Path(raw).expanduser().resolve()
+
+
+# The assets the viewer reads (tiles and embeddings, the largest, are not among them).
+VIEWER_ASSETS = frozenset(f.split("/")[0] for files in ASSETS.values() for f in files)
+# local mirror folder -> [remote root URL, monotonic time of the last refresh]
+_MIRRORS: dict[str, list] = {}
+MIRROR_REFRESH_S = 10.0
+
+
+def mirror_remote(url: str) -> Path:
+    """A local copy of the complete assets the viewer reads from a remote root, refreshed by :func:`list_samples`.
+
+    Only assets whose completion marker changed since the last copy are downloaded, and each
+    is moved into place atomically (``Storage.mirror``), so the caches below, keyed on inode
+    and mtime, pick up re-materialised assets. The folder is ``$ASIGN_VIEWER_CACHE`` (default
+    ``~/.cache/asign/viewer``) / a hash of the URL.
+    """
+    import hashlib
+
+    base = Path(os.environ.get("ASIGN_VIEWER_CACHE") or "~/.cache/asign/viewer").expanduser()
+    local = (base / hashlib.sha1(url.rstrip("/").encode()).hexdigest()[:16]).resolve()
+    local.mkdir(parents=True, exist_ok=True)
+    _MIRRORS[str(local)] = [url, float("-inf")]
+    refresh_mirror(local)
+    return local
+
+
+def refresh_mirror(home: str | os.PathLike, force: bool = False) -> list[str]:
+    """Copy new or changed assets of the remote root behind ``home`` (no-op for local roots)."""
+    import time
+
+    from asign_assets.storage import Storage
+
+    entry = _MIRRORS.get(str(home))
+    if entry is None or (not force and time.monotonic() - entry[1] < MIRROR_REFRESH_S):
+        return []
+    try:
+        copied = Storage(entry[0]).mirror(Path(home), names=VIEWER_ASSETS)
+    except (OSError, ValueError) as e:
+        raise InputError(entry[0], f"cannot read the remote storage root: {e}") from None
+    entry[1] = time.monotonic()
+    return copied
 
 
 def sample_dir(home: str | os.PathLike, sample_id: object) -> Path:
@@ -77,14 +123,16 @@ def _stamp(path: Path) -> tuple[int, int]:
 class SampleAssets:
     sample: str
     present: dict[str, bool] = field(default_factory=dict)
+    mixed: str | None = None  # see manifest_mismatch
 
     @property
     def viewable(self) -> bool:
-        return self.present.get("imputed_volume", False)
+        return self.present.get("imputed_volume", False) and self.mixed is None
 
 
 def list_samples(home: str | os.PathLike) -> list[SampleAssets]:
     """Every sample folder with a valid id, with which assets it holds."""
+    refresh_mirror(home)
     root = Path(home) / "samples"
     if not root.is_dir():
         return []
@@ -93,7 +141,7 @@ def list_samples(home: str | os.PathLike) -> list[SampleAssets]:
         if not p.is_dir() or not SAMPLE_ID_RE.match(p.name):
             continue
         present = {name: any((p / f).exists() for f in files) for name, files in ASSETS.items()}
-        out.append(SampleAssets(p.name, present))
+        out.append(SampleAssets(p.name, present, manifest_mismatch(home, p.name)))
     return out
 
 
@@ -133,9 +181,45 @@ class Volume:
         return self.sections.index(section)
 
 
-def volume_path(home: str | os.PathLike, sample_id: str) -> tuple[Path, str]:
-    """Prefer the zarr store (one gene per chunk); fall back to the h5ad."""
+def manifest_mismatch(home: str | os.PathLike, sample_id: str) -> str | None:
+    """Why a sample's outputs must not be drawn together: they were built from different
+    manifests (each output records its manifest's digest in ``provenance/``); else None.
+    Samples materialised before provenance was recorded have none and pass."""
+    from asign_assets.manifest import load_manifest
+    from asign_assets.storage import PROVENANCE
+
     d = sample_dir(home, sample_id)
+    records = {p.name[: -len(".manifest")]: p.read_text().strip() for p in sorted((d / PROVENANCE).glob("*.manifest"))}
+    if not records:
+        return None
+    registered = Path(home) / "manifests" / f"{sample_id}.yaml"
+    try:
+        current = load_manifest(registered, check_files=False).digest() if registered.exists() else None
+    except InputError:
+        current = "unreadable"
+    unrecorded = [
+        name for name, files in ASSETS.items()
+        if name not in ("truth", "overlay") and any((d / f).exists() for f in files)
+        and not any(f"{Path(f).parts[0]}" in records for f in files)
+    ]
+    stale = {k: v for k, v in records.items() if current is not None and v != current}
+    if len(set(records.values())) == 1 and not stale and not unrecorded:
+        return None
+    parts = [f"{k} from manifest {v}" for k, v in sorted(records.items())]
+    parts += [f"{k} with no manifest record" for k in unrecorded]
+    return (
+        f"sample {sample_id!r} is not shown: its outputs come from different manifests ({'; '.join(parts)}; "
+        f"registered manifest {current or 'missing'}). Re-run it with `asign run <manifest> --replace`"
+    )
+
+
+def volume_path(home: str | os.PathLike, sample_id: str) -> tuple[Path, str]:
+    """Prefer the zarr store (one gene per chunk); fall back to the h5ad. A sample whose
+    outputs come from different manifests is refused with the reason."""
+    d = sample_dir(home, sample_id)
+    mixed = manifest_mismatch(home, sample_id)
+    if mixed is not None:
+        raise InputError(d, mixed)
     if (d / "imputed_volume.zarr").exists():
         return d / "imputed_volume.zarr", "zarr"
     if (d / "imputed_volume.h5ad").exists():

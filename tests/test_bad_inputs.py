@@ -13,7 +13,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +31,7 @@ from asign_assets.assets import expression, graph_3d, registrations, sections, t
 from asign_assets.definitions import build_definitions
 from asign_assets.demo import DemoConfig, make_demo_stack
 from asign_assets.errors import InputError
-from asign_assets.manifest import load_manifest
+from asign_assets.manifest import load_manifest, write_manifest
 from asign_assets.storage import Storage
 
 CFG = DemoConfig(n_sections=3, spots_per_section=60, image_px=320, n_genes=60)
@@ -249,6 +252,40 @@ def counts_unknown_format(d: Path) -> None:
     _edit_manifest(d, lambda m: _section(m, MEASURED).__setitem__("counts", "counts/S02.xlsx"))
 
 
+def _scale_spots(name: str, factor: float) -> Callable[[Path], None]:
+    def mutate(d: Path) -> None:
+        _edit_table(d / "spots" / f"{name}.tsv", lambda rows: [rows[0]] + [[r[0], str(float(r[1]) * factor), str(float(r[2]) * factor)] for r in rows[1:]])
+
+    return mutate
+
+
+def spots_of_another_section(d: Path) -> None:
+    _edit_manifest(d, lambda m: _section(m, "S03").__setitem__("spots", "spots/S01.tsv"))
+
+
+def duplicate_gene_after_quotes(d: Path) -> None:
+    _edit_table(_counts(d), lambda rows: rows[0].__setitem__(3, f' "{rows[0][2]}"'))
+
+
+def fifo_counts(d: Path) -> None:
+    _counts(d).unlink()
+    os.mkfifo(_counts(d))
+
+
+def directory_as_image(d: Path) -> None:
+    _image(d, "S01").unlink()
+    _image(d, "S01").mkdir()
+
+
+def dev_zero_as_image(d: Path) -> None:
+    _edit_manifest(d, lambda m: _section(m, "S03").__setitem__("image", "/dev/zero"))
+
+
+def declared_normalised_counts(d: Path) -> None:
+    _set_cell(4, 7, "2.5")(d)
+    _edit_manifest(d, lambda m: m.__setitem__("checks", {"counts_normalised": True}))
+
+
 # ---------------------------------------------------------------- mutations (manifests)
 
 
@@ -275,6 +312,49 @@ def missing_file(d: Path) -> None:
 
 def one_section(d: Path) -> None:
     _edit_manifest(d, lambda m: m.__setitem__("sections", [_section(m, MEASURED)]))
+
+
+def _scale_pixel_size(factor: float) -> Callable[[Path], None]:
+    def fn(m: dict) -> None:
+        for s in m["sections"]:
+            s["pixel_size_um"] = s["pixel_size_um"] * factor
+
+    return lambda d: _edit_manifest(d, fn)
+
+
+def same_image_twice(d: Path) -> None:
+    _edit_manifest(d, lambda m: _section(m, "S03").__setitem__("image", "images/S01.jpg"))
+
+
+def near_identical_image(d: Path) -> None:
+    """S01 re-encoded as S03: other bytes, same slide."""
+    Image.open(_image(d, "S01")).save(_image(d, "S03"), quality=80)
+
+
+def identical_images_allowed(d: Path) -> None:
+    same_image_twice(d)
+    _edit_manifest(d, lambda m: m.__setitem__("checks", {"allow_identical_images": True}))
+
+
+# Manifest files the strict loader refuses (checked by load_manifest and `asign validate`).
+def _raw_manifest(edit: Callable[[str], str]) -> Callable[[Path], None]:
+    def mutate(d: Path) -> None:
+        p = d / "manifest.yaml"
+        p.write_text(edit(p.read_text()))
+
+    return mutate
+
+
+yaml_alias_bomb = _raw_manifest(
+    lambda t: t + "".join(f"x{i}: &x{i} [{', '.join([f'*x{i - 1}'] * 9) if i else 'lol'}]\n" for i in range(9))
+)
+duplicate_manifest_key = _raw_manifest(lambda t: t + "sample_id: other\n")
+manifest_over_1mb = _raw_manifest(lambda t: t + "# " + "x" * (1 << 20) + "\n")
+
+
+def manifest_is_fifo(d: Path) -> None:
+    (d / "manifest.yaml").unlink()
+    os.mkfifo(d / "manifest.yaml")
 
 
 # ---------------------------------------------------------------- mutations (thin data)
@@ -305,6 +385,7 @@ class Case:
     file: str = ""
     phrase: str = ""
     expression_config: dict = field(default_factory=dict)
+    plausibility: bool = False  # raised by prepare_sections' plausibility checks, not the loader
 
 
 CASES = [
@@ -322,18 +403,31 @@ CASES = [
     Case("empty_counts", empty_counts, "sections", "S02.tsv.gz", "file is empty"),
     Case("negative_counts", _set_cell(4, 7, "-3"), "sections", "S02.tsv.gz", "negative values"),
     Case("nan_counts", _set_cell(4, 7, "nan"), "sections", "S02.tsv.gz", "NaN"),
-    Case("empty_count_cell", _set_cell(4, 7, ""), "sections", "S02.tsv.gz", "NaN or empty values"),
-    Case("non_integer_counts", _set_cell(4, 7, "2.5"), "sections", "S02.tsv.gz", "non-integer values"),
+    Case("empty_count_cell", _set_cell(4, 7, ""), "sections", "S02.tsv.gz", "NaN, empty or infinite values"),
+    Case("non_integer_counts", _set_cell(4, 7, "2.5"), "sections", "S02.tsv.gz", "non-integer values: 1 entry, first 2.5 at spot"),
     Case("non_numeric_counts", _set_cell(4, 7, "many"), "sections", "S02.tsv.gz", "non-numeric values"),
     Case("duplicate_spot_ids_in_counts", duplicate_count_spot, "sections", "S02.tsv.gz", "duplicate spot ids"),
     Case("duplicate_spot_ids_in_spot_table", duplicate_spot_table_id, "sections", "S02.tsv", "duplicate spot ids"),
     Case("duplicate_gene_names", duplicate_gene, "sections", "S02.tsv.gz", "duplicate gene names"),
+    Case("duplicate_gene_after_quote_stripping", duplicate_gene_after_quotes, "sections", "S02.tsv.gz", "duplicate gene names (after trimming spaces and quotes)"),
     Case("spot_table_missing_columns", spots_missing_column, "sections", "S02.tsv", "missing columns"),
     Case("spot_coordinates_nan", spots_nan_coordinate, "sections", "S01.tsv", "coordinates are missing or NaN"),
     Case("truncated_spot_table", truncated_spot_table, "sections", "S02.tsv", "missing or NaN"),
     Case("transposed_counts", transposed_counts, "sections", "S02.tsv.gz", "looks transposed"),
     Case("counts_unknown_format", counts_unknown_format, "sections", "S02.xlsx", "unknown counts format"),
     Case("spots_match_counts_below_50pct", _rename_count_rows(0.6), "sections", "S02.tsv.gz", "do not match"),
+    # special files: refused by type, never opened
+    Case("fifo_as_counts", fifo_counts, "sections", "S02.tsv.gz", "counts file is a FIFO (named pipe), not a regular file"),
+    Case("directory_as_image", directory_as_image, "sections", "S01.jpg", "image file is a directory, not a regular file"),
+    Case("dev_zero_as_image", dev_zero_as_image, "sections", "/dev/zero", "image file is a character device, not a regular file"),
+    # plausibility: inputs whose own data shows they are wrong
+    Case("spots_in_micrometres", _scale_spots(MEASURED, 1 / 4.112731290476539), "sections", "S02.tsv", "spots lie on the tissue", plausibility=True),
+    Case("spots_at_half_scale", _scale_spots(MEASURED, 0.5), "sections", "S02.tsv", "expected at least 80%", plausibility=True),
+    Case("spots_of_another_section", spots_of_another_section, "sections", "S01.tsv", "section S03: only 75.0% of 64 spots", plausibility=True),
+    Case("pixel_size_10x", _scale_pixel_size(10), "sections", "bad.yaml", "(ratio 10.00, expected 0.75-1.25); a pixel size of 4.113 um would agree", plausibility=True),
+    Case("pixel_size_tenth", _scale_pixel_size(0.1), "sections", "bad.yaml", "(ratio 0.10, expected 0.75-1.25); a pixel size of 4.113 um would agree", plausibility=True),
+    Case("same_image_for_two_sections", same_image_twice, "sections", "S01.jpg", "sections S01 and S03 have the same image", plausibility=True),
+    Case("near_identical_image", near_identical_image, "sections", "S03.jpg", "sections S01 and S03 have near-identical images", plausibility=True),
     # manifests
     Case("no_measured_section", no_measured, "sections", "bad.yaml", "no section has measured: true"),
     Case("two_measured_sections", two_measured, "sections", "bad.yaml", "2 sections are measured"),
@@ -353,6 +447,15 @@ ACCEPTED = [
     Case("rgb16_tiff", rgb16_tiff, "ok"),
     Case("zero_padded_numeric_ids", zero_padded_numeric_ids, "ok"),
     Case("spots_match_counts_75pct", _rename_count_rows(0.25), "warn", "S02.tsv.gz", "% of spots have counts"),
+    Case("counts_declared_normalised", declared_normalised_counts, "ok"),
+    Case("identical_images_allowed", identical_images_allowed, "ok"),
+]
+# Refused by the manifest loader itself (`asign validate`, `asign run`, the inbox sensor).
+LOADER_CASES = [
+    Case("yaml_alias_bomb", yaml_alias_bomb, "load", "manifest.yaml", "anchors (&x0) are not allowed"),
+    Case("duplicate_manifest_key", duplicate_manifest_key, "load", "manifest.yaml", "duplicate key 'sample_id'"),
+    Case("manifest_over_1mb", manifest_over_1mb, "load", "manifest.yaml", "a manifest must be at most 1048576 bytes"),
+    Case("manifest_is_fifo", manifest_is_fifo, "load", "manifest.yaml", "manifest file is a FIFO (named pipe), not a regular file"),
 ]
 
 
@@ -417,8 +520,9 @@ def case_env(tmp_path, base_stack, good_home):
 
 
 def _register_broken(stack: Path, home: Path) -> None:
-    """Register the edited manifest as the CLI would; when the manifest itself is invalid,
-    drop the raw YAML into place (an edited registration), so the asset must catch it."""
+    """Put the edited manifest in place of the registered one, bypassing `Storage.register`
+    (which refuses new content for a sample id with outputs): an edited registration, so the
+    assets themselves must catch the bad input. An invalid manifest goes in as raw YAML."""
     try:
         manifest = load_manifest(stack / "manifest.yaml")
     except InputError:
@@ -429,7 +533,7 @@ def _register_broken(stack: Path, home: Path) -> None:
                     s[k] = str((stack / s[k]).resolve())
         Storage(home).manifest_path(SID).write_text(yaml.safe_dump(data, sort_keys=False))
         return
-    Storage(home).register(manifest)
+    write_manifest(manifest, Storage(home).manifest_path(SID), relative=False)
 
 
 # --------------------------------------------------------------------------- tests
@@ -472,13 +576,29 @@ def test_bad_input_fails_cleanly_and_keeps_previous_outputs(case: Case, case_env
 
 def test_manifest_errors_are_raised_by_load_manifest(base_stack, tmp_path):
     """`asign validate` / `asign run` refuse a bad manifest before registering anything."""
-    for case in [c for c in CASES if c.file == "bad.yaml"]:
+    for case in [c for c in CASES if c.file == "bad.yaml" and not c.plausibility]:
         stack = tmp_path / case.id
         shutil.copytree(base_stack, stack)
         case.mutate(stack)
         with pytest.raises(InputError) as info:
             load_manifest(stack / "manifest.yaml")
         assert "manifest.yaml" in str(info.value) and case.phrase in str(info.value), case.id
+
+
+@pytest.mark.parametrize("case", LOADER_CASES, ids=[c.id for c in LOADER_CASES])
+def test_manifest_files_are_refused_by_the_loader_and_validate(case: Case, base_stack, tmp_path):
+    """The strict loader refuses the file before reading it as data; `asign validate` says so in one line."""
+    stack = tmp_path / "stack"
+    shutil.copytree(base_stack, stack)
+    case.mutate(stack)
+    with pytest.raises(InputError) as info:
+        load_manifest(stack / "manifest.yaml")
+    assert str(stack / "manifest.yaml") in str(info.value) and case.phrase in str(info.value)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "asign_assets.cli", "validate", str(stack / "manifest.yaml")], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and case.phrase in out.stderr, out.stderr[-2000:]
 
 
 @pytest.mark.parametrize("case", ACCEPTED, ids=[c.id for c in ACCEPTED])
@@ -489,11 +609,15 @@ def test_acceptable_inputs_work(case: Case, case_env, caplog):
 
     stack, home = case_env
     case.mutate(stack)
-    Storage(home).register(load_manifest(stack / "manifest.yaml"))
+    Storage(home).register(load_manifest(stack / "manifest.yaml"), replace=True)
     with caplog.at_level(logging.WARNING, logger="asign_assets.readers"):
         result = _materialise(home, [sections, expression, registrations, tiles])
     assert result.success
     sample = home / "samples" / SID
+    digest = load_manifest(stack / "manifest.yaml").digest()
+    for node in ("sections", "expression", "registrations", "tiles"):  # every asset records its manifest
+        assert result.asset_materializations_for_node(node)[0].metadata["manifest_digest"].value == digest
+    assert set(Storage(home).provenance(SID).values()) == {digest}
     recs = sections_lib.load_records(sample / "sections")
     assert all(r.tissue_area_mm2 > 0.1 for r in recs)
     qc = pl.read_parquet(sample / "registrations" / "qc.parquet")
@@ -520,7 +644,9 @@ def test_unregistrable_section_fails_the_blocking_check(case_env):
     the section, and graph_3d (downstream of the blocking check) never starts."""
     stack, home = case_env
     unregistrable_image(stack)
-    Storage(home).register(load_manifest(stack / "manifest.yaml"))
+    # The blobs cover less than 80% of S03's spots: waive that check to reach registration.
+    _edit_manifest(stack, lambda m: m.__setitem__("checks", {"min_spots_on_tissue": 0.0}))
+    Storage(home).register(load_manifest(stack / "manifest.yaml"), replace=True)
     result = _materialise(home, [sections, registrations, graph_3d])
     evals = [ev.event_specific_data for ev in result.all_events if ev.event_type_value == "ASSET_CHECK_EVALUATION"]
     assert len(evals) == 1 and not evals[0].passed
@@ -529,3 +655,10 @@ def test_unregistrable_section_fails_the_blocking_check(case_env):
     started = {ev.step_key for ev in result.all_events if ev.event_type_value == "STEP_START"}
     assert "registrations" in started and "graph_3d" not in started
     assert not result.success
+
+
+def test_doc_lists_every_case():
+    """docs/bad_inputs.md's generated table is rewritten by tests/bad_inputs_doc.py."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md").read_text()
+    missing = [c.id for c in CASES + LOADER_CASES + ACCEPTED if f"| `{c.id}` |" not in doc]
+    assert not missing, f"run `PYTHONPATH=. python tests/bad_inputs_doc.py`; missing {missing}"

@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,8 +16,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import psutil
 import pytest
+
+from _procs import free_port, leftovers, stop  # noqa: E402  (tests/ helper)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_ID = "e2e_tiny"
@@ -59,12 +58,6 @@ query Logs($runId: ID!) {
 }"""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _graphql(port: int, query: str, variables: dict | None = None, timeout: float = 20) -> dict:
     body = json.dumps({"query": query, "variables": variables or {}}).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=body, headers={"Content-Type": "application/json"})
@@ -73,52 +66,6 @@ def _graphql(port: int, query: str, variables: dict | None = None, timeout: floa
     if out.get("errors"):
         raise AssertionError(f"GraphQL errors: {out['errors']}")
     return out["data"]
-
-
-def _ours(proc: psutil.Process, markers: list[str], pgid: int) -> bool:
-    with contextlib.suppress(psutil.Error, OSError):
-        if os.getpgid(proc.pid) == pgid:
-            return True
-    with contextlib.suppress(psutil.Error):
-        cmd = " ".join(proc.cmdline())
-        if any(m in cmd for m in markers):
-            return True
-    with contextlib.suppress(psutil.Error):
-        return proc.environ().get("DAGSTER_HOME") == markers[0]
-    return False
-
-
-def _leftovers(markers: list[str], pgid: int) -> list[str]:
-    me = os.getpid()
-    found = []
-    for proc in psutil.process_iter():
-        if proc.pid == me:
-            continue
-        if _ours(proc, markers, pgid):
-            with contextlib.suppress(psutil.Error):
-                if proc.status() != psutil.STATUS_ZOMBIE:
-                    found.append(f"{proc.pid}: {' '.join(proc.cmdline())[:200]}")
-    return found
-
-
-def _stop(proc: subprocess.Popen, markers: list[str]) -> list[str]:
-    """Ctrl-C the process group (what dagster dev expects), then SIGTERM, then SIGKILL."""
-    pgid = proc.pid
-    for sig, wait_s in ((signal.SIGINT, 45), (signal.SIGTERM, 15), (signal.SIGKILL, 10)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, sig)
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            proc.poll()
-            if proc.returncode is not None and not _leftovers(markers, pgid):
-                return []
-            time.sleep(0.5)
-    # Strays outside the group (e.g. re-parented run workers): kill them one by one.
-    left = _leftovers(markers, pgid)
-    for line in left:
-        with contextlib.suppress(psutil.Error, ValueError):
-            psutil.Process(int(line.split(":")[0])).kill()
-    return left
 
 
 def _failure_report(port: int, run_id: str) -> str:
@@ -147,7 +94,7 @@ def test_inbox_manifest_runs_in_dagster_dev(tmp_path):
     (dagster_home / "dagster.yaml").write_text(
         "telemetry:\n  enabled: false\nconcurrency:\n  runs:\n    max_concurrent_runs: 1\n  pools:\n    default_limit: 1\n"
     )
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "DAGSTER_HOME": str(dagster_home),
@@ -212,7 +159,7 @@ def test_inbox_manifest_runs_in_dagster_dev(tmp_path):
             assert (asign_home / "manifests" / f"{SAMPLE_ID}.yaml").exists()
             assert (asign_home / "samples" / SAMPLE_ID / "sections").is_dir()
     finally:
-        left = _stop(proc, markers)
+        left = stop(proc, markers)
     assert failure is None, failure
     assert not left, f"processes left running after shutdown: {left}"
-    assert not _leftovers(markers, proc.pid)
+    assert not leftovers(markers, proc.pid)

@@ -21,6 +21,7 @@ from asign_assets.ops import (
     reprocess_requests,
     stale_partitions,
 )
+from asign_assets.storage import Storage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +96,7 @@ def test_sensor_new_same_changed(tmp_path, tiny_stack):
     again = tick()
     assert not again.run_requests and not again.dynamic_partitions_requests
 
-    # Changed content: a new run for the existing partition, no second add request.
+    # Changed content while the sample has no outputs yet: a new run for the existing partition.
     _absolute_copy(tiny_stack, path, description="re-scanned slides")
     _bump_mtime(path)
     changed = tick()
@@ -103,6 +104,18 @@ def test_sensor_new_same_changed(tmp_path, tiny_stack):
     assert changed.run_requests[0].partition_key == "tiny" and changed.run_requests[0].run_key != req.run_key
     assert not changed.dynamic_partitions_requests
     assert load_manifest(home / "manifests" / "tiny.yaml").description == "re-scanned slides"
+
+    # Once it has outputs, other content under the same sample id is refused (it would mix two
+    # datasets); the registration stays byte-identical and the file is not retried until it changes.
+    Storage(home).write_bytes("tiny", "sections", b"done")
+    registered_bytes = (home / "manifests" / "tiny.yaml").read_bytes()
+    _absolute_copy(tiny_stack, path, description="another dataset")
+    _bump_mtime(path)
+    refused = tick()
+    assert not refused.run_requests and not refused.dynamic_partitions_requests
+    assert (home / "manifests" / "tiny.yaml").read_bytes() == registered_bytes
+    assert parse_cursor(refused.cursor)[str(path.resolve())][1].startswith("!")
+    assert not tick().run_requests
 
     # A deleted manifest leaves the cursor.
     path.unlink()
@@ -309,7 +322,9 @@ def test_k8s_executor_and_docs_config(monkeypatch):
     assert checked.success, checked.errors
 
 
-def test_celery_executor_and_docs_config():
+def test_celery_executor_and_docs_config(monkeypatch):
+    monkeypatch.setenv("ASIGN_CELERY_BROKER", "redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("ASIGN_CELERY_BACKEND", "redis://127.0.0.1:6379/1")
     dagster_celery = pytest.importorskip("dagster_celery", reason="dagster-celery not installed (pip install 'asign[cluster]')")
     from asign_assets.definitions import build_definitions
 
@@ -323,6 +338,8 @@ def test_deploy_instance_yaml_is_valid(monkeypatch):
     """The example dagster.yaml files pass Dagster's own instance schema (no cluster needed)."""
     monkeypatch.setenv("DAGSTER_PG_PASSWORD", "secret")
     monkeypatch.setenv("DAGSTER_PG_HOST", "localhost")
+    monkeypatch.setenv("DAGSTER_PG_PORT", "5432")
+    monkeypatch.setenv("DAGSTER_PG_DB", "dagster")
     from dagster._config import process_config
     from dagster._core.instance.config import dagster_instance_config_schema
 

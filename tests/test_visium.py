@@ -42,8 +42,8 @@ def _lattice(rows: int = 8, cols: int = 16, angle: float = 0.1, jitter_px: float
     r, c = r[keep], c[keep]
     u, v = c * 50.0 / FULLRES_UM, r * 50.0 * math.sqrt(3) / FULLRES_UM
     ca, sa = math.cos(angle), math.sin(angle)
-    x = 600 + ca * u - sa * v + rng.uniform(-jitter_px, jitter_px, len(r))
-    y = 500 + sa * u + ca * v + rng.uniform(-jitter_px, jitter_px, len(r))
+    x = 600 + 120 * seed + ca * u - sa * v + rng.uniform(-jitter_px, jitter_px, len(r))  # sections differ by seed
+    y = 500 + 60 * seed + sa * u + ca * v + rng.uniform(-jitter_px, jitter_px, len(r))
     return pl.DataFrame(
         {
             "barcode": [f"BC{i:04d}-1" for i in range(len(r))],

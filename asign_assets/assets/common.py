@@ -22,8 +22,12 @@ from asign_assets.storage import Storage, default_home
 samples_partitions = dg.DynamicPartitionsDefinition(name="samples")
 
 GPU_POOL = "gpu"
+# Every step of the `gpu` pool goes to the Celery queue of the same name (celery_executor);
+# other executors ignore the tag. Workers on GPU machines listen on it (docs/deployment.md).
+GPU_QUEUE_TAGS = {"dagster-celery/queue": GPU_POOL}
 # Requests a GPU when the code runs on Kubernetes (k8s_job_executor / k8s run launcher).
 K8S_GPU_TAGS = {
+    **GPU_QUEUE_TAGS,
     "dagster-k8s/config": json.dumps(
         {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}}}
     )
@@ -50,13 +54,24 @@ class DeviceResource(dg.ConfigurableResource):
         return resolve_device(self.device)
 
 
+def _current_manifest_digest() -> str | None:
+    """Digest of the registered manifest of the running asset's sample (None outside a run)."""
+    try:
+        context = dg.AssetExecutionContext.get()
+        return context.resources.storage.get().registered_digest(context.partition_key, strict=False)
+    except (dg.DagsterInvariantViolationError, dg.DagsterInvalidDefinitionError, AttributeError):
+        return None
+
+
 @dataclass
 class StageMonitor:
-    """Wall time and peak RSS of one asset computation (sampled in a thread)."""
+    """Wall time and peak RSS of one asset computation (sampled in a thread), and the digest
+    of the manifest it was built from (read when the computation starts)."""
 
     interval_s: float = 0.05
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
+    manifest_digest: str | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def _poll(self) -> None:
@@ -74,6 +89,7 @@ class StageMonitor:
 
     @contextlib.contextmanager
     def run(self) -> Iterator["StageMonitor"]:
+        self.manifest_digest = _current_manifest_digest()
         thread = threading.Thread(target=self._poll, daemon=True)
         t0 = time.perf_counter()
         thread.start()
@@ -85,7 +101,10 @@ class StageMonitor:
             thread.join()
 
     def metadata(self) -> dict[str, Any]:
-        return {"seconds": dg.MetadataValue.float(round(self.seconds, 3)), "peak_rss_mb": dg.MetadataValue.float(round(self.peak_rss_mb, 1))}
+        out: dict[str, Any] = {"seconds": dg.MetadataValue.float(round(self.seconds, 3)), "peak_rss_mb": dg.MetadataValue.float(round(self.peak_rss_mb, 1))}
+        if self.manifest_digest is not None:
+            out["manifest_digest"] = self.manifest_digest
+        return out
 
 
 def load_manifest_for(context: dg.AssetExecutionContext, storage: Storage) -> Manifest:

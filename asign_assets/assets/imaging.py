@@ -10,6 +10,7 @@ import numpy as np
 from asign_assets import sections as sections_lib
 from asign_assets.assets.common import (
     GPU_POOL,
+    GPU_QUEUE_TAGS,
     DeviceResource,
     StageMonitor,
     StorageResource,
@@ -110,6 +111,7 @@ def tiles(context: dg.AssetExecutionContext, config: TilesConfig, storage: Stora
     kinds={"zarr", "torch"},
     deps=[tiles],
     pool=GPU_POOL,
+    op_tags=GPU_QUEUE_TAGS,
     description="Features of every spot, region and global tile from the configured encoder, "
     "standardised within each section (zarr). CNN/TorchScript encoders run in the `gpu` pool.",
 )

@@ -29,7 +29,7 @@ class ExpressionConfig(dg.Config):
 @dg.asset(
     partitions_def=samples_partitions,
     group_name="ingest",
-    code_version="1",
+    code_version="2",
     kinds={"parquet", "png"},
     description="Validated inputs of a sample: every section's image, tissue mask, thumbnail and spots "
     "(virtual lattice where a section has no spot table). Fails, writing nothing, on bad input.",
@@ -44,13 +44,19 @@ def sections(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.
         if jr is not None and jr.n_joined < jr.n_spots:
             context.log.warning(f"{manifest.measured.counts}: {jr.summary()}")
         for r in prep.records:
-            log_progress(context, f"section {r.name}: {r.n_spots} spots ({r.n_virtual} virtual), tissue {r.tissue_area_mm2:.2f} mm2")
+            log_progress(
+                context,
+                f"section {r.name}: {r.n_spots} spots ({r.n_virtual} virtual), tissue {r.tissue_area_mm2:.2f} mm2, "
+                f"pixel size {r.pixel_size_um:.4g} um/px from {r.pixel_size_source}",
+            )
         with store.write(sid, "sections") as tmp:
             sections_lib.write_sections(prep, tmp)
             version = digest_files([tmp / "spots.parquet", tmp / "sections.json"])
     rows = [
         {"section": r.name, "z_um": r.z_um, "measured": r.measured, "spots": r.n_spots, "virtual": r.n_virtual,
-         "tissue_mm2": r.tissue_area_mm2, "image_px": f"{r.width}x{r.height}"}
+         "tissue_mm2": r.tissue_area_mm2, "image_px": f"{r.width}x{r.height}",
+         "um_per_px": r.pixel_size_um, "px_source": r.pixel_size_source,
+         **{k: round(v, 3) for k, v in prep.plausibility.get(r.name, {}).items()}}
         for r in prep.records
     ]
     meta = {
@@ -84,7 +90,7 @@ def expression(context: dg.AssetExecutionContext, config: ExpressionConfig, stor
         manifest = load_manifest_for(context, store)
         spots_df = sections_lib.load_spots(store.local_path(sid, "sections"))
         spec = manifest.measured
-        _spots, counts, _report = sections_lib.read_measured(spec)
+        _spots, counts, _report = sections_lib.read_measured(spec, manifest.checks.counts_normalised)
         measured_ids = spots_df.filter(spots_df["measured"])["spot_id"].to_list()
         counts = counts.subset_spots(measured_ids)
         params = ExpressionParams(

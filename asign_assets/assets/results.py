@@ -11,6 +11,7 @@ import polars as pl
 from asign_assets import sections as sections_lib
 from asign_assets.assets.common import (
     GPU_POOL,
+    GPU_QUEUE_TAGS,
     K8S_GPU_TAGS,
     DeviceResource,
     StageMonitor,
@@ -215,6 +216,7 @@ def build_volume(inp: InputsCache, preds: dict[str, np.ndarray], records, sec_di
     kinds={"anndata", "zarr"},
     deps=[model, graph_3d, embeddings, expression, registrations],
     pool=GPU_POOL,
+    op_tags=GPU_QUEUE_TAGS,
     description="The imputed 3D volume: every spot of every section (AnnData .h5ad and .zarr, one gene per zarr chunk), "
     "layers model/propagation/blend/uncertainty, own-image and common-frame coordinates, thumbnails for sc.pl.spatial.",
 )
