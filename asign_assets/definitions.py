@@ -8,12 +8,21 @@ import dagster as dg
 
 from asign_assets.assets import ALL_ASSETS, ALL_CHECKS
 from asign_assets.assets.common import DeviceResource, StorageResource, samples_partitions
+from asign_assets.assets.sources import SOURCES
+from asign_assets.console import asign_cli_logger
+from asign_assets.ops import JOB_NAME, OBSERVE_JOB_NAME
 
 full_sample_job = dg.define_asset_job(
-    "full_sample",
+    JOB_NAME,
     selection=dg.AssetSelection.all(),
     partitions_def=samples_partitions,
-    description="Every asset of one sample partition, from the manifest to the evaluation.",
+    description="Every asset of one sample partition, from the manifest to the evaluation (`asign run` selects the stale and missing ones).",
+)
+observe_inputs_job = dg.define_asset_job(
+    OBSERVE_JOB_NAME,
+    selection=dg.AssetSelection.assets(*(s.key for s in SOURCES)),
+    partitions_def=samples_partitions,
+    description="Observes one sample's raw inputs and truth: content digests of the manifest's files.",
 )
 
 
@@ -52,22 +61,24 @@ def executor_from_env() -> dg.ExecutorDefinition | None:
     return None
 
 
-def build_definitions(storage_root: str | None = None, device: str | None = None, executor: dg.ExecutorDefinition | None = None, extra: list | None = None) -> dg.Definitions:
-    """Definitions with explicit resources (the CLI and tests use this)."""
+def build_definitions(storage_root: str | None = None, device: str | None = None, executor: dg.ExecutorDefinition | None = None) -> dg.Definitions:
+    """Definitions with explicit resources (the CLI and tests); without them the resources
+    read ``$ASIGN_HOME`` and ``$ASIGN_DEVICE`` through ``dg.EnvVar`` when a run starts."""
     from asign_assets.ops import schedules_and_sensors
 
     sched, sensors = schedules_and_sensors()
     return dg.Definitions(
         assets=ALL_ASSETS,
         asset_checks=ALL_CHECKS,
-        jobs=[full_sample_job],
+        jobs=[full_sample_job, observe_inputs_job],
         schedules=sched,
         sensors=sensors,
         resources={
-            "storage": StorageResource(root=storage_root if storage_root is not None else os.environ.get("ASIGN_HOME", "")),
-            "device": DeviceResource(device=device or os.environ.get("ASIGN_DEVICE", "auto")),
+            "storage": StorageResource(root=storage_root if storage_root is not None else dg.EnvVar("ASIGN_HOME")),
+            "device": DeviceResource(device=device or dg.EnvVar("ASIGN_DEVICE")),
         },
         executor=executor,
+        loggers={"console": dg.colored_console_logger, "asign_cli": asign_cli_logger},
     )
 
 

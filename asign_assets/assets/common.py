@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -32,6 +33,18 @@ K8S_GPU_TAGS = {
         {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}}}
     )
 }
+
+# Declarative reprocessing (evaluated per sample by Dagster's automation sensor): an asset is
+# requested when its code version changed or an upstream data version changed (a source
+# observation that saw an edited file, a re-materialised asset with other content), once every
+# upstream exists and nothing of it is running. New samples come from the `new_samples` sensor.
+REPROCESS = (
+    (dg.AutomationCondition.code_version_changed() | dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed()))
+    .since_last_handled()
+    & ~dg.AutomationCondition.any_deps_missing()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("code or upstream data changed")
 
 
 class StorageResource(dg.ConfigurableResource):
@@ -157,6 +170,11 @@ def md_table(rows: list[dict[str, Any]], floatfmt: str = ".3f") -> str:
         cells = [format(v, floatfmt) if isinstance(v, float) else str(v) for v in (r[c] for c in cols)]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
+
+
+def md_image(png: bytes, alt: str) -> dg.MetadataValue:
+    """A PNG inlined in markdown metadata (Dagster shows it in a dialog on the asset page)."""
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
 
 
 def log_progress(context: dg.AssetExecutionContext, message: str) -> None:

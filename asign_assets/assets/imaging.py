@@ -13,6 +13,7 @@ from asign_assets.assets.common import (
     GPU_QUEUE_TAGS,
     DeviceResource,
     StageMonitor,
+    REPROCESS,
     StorageResource,
     digest_arrays,
     log_progress,
@@ -21,6 +22,7 @@ from asign_assets.assets.common import (
     samples_partitions,
 )
 from asign_assets.assets.ingest import sections
+from asign_assets.assets.sources import raw_inputs
 
 
 class TilesConfig(dg.Config):
@@ -46,10 +48,11 @@ class EmbeddingsConfig(dg.Config):
 
 @dg.asset(
     partitions_def=samples_partitions,
+    automation_condition=REPROCESS,
     group_name="imaging",
     code_version="1",
     kinds={"zarr"},
-    deps=[sections],
+    deps=[sections, raw_inputs],
     description="Spot (224 px), region (512 px grid) and global (1024 px grid) patches of every spot, "
     "at a common physical scale, in zarr (one chunk per tile). Whole-slide TIFFs are read window by window "
     "at the matching pyramid level; JPEG/PNG are decoded once.",
@@ -106,6 +109,7 @@ def tiles(context: dg.AssetExecutionContext, config: TilesConfig, storage: Stora
 
 @dg.asset(
     partitions_def=samples_partitions,
+    automation_condition=REPROCESS,
     group_name="imaging",
     code_version="1",
     kinds={"zarr", "torch"},

@@ -6,6 +6,7 @@ import dagster as dg
 from asign_assets import sections as sections_lib
 from asign_assets.assets.common import (
     StageMonitor,
+    REPROCESS,
     StorageResource,
     digest_arrays,
     digest_files,
@@ -15,6 +16,7 @@ from asign_assets.assets.common import (
     path_meta,
     samples_partitions,
 )
+from asign_assets.assets.sources import raw_inputs
 
 
 class ExpressionConfig(dg.Config):
@@ -28,9 +30,11 @@ class ExpressionConfig(dg.Config):
 
 @dg.asset(
     partitions_def=samples_partitions,
+    automation_condition=REPROCESS,
     group_name="ingest",
     code_version="2",
     kinds={"parquet", "png"},
+    deps=[raw_inputs],
     description="Validated inputs of a sample: every section's image, tissue mask, thumbnail and spots "
     "(virtual lattice where a section has no spot table). Fails, writing nothing, on bad input.",
 )
@@ -75,10 +79,11 @@ def sections(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.
 
 @dg.asset(
     partitions_def=samples_partitions,
+    automation_condition=REPROCESS,
     group_name="ingest",
     code_version="1",
     kinds={"anndata"},
-    deps=[sections],
+    deps=[sections, raw_inputs],
     description="The measured section's counts: low-library spots dropped, top genes selected, normalised (AnnData).",
 )
 def expression(context: dg.AssetExecutionContext, config: ExpressionConfig, storage: StorageResource) -> dg.MaterializeResult:

@@ -1,7 +1,5 @@
 """Spatial assets: `registrations` (sections in a common 3D frame) and `graph_3d`."""
 
-import base64
-import io
 import json
 
 import dagster as dg
@@ -11,9 +9,11 @@ import polars as pl
 from asign_assets import sections as sections_lib
 from asign_assets.assets.common import (
     StageMonitor,
+    REPROCESS,
     StorageResource,
     digest_arrays,
     log_progress,
+    md_image,
     md_table,
     path_meta,
     samples_partitions,
@@ -21,6 +21,9 @@ from asign_assets.assets.common import (
 )
 from asign_assets.assets.imaging import embeddings, tiles
 from asign_assets.assets.ingest import sections
+from asign_assets.assets.sources import raw_inputs
+from asign_assets.plots import png_bytes
+from asign_assets.stack_inputs import section_names, stacked, tile_arrays
 
 DICE_CHECK = "registration_dice"
 
@@ -48,19 +51,9 @@ class GraphConfig(dg.Config):
     k_tile: int = 6
 
 
-def _png(rgb: np.ndarray, max_side: int | None = None) -> bytes:
-    from PIL import Image
-
-    im = Image.fromarray(rgb)
-    if max_side is not None and max(im.size) > max_side:
-        im.thumbnail((max_side, max_side))  # small copy for Dagster metadata (stored in the event log)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
-
-
 @dg.asset(
     partitions_def=samples_partitions,
+    automation_condition=REPROCESS,
     group_name="registration",
     code_version="1",
     kinds={"parquet", "png"},
@@ -99,7 +92,7 @@ def registrations(context: dg.AssetExecutionContext, config: RegistrationConfig,
         qc = pl.DataFrame([reg.qc_row() for reg in regs])
         thumbs = [sections_lib.load_thumbnail(sec_dir, r.name) for r in records]
         overlay = overlay_image(masks, mask_um, regs, ref, thumbs=thumbs)
-        png = _png(overlay)
+        png = png_bytes(overlay)
         with store.write(sid, "registrations") as tmp:
             (tmp / "transforms").mkdir(parents=True)
             for rec, reg in zip(records, regs):
@@ -131,9 +124,10 @@ def registrations(context: dg.AssetExecutionContext, config: RegistrationConfig,
     return dg.MaterializeResult(
         metadata={
             "qc": dg.MetadataValue.md(md_table(qc_rows)),
-            "overlay": dg.MetadataValue.md(f"![overlay](data:image/png;base64,{base64.b64encode(_png(overlay, 480)).decode()})"),
+            "overlay": md_image(png_bytes(overlay, 480), "overlay"),
             "overlay_path": path_meta(store, sid, "registrations/overlay.png"),
             "viewer": viewer_url(sid),  # inline link; the markdown image above opens in a dialog only
+            "min_dice_after": float(qc["dice_after"].min()),
             "flipped_sections": ", ".join(qc.filter(pl.col("flipped"))["section"].to_list()) or "none",
             "path": path_meta(store, sid, "registrations"),
             **mon.metadata(),
@@ -143,34 +137,13 @@ def registrations(context: dg.AssetExecutionContext, config: RegistrationConfig,
     )
 
 
-def _tile_arrays(tiles_root, names: list[str]):
-    """Concatenate per-section tile tables with global tile numbering."""
-    spot_region, spot_global, region_xy, global_xy, region_sec, global_sec = [], [], [], [], [], []
-    r_off = g_off = 0
-    for i, n in enumerate(names):
-        g = tiles_root[n]
-        sr = np.asarray(g["spot_region"][:], dtype=np.int64)
-        sg = np.asarray(g["spot_global"][:], dtype=np.int64)
-        rxy = np.asarray(g["region_xy_px"][:])
-        gxy = np.asarray(g["global_xy_px"][:])
-        spot_region.append(sr + r_off)
-        spot_global.append(sg + g_off)
-        region_xy.append(rxy)
-        global_xy.append(gxy)
-        region_sec.append(np.full(len(rxy), i))
-        global_sec.append(np.full(len(gxy), i))
-        r_off += len(rxy)
-        g_off += len(gxy)
-    cat = np.concatenate
-    return cat(spot_region), cat(spot_global), cat(region_xy), cat(region_sec), cat(global_xy), cat(global_sec)
-
-
 @dg.asset(
     partitions_def=samples_partitions,
+    automation_condition=REPROCESS,
     group_name="graph",
     code_version="1",
     kinds={"torch", "parquet"},
-    deps=[registrations, embeddings, tiles],
+    deps=[registrations, embeddings, tiles, raw_inputs],
     description="Sparse 3D spot graph (torch_geometric): lattice kNN within sections, registered overlap and "
     "anatomy-limited image similarity across sections, plus region/global tile graphs.",
 )
@@ -186,9 +159,9 @@ def graph_3d(context: dg.AssetExecutionContext, config: GraphConfig, storage: St
         spots = pl.read_parquet(store.local_path(sid, "registrations") / "spots.parquet")
         emb_root = zarr.open_group(str(store.local_path(sid, "embeddings.zarr")), mode="r")
         tiles_root = zarr.open_group(str(store.local_path(sid, "tiles.zarr")), mode="r")
-        names = list(tiles_root.attrs["sections"])
-        spot_emb = np.concatenate([np.asarray(emb_root[f"{n}/spot"][:]) for n in names])
-        sr, sg, rxy, rsec, gxy, gsec = _tile_arrays(tiles_root, names)
+        names = section_names(tiles_root)
+        spot_emb = stacked(emb_root, names, "spot")
+        sr, sg, rxy, rsec, gxy, gsec = tile_arrays(tiles_root, names)
         manifest = store.load_registered(sid).without_truth()
         params = GraphParams.for_lattice(
             manifest.spot_pitch_um, manifest.spot_diameter_um, k_intra=config.k_intra, overlap=config.overlap,  # type: ignore[arg-type]

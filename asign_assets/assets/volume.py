@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 
 from asign_assets import sections as sections_lib
-from asign_assets.assets.common import StageMonitor, StorageResource, digest_arrays, log_progress, md_table, path_meta, samples_partitions, viewer_url
+from asign_assets.assets.common import REPROCESS, StageMonitor, StorageResource, digest_arrays, log_progress, md_table, path_meta, samples_partitions, viewer_url
 from asign_assets.assets.ingest import sections
 from asign_assets.assets.results import imputed_volume
 from asign_assets.assets.spatial import registrations
@@ -25,6 +25,7 @@ class VolumeConfig(dg.Config):
 
 @dg.asset(
     partitions_def=samples_partitions,
+    automation_condition=REPROCESS,
     group_name="results",
     code_version="1",
     kinds={"zarr"},

@@ -1,0 +1,76 @@
+"""Which assets of a sample need materialising: Dagster's own stale/missing status, per partition.
+
+`asign run` observes the raw-input source assets first (so an edited file is seen), then asks
+Dagster's stale-status resolver, the one behind the UI's "Materialize stale and missing",
+for each asset of the sample: MISSING, STALE (with its causes: new code version, new upstream
+data version) or FRESH. A FRESH asset whose files are gone from storage (``--replace``, a
+deleted folder) counts as missing. Everything downstream of a selected asset is selected too:
+it will read new data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from asign_assets.storage import Storage
+
+#: Files (relative to the sample folder) that each asset writes; all must exist for it to count as present.
+OUTPUTS: Mapping[str, tuple[str, ...]] = {
+    "sections": ("sections",),
+    "tiles": ("tiles.zarr",),
+    "embeddings": ("embeddings.zarr",),
+    "registrations": ("registrations",),
+    "graph_3d": ("graph_3d",),
+    "expression": ("expression.h5ad",),
+    "model": ("model",),
+    "imputed_volume": ("imputed_volume.h5ad", "imputed_volume.zarr"),
+    "evaluation": ("evaluation.parquet",),
+    "expression_volume": ("expression_volume",),
+}
+
+
+@dataclass
+class SamplePlan:
+    """Assets to materialise (upstream first) with the reason for each, and those skipped with theirs."""
+
+    run: dict[dg.AssetKey, str] = field(default_factory=dict)
+    skip: dict[dg.AssetKey, str] = field(default_factory=dict)
+
+
+def _cause_text(cause) -> str:
+    dep = f" ({cause.dependency.asset_key.to_user_string()})" if cause.dependency is not None else ""
+    return f"{cause.reason}{dep}"
+
+
+def plan_sample(instance: dg.DagsterInstance, defs: dg.Definitions, store: Storage, sample_id: str, force: bool = False) -> SamplePlan:
+    """Stale and missing assets of ``sample_id`` and their downstream; the rest are skipped."""
+    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+    from dagster._time import get_current_datetime
+
+    graph = defs.resolve_asset_graph()
+    keys = [k for k in graph.toposorted_asset_keys if graph.get(k).is_materializable]
+    view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None), instance=instance, asset_graph=graph)
+    resolver = CachingStaleStatusResolver(instance, graph, loading_context=view)
+    plan = SamplePlan()
+    for key in keys:
+        name = key.to_user_string()
+        parents = [p for p in graph.get(key).parent_keys if p in plan.run]
+        if force:
+            plan.run[key] = "--force"
+            continue
+        status = resolver.get_status(key, sample_id)
+        if status == StaleStatus.MISSING:
+            plan.run[key] = "never materialised"
+        elif status == StaleStatus.STALE:
+            plan.run[key] = "stale: " + "; ".join(sorted({_cause_text(c) for c in resolver.get_stale_causes(key, sample_id)}))
+        elif not all(store.exists(sample_id, f) for f in OUTPUTS.get(name, ())):
+            plan.run[key] = "materialised, but its files are gone from storage"
+        elif parents:
+            plan.run[key] = f"upstream {', '.join(sorted(p.to_user_string() for p in parents))} will change"
+        else:
+            plan.skip[key] = "up to date (same code version, same upstream data versions)"
+    return plan
