@@ -210,7 +210,7 @@ def materialise_sample(
         )
         if not observed.success:
             raise AsignError("observing the raw inputs failed:\n  " + "\n  ".join(_failure_messages(observed) or [f"see {log_file}"]))
-        plan = plan_sample(instance, defs, storage, sample_id, force=force)
+        plan = plan_sample(instance, defs, storage, sample_id, force=force, run_config=run_config)
         for key, why in plan.run.items():
             print(f"  {key.to_user_string():<18} to run: {why}", file=sys.stderr)
         result = None

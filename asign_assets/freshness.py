@@ -4,7 +4,8 @@
 Dagster's stale-status resolver, the one behind the UI's "Materialize stale and missing",
 for each asset of the sample: MISSING, STALE (with its causes: new code version, new upstream
 data version) or FRESH. A FRESH asset whose files are gone from storage (``--replace``, a
-deleted folder) counts as missing. Everything downstream of a selected asset is selected too:
+deleted folder) counts as missing, and one last materialised with another op config (Dagster
+does not version config) as changed. Everything downstream of a selected asset is selected too:
 it will read new data.
 """
 
@@ -45,8 +46,29 @@ def _cause_text(cause) -> str:
     return f"{cause.reason}{dep}"
 
 
-def plan_sample(instance: dg.DagsterInstance, defs: dg.Definitions, store: Storage, sample_id: str, force: bool = False) -> SamplePlan:
-    """Stale and missing assets of ``sample_id`` and their downstream; the rest are skipped."""
+def _op_config(run_config: Mapping | None, name: str) -> dict:
+    return dict(((run_config or {}).get("ops") or {}).get(name) or {})
+
+
+def _config_change(instance: dg.DagsterInstance, key: dg.AssetKey, sample_id: str, run_config: Mapping | None) -> str | None:
+    """The asset's op config in ``run_config`` against the one of the run that last materialised it
+    (Dagster does not track config in data versions; a new ``--epochs`` must still rerun ``model``)."""
+    res = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, asset_partitions=[sample_id]), limit=1)
+    run = instance.get_run_by_id(res.records[0].run_id) if res.records else None
+    if run is None:
+        return None
+    name = key.to_user_string()
+    old, new = _op_config(run.run_config, name), _op_config(run_config, name)
+    return None if old == new else f"run config changed ({old.get('config', {})} -> {new.get('config', {})})"
+
+
+def plan_sample(
+    instance: dg.DagsterInstance, defs: dg.Definitions, store: Storage, sample_id: str, force: bool = False, run_config: Mapping | None = None,
+) -> SamplePlan:
+    """Stale and missing assets of ``sample_id`` and their downstream; the rest are skipped.
+
+    ``run_config`` is the config of the run about to start: an asset whose op config differs
+    from the one it was last materialised with is run again."""
     from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
     from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
     from dagster._time import get_current_datetime
@@ -69,6 +91,8 @@ def plan_sample(instance: dg.DagsterInstance, defs: dg.Definitions, store: Stora
             plan.run[key] = "stale: " + "; ".join(sorted({_cause_text(c) for c in resolver.get_stale_causes(key, sample_id)}))
         elif not all(store.exists(sample_id, f) for f in OUTPUTS.get(name, ())):
             plan.run[key] = "materialised, but its files are gone from storage"
+        elif (changed := _config_change(instance, key, sample_id, run_config)) is not None:
+            plan.run[key] = changed
         elif parents:
             plan.run[key] = f"upstream {', '.join(sorted(p.to_user_string() for p in parents))} will change"
         else:

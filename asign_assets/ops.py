@@ -9,7 +9,7 @@ The sensor is a thin wrapper around a pure function (:func:`scan_inbox`), testab
   :func:`asign_assets.manifest.load_manifest`, so YAML bombs are refused unexpanded), or one
   whose ``sample_id`` is registered with other content and has outputs, is logged and skipped until it changes
   (or is touched); it never stops the sensor.
-* ``observe_inputs`` (cron ``$ASIGN_OBSERVE_CRON``, default hourly) observes every sample's raw
+* ``observe_inputs`` (cron ``$ASIGN_OBSERVE_CRON``, default nightly ``0 2 * * *``) observes every sample's raw
   files. Reprocessing itself is declarative: each asset's ``AutomationCondition``
   (:data:`asign_assets.assets.common.REPROCESS`) requests it when its code version or an
   upstream data version changed; Dagster's automation sensor evaluates them.
@@ -35,7 +35,7 @@ JOB_NAME = "full_sample"
 OBSERVE_JOB_NAME = "observe_inputs"
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 DEFAULT_SENSOR_INTERVAL_S = 30
-DEFAULT_OBSERVE_CRON = "0 * * * *"
+DEFAULT_OBSERVE_CRON = "0 2 * * *"  # nightly: edited inputs are reprocessed out of working hours
 
 
 # --------------------------------------------------------------------------- inbox sensor

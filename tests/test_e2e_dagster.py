@@ -101,7 +101,7 @@ def test_inbox_manifest_runs_in_dagster_dev(tmp_path):
         "ASIGN_HOME": str(asign_home),
         "ASIGN_DEVICE": "cpu",
         "ASIGN_SENSOR_INTERVAL_S": "5",
-        "ASIGN_REPROCESS_CRON": "off",
+        "ASIGN_OBSERVE_CRON": "off",
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("ASIGN_INBOX", None)

@@ -99,7 +99,8 @@ def test_sensor_new_same_changed(tmp_path, tiny_stack):
 
     # Once it has outputs, other content under the same sample id is refused (it would mix two
     # datasets); the registration stays byte-identical and the file is not retried until it changes.
-    Storage(home).write_bytes("tiny", "sections", b"done")
+    with Storage(home).write("tiny", "sections") as tmp:
+        tmp.write_bytes(b"done")
     registered_bytes = (home / "manifests" / "tiny.yaml").read_bytes()
     _absolute_copy(tiny_stack, path, description="another dataset")
     _bump_mtime(path)
@@ -231,6 +232,9 @@ def test_plan_sample_uses_dagster_stale_status(tmp_path):
     assert set(run) == {"b", "c"} and "new dependency data version (a)" in run["b"] and run["c"] == "upstream b will change"
     assert _run(current, instance, "p", selection=[dg.AssetKey("b"), dg.AssetKey("c")])
     assert names(plan_sample(instance, _defs("2"), store, "p").run) == {"c": "stale: has a new code version"}
+    other = {"ops": {"b": {"config": {"epochs": 3}}}}  # Dagster does not version config; the plan compares it
+    run = names(plan_sample(instance, current, store, "p", run_config=other).run)
+    assert run == {"b": "run config changed ({} -> {'epochs': 3})", "c": "upstream b will change"}
 
 
 def test_observe_cron_from_env(monkeypatch):
