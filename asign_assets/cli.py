@@ -392,6 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--preset", help="model size preset: cpu (default), gpu, gpu-large")
             sp.add_argument("--epochs", type=int, help="override the preset's training epochs")
 
+    def importer(sp: argparse.ArgumentParser, measured_help: str, default_id: str, z_step_um: float) -> None:
+        sp.add_argument("--measured", required=True, help=measured_help)
+        sp.add_argument("--with-truth", action="store_true", help="attach the other sections' counts as truth (used only by evaluation)")
+        sp.add_argument("--sample-id", help=f"sample id (default {default_id})")
+        sp.add_argument("--out", help="manifest path (default ./<sample-id>.yaml)")
+        sp.add_argument("--z-step-um", type=float, default=z_step_um, help=f"distance between consecutive sections (default {z_step_um:g})")
+
     d = sub.add_parser("demo", help="create a synthetic demo sample and materialise every asset")
     common(d)
     d.add_argument("--out", help="where to write the demo stack (default <home>/demo-data/<sample-id>)")
@@ -407,20 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("data_dir", help="folder with ST-cnts/, ST-spotfiles/, ST-imgs/")
     h.add_argument("--patient", required=True, help="patient letter, e.g. C")
     h.add_argument("--sections", required=True, help="comma-separated sections in stack order, e.g. C2,C3,C4,C5,C6")
-    h.add_argument("--measured", required=True, help="the section whose counts are the input")
-    h.add_argument("--with-truth", action="store_true", help="attach the other sections' counts as truth (used only by evaluation)")
-    h.add_argument("--sample-id", help="sample id (default her2st_<patient>)")
-    h.add_argument("--out", help="manifest path (default ./<sample-id>.yaml)")
-    h.add_argument("--z-step-um", type=float, default=16.0, help="distance between consecutive sections (default 16)")
+    importer(h, "the section whose counts are the input", "her2st_<patient>", 16.0)
     h.set_defaults(func=cmd_import_her2st)
 
     vi = sub.add_parser("import-visium", help="write a manifest for a stack of Visium (Space Ranger outs/) folders")
     vi.add_argument("dirs", nargs="+", metavar="DIR", help="Space Ranger outs/ folders (with spatial/), in stack order")
-    vi.add_argument("--measured", required=True, help="the section whose counts are the input (its folder name; the parent's for outs/)")
-    vi.add_argument("--with-truth", action="store_true", help="attach the other sections' counts as truth (used only by evaluation)")
-    vi.add_argument("--sample-id", help="sample id (default visium_<measured>)")
-    vi.add_argument("--out", help="manifest path (default ./<sample-id>.yaml)")
-    vi.add_argument("--z-step-um", type=float, default=10.0, help="distance between consecutive sections (default 10)")
+    importer(vi, "the section whose counts are the input (its folder name; the parent's for outs/)", "visium_<measured>", 10.0)
     vi.set_defaults(func=cmd_import_visium)
 
     r = sub.add_parser("run", help="register a manifest (or a known sample id) and materialise all its assets")

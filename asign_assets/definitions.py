@@ -8,7 +8,7 @@ import warnings
 import dagster as dg
 
 from asign_assets.assets import ALL_ASSETS, ALL_CHECKS
-from asign_assets.assets.common import DeviceResource, StorageResource, samples_partitions
+from asign_assets.assets.common import DeviceResource, StorageResource
 from asign_assets.assets.sources import SOURCES
 from asign_assets.console import asign_cli_logger
 from asign_assets.ops import JOB_NAME, OBSERVE_JOB_NAME
@@ -20,14 +20,12 @@ with warnings.catch_warnings():
     full_sample_job = dg.define_asset_job(
         JOB_NAME,
         selection=dg.AssetSelection.all(include_sources=True),
-        partitions_def=samples_partitions,
         description="Observes one sample's raw inputs, then materialises every asset from the sections to the evaluation "
         "(`asign run` selects only the stale and missing ones).",
     )
 observe_inputs_job = dg.define_asset_job(
     OBSERVE_JOB_NAME,
     selection=dg.AssetSelection.assets(*(s.key for s in SOURCES)),
-    partitions_def=samples_partitions,
     description="Observes one sample's raw inputs and truth: content digests of the manifest's files.",
 )
 

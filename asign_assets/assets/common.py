@@ -47,6 +47,22 @@ REPROCESS = (
 ).with_label("code or upstream data changed")
 
 
+def sample_asset(**kwargs: Any) -> Any:
+    """``dg.asset`` partitioned by sample, reprocessed by :data:`REPROCESS`."""
+    return dg.asset(partitions_def=samples_partitions, automation_condition=REPROCESS, **kwargs)
+
+
+def gpu_asset(request_gpu: bool = False, **kwargs: Any) -> Any:
+    """A :func:`sample_asset` in the `gpu` pool, on the Celery `gpu` queue; ``request_gpu`` also
+    asks Kubernetes for a GPU (steps that only prefer one run anywhere)."""
+    return sample_asset(pool=GPU_POOL, op_tags=K8S_GPU_TAGS if request_gpu else GPU_QUEUE_TAGS, **kwargs)
+
+
+def sample_io(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, storage: "StorageResource") -> tuple[Storage, str]:
+    """(storage, sample id) of the running asset or check."""
+    return storage.get(), context.partition_key
+
+
 class StorageResource(dg.ConfigurableResource):
     """Where assets live: a local folder or an fsspec URL. Empty means $ASIGN_HOME or ~/.asign."""
 

@@ -8,22 +8,7 @@ import numpy as np
 import polars as pl
 
 from asign_assets import sections as sections_lib
-from asign_assets.assets.common import (
-    GPU_POOL,
-    GPU_QUEUE_TAGS,
-    K8S_GPU_TAGS,
-    DeviceResource,
-    StageMonitor,
-    REPROCESS,
-    StorageResource,
-    digest_arrays,
-    log_progress,
-    md_image,
-    md_table,
-    path_meta,
-    samples_partitions,
-    viewer_url,
-)
+from asign_assets.assets.common import DeviceResource, StageMonitor, StorageResource, digest_arrays, gpu_asset, log_progress, md_image, md_table, path_meta, sample_asset, sample_io, viewer_url
 from asign_assets.assets.imaging import embeddings, tiles
 from asign_assets.assets.ingest import expression, sections
 from asign_assets.assets.sources import raw_inputs, raw_truth
@@ -44,15 +29,12 @@ class ModelConfig(dg.Config):
     ensemble: int = 0  # members averaged (0: the preset's; 1 is ~3x faster on very large stacks)
 
 
-@dg.asset(
-    partitions_def=samples_partitions,
-    automation_condition=REPROCESS,
+@gpu_asset(
+    request_gpu=True,
     group_name="model",
     code_version="1",
     kinds={"torch"},
     deps=[graph_3d, embeddings, tiles, expression, registrations],
-    pool=GPU_POOL,
-    op_tags=K8S_GPU_TAGS,
     description="MSAGNet + Cross-Layer Imputation trained on the measured section with random known masks; "
     "checkpoint, config and training curves. Runs in the `gpu` pool; requests a GPU on Kubernetes.",
 )
@@ -60,8 +42,7 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, storage: Stora
     from asign_assets.plots import curves_png
     from asign_assets.training import params_for, save_checkpoint, train_model
 
-    store = storage.get()
-    sid = context.partition_key
+    store, sid = sample_io(context, storage)
     dev = device.torch_device()
     overrides = {"seed": config.seed}
     if config.epochs > 0:
@@ -105,23 +86,18 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, storage: Stora
     )
 
 
-@dg.asset(
-    partitions_def=samples_partitions,
-    automation_condition=REPROCESS,
+@gpu_asset(
     group_name="results",
     code_version="2",
     kinds={"anndata", "zarr"},
     deps=[model, graph_3d, embeddings, tiles, expression, registrations, sections, raw_inputs],
-    pool=GPU_POOL,
-    op_tags=GPU_QUEUE_TAGS,
     description="The imputed 3D volume: every spot of every section (AnnData .h5ad and .zarr, one gene per zarr chunk), "
     "layers model/propagation/blend/uncertainty, own-image and common-frame coordinates, thumbnails for sc.pl.spatial.",
 )
 def imputed_volume(context: dg.AssetExecutionContext, storage: StorageResource, device: DeviceResource) -> dg.MaterializeResult:
     from asign_assets.training import impute, load_checkpoint
 
-    store = storage.get()
-    sid = context.partition_key
+    store, sid = sample_io(context, storage)
     dev = device.torch_device()
     with StageMonitor().run() as mon:
         inp = StackInputs.load(store, sid)
@@ -149,9 +125,7 @@ def imputed_volume(context: dg.AssetExecutionContext, storage: StorageResource, 
     )
 
 
-@dg.asset(
-    partitions_def=samples_partitions,
-    automation_condition=REPROCESS,
+@sample_asset(
     group_name="results",
     code_version="2",
     kinds={"parquet"},
@@ -167,8 +141,7 @@ def evaluation(context: dg.AssetExecutionContext, storage: StorageResource) -> d
     from asign_assets.evaluation import evaluate_sample
     from asign_assets.metrics import markdown_table
 
-    store = storage.get()
-    sid = context.partition_key
+    store, sid = sample_io(context, storage)
     with StageMonitor().run() as mon:
         manifest = store.load_registered(sid)  # with truth: evaluation is the one stage allowed to read it
         inp = StackInputs.load(store, sid)

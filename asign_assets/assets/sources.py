@@ -8,6 +8,7 @@ everything downstream stale, and a truth edit makes only `evaluation` stale.
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -46,24 +47,24 @@ def _observe(context: dg.OpExecutionContext, store: Storage, version_of: Callabl
         return dg.DataVersionsByPartition(versions)
 
 
-@dg.observable_source_asset(
-    partitions_def=samples_partitions,
-    group_name="ingest",
-    description="A sample's raw inputs named by its registered manifest: section images, spot tables, counts. "
+def _source(name: str, description: str, version_of: Callable[[Manifest, FileDigestCache], str]) -> Any:
+    @dg.observable_source_asset(name=name, partitions_def=samples_partitions, group_name="ingest", description=description)
+    def observe(context: dg.OpExecutionContext, storage: StorageResource) -> dg.DataVersionsByPartition:
+        return _observe(context, storage.get(), version_of)
+
+    return observe
+
+
+raw_inputs = _source(
+    "raw_inputs",
+    "A sample's raw inputs named by its registered manifest: section images, spot tables, counts. "
     "Data version: digest of the manifest (without truth) and of every file's content (cached by size and mtime).",
+    lambda m, cache: files_version(input_files(m), cache, m.input_fingerprint()),
 )
-def raw_inputs(context: dg.OpExecutionContext, storage: StorageResource) -> dg.DataVersionsByPartition:
-    return _observe(context, storage.get(), lambda m, cache: files_version(input_files(m), cache, m.input_fingerprint()))
-
-
-@dg.observable_source_asset(
-    partitions_def=samples_partitions,
-    group_name="ingest",
-    description="Held-out truth counts of the sample's other sections (read by `evaluation` only). "
+raw_truth = _source(
+    "raw_truth",
+    "Held-out truth counts of the sample's other sections (read by `evaluation` only). "
     "Data version: digest of the truth files' content (cached by size and mtime).",
+    lambda m, cache: files_version(truth_files(m), cache),
 )
-def raw_truth(context: dg.OpExecutionContext, storage: StorageResource) -> dg.DataVersionsByPartition:
-    return _observe(context, storage.get(), lambda m, cache: files_version(truth_files(m), cache))
-
-
 SOURCES = [raw_inputs, raw_truth]

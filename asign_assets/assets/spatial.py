@@ -1,28 +1,19 @@
 """Spatial assets: `registrations` (sections in a common 3D frame) and `graph_3d`."""
 
 import json
+from typing import Literal
 
 import dagster as dg
 import numpy as np
 import polars as pl
 
 from asign_assets import sections as sections_lib
-from asign_assets.assets.common import (
-    StageMonitor,
-    REPROCESS,
-    StorageResource,
-    digest_arrays,
-    log_progress,
-    md_image,
-    md_table,
-    path_meta,
-    samples_partitions,
-    viewer_url,
-)
+from asign_assets.assets.common import StageMonitor, StorageResource, digest_arrays, log_progress, md_image, md_table, path_meta, sample_asset, sample_io, viewer_url
 from asign_assets.assets.imaging import embeddings, tiles
 from asign_assets.assets.ingest import sections
 from asign_assets.assets.sources import raw_inputs
 from asign_assets.plots import png_bytes
+from asign_assets.registration import RegistrationParams
 from asign_assets.stack_inputs import section_names, stacked, tile_arrays
 
 DICE_CHECK = "registration_dice"
@@ -31,12 +22,12 @@ DICE_CHECK = "registration_dice"
 class RegistrationConfig(dg.Config):
     """Mask registration to the measured section (rigid multi-start, flips, neighbour chains)."""
 
-    working_um_per_px: float = 40.0
-    n_angles: int = 16
-    try_flip: bool = True
-    refine: str = "none"  # none | affine | bspline
-    compose_neighbours: bool = True
-    min_dice: float = 0.85
+    working_um_per_px: float = RegistrationParams.working_um_per_px
+    n_angles: int = 16  # fewer starts than the library default (36): enough for stacks of serial sections
+    try_flip: bool = RegistrationParams.try_flip
+    refine: Literal["none", "affine", "bspline"] = RegistrationParams.refine
+    compose_neighbours: bool = RegistrationParams.compose_neighbours
+    min_dice: float = RegistrationParams.min_dice
 
 
 class GraphConfig(dg.Config):
@@ -51,9 +42,7 @@ class GraphConfig(dg.Config):
     k_tile: int = 6
 
 
-@dg.asset(
-    partitions_def=samples_partitions,
-    automation_condition=REPROCESS,
+@sample_asset(
     group_name="registration",
     code_version="1",
     kinds={"parquet", "png"},
@@ -64,10 +53,9 @@ class GraphConfig(dg.Config):
     "per-section QC and an overlay PNG. Blocking check: Dice after registration >= 0.85.",
 )
 def registrations(context: dg.AssetExecutionContext, config: RegistrationConfig, storage: StorageResource) -> dg.MaterializeResult:
-    from asign_assets.registration import RegistrationParams, overlay_image, register_stack, save_transform, to_common_frame
+    from asign_assets.registration import overlay_image, register_stack, save_transform, to_common_frame
 
-    store = storage.get()
-    sid = context.partition_key
+    store, sid = sample_io(context, storage)
     with StageMonitor().run() as mon:
         sec_dir = store.local_path(sid, "sections")
         records = sections_lib.load_records(sec_dir)
@@ -77,7 +65,7 @@ def registrations(context: dg.AssetExecutionContext, config: RegistrationConfig,
         mask_um = [r.pixel_size_um / r.thumb_scale for r in records]
         params = RegistrationParams(
             working_um_per_px=config.working_um_per_px, n_angles=config.n_angles, try_flip=config.try_flip,
-            refine=config.refine, compose_neighbours=config.compose_neighbours, min_dice=config.min_dice,  # type: ignore[arg-type]
+            refine=config.refine, compose_neighbours=config.compose_neighbours, min_dice=config.min_dice,
         )
         regs = register_stack(masks, mask_um, [r.name for r in records], ref, params)
         xs, ys = np.empty(spots.height), np.empty(spots.height)
@@ -137,9 +125,7 @@ def registrations(context: dg.AssetExecutionContext, config: RegistrationConfig,
     )
 
 
-@dg.asset(
-    partitions_def=samples_partitions,
-    automation_condition=REPROCESS,
+@sample_asset(
     group_name="graph",
     code_version="1",
     kinds={"torch", "parquet"},
@@ -153,8 +139,7 @@ def graph_3d(context: dg.AssetExecutionContext, config: GraphConfig, storage: St
 
     from asign_assets.graph import GraphParams, build_graph_3d, write_edges_parquet
 
-    store = storage.get()
-    sid = context.partition_key
+    store, sid = sample_io(context, storage)
     with StageMonitor().run() as mon:
         spots = pl.read_parquet(store.local_path(sid, "registrations") / "spots.parquet")
         emb_root = zarr.open_group(str(store.local_path(sid, "embeddings.zarr")), mode="r")
