@@ -62,6 +62,27 @@ def _config_change(instance: dg.DagsterInstance, key: dg.AssetKey, sample_id: st
     return None if old == new else f"run config changed ({old.get('config', {})} -> {new.get('config', {})})"
 
 
+def _failed_blocking_check(instance: dg.DagsterInstance, graph, key: dg.AssetKey, sample_id: str) -> str | None:
+    """A blocking check of the asset whose latest evaluation for this sample failed: the asset
+    is recomputed (and its check with it) rather than trusted by what is downstream."""
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+    failed = []
+    for ck in graph.get(key).check_keys:
+        if not graph.get(ck).blocking:
+            continue
+        # Checks declared inside a partitioned asset are recorded without a partition: find this
+        # sample's latest evaluation through its run's partition tag.
+        for rec in instance.event_log_storage.get_asset_check_execution_history(ck, limit=50):
+            run = instance.get_run_by_id(rec.run_id)
+            if (rec.partition or (run.tags.get("dagster/partition") if run else None)) != sample_id:
+                continue
+            if rec.status == AssetCheckExecutionRecordStatus.FAILED:
+                failed.append(ck.name)
+            break
+    return f"blocking check {', '.join(sorted(failed))} failed last time" if failed else None
+
+
 def plan_sample(
     instance: dg.DagsterInstance, defs: dg.Definitions, store: Storage, sample_id: str, force: bool = False, run_config: Mapping | None = None,
 ) -> SamplePlan:
@@ -93,6 +114,8 @@ def plan_sample(
             plan.run[key] = "materialised, but its files are gone from storage"
         elif (changed := _config_change(instance, key, sample_id, run_config)) is not None:
             plan.run[key] = changed
+        elif (failed := _failed_blocking_check(instance, graph, key, sample_id)) is not None:
+            plan.run[key] = failed
         elif parents:
             plan.run[key] = f"upstream {', '.join(sorted(p.to_user_string() for p in parents))} will change"
         else:

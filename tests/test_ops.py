@@ -337,3 +337,31 @@ def test_deploy_instance_yaml_is_valid(monkeypatch):
         assert checked.success, (rel, checked.errors)
         pools = _load_yaml(rel)["concurrency"]["pools"]
         assert pools["default_limit"] >= 1
+
+
+def test_plan_sample_reruns_an_asset_whose_blocking_check_failed(tmp_path):
+    """A failed blocking check (e.g. registration_dice) is not trusted by a later `asign run`."""
+    from asign_assets.freshness import plan_sample
+
+    dice = {"ok": False}
+
+    @dg.asset(partitions_def=samples_partitions, code_version="1",
+              check_specs=[dg.AssetCheckSpec("good", asset="r", blocking=True)])
+    def r():
+        yield dg.Output(None, data_version=dg.DataVersion("r"))
+        yield dg.AssetCheckResult(check_name="good", passed=dice["ok"])
+
+    @dg.asset(partitions_def=samples_partitions, code_version="1", deps=[r])
+    def after() -> None:
+        return None
+
+    defs = dg.Definitions(assets=[r, after], jobs=[dg.define_asset_job("full_sample", selection=dg.AssetSelection.all())])
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("samples", ["p"])
+    job = defs.resolve_job_def("full_sample")
+    assert not job.execute_in_process(partition_key="p", instance=instance, raise_on_error=False).success
+    run = {k.to_user_string(): why for k, why in plan_sample(instance, defs, Storage(tmp_path), "p").run.items()}
+    assert run == {"r": "blocking check good failed last time", "after": "never materialised"}
+    dice["ok"] = True
+    assert job.execute_in_process(partition_key="p", instance=instance, raise_on_error=False).success
+    assert plan_sample(instance, defs, Storage(tmp_path), "p").run == {}
