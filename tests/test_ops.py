@@ -347,9 +347,8 @@ def test_plan_sample_reruns_an_asset_whose_blocking_check_failed(tmp_path):
 
     @dg.asset(partitions_def=samples_partitions, code_version="1",
               check_specs=[dg.AssetCheckSpec("good", asset="r", blocking=True)])
-    def r():
-        yield dg.Output(None, data_version=dg.DataVersion("r"))
-        yield dg.AssetCheckResult(check_name="good", passed=dice["ok"])
+    def r() -> dg.MaterializeResult:
+        return dg.MaterializeResult(data_version=dg.DataVersion("r"), check_results=[dg.AssetCheckResult(check_name="good", passed=dice["ok"])])
 
     @dg.asset(partitions_def=samples_partitions, code_version="1", deps=[r])
     def after() -> None:
