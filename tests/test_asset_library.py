@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -134,3 +135,22 @@ def test_truth_matrix_joins_by_spot_id_in_spot_order_and_marks_unmeasured_genes(
     expected = normalise_to_genes(np.array([[30.0, 70.0]]), np.array(["G1", "G2"]), np.array(["G2"]), "log1p_cp10k")
     np.testing.assert_allclose(y[:, :1], expected, rtol=1e-6)
     assert np.isnan(y[0, 1])  # G9 not measured by the truth file
+
+
+def test_ui_loads_the_asign_location_and_home_gets_a_quiet_dagster_yaml(tmp_path, monkeypatch):
+    import argparse
+
+    import yaml
+
+    from asign_assets.cli import _set_home, _ui_commands
+
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.delenv("ASIGN_DEVICE", raising=False)
+    monkeypatch.delenv("ASIGN_HOME", raising=False)  # _set_home exports it; restored after the test
+    _set_home(str(tmp_path / "home"))
+    dagster_home = tmp_path / "home" / "dagster"
+    assert yaml.safe_load((dagster_home / "dagster.yaml").read_text()) == {"telemetry": {"enabled": False}}
+    assert os.environ["ASIGN_HOME"] == str(tmp_path / "home") and os.environ["ASIGN_DEVICE"] == "auto"  # for dg.EnvVar
+    [cmd] = _ui_commands(argparse.Namespace(host="127.0.0.1", port=3999, viewer_port=8999, no_viewer=True))
+    workspace = yaml.safe_load(Path(cmd[cmd.index("-w") + 1]).read_text())
+    assert workspace["load_from"][0]["python_module"] == {"module_name": "asign_assets.definitions", "location_name": "asign"}
