@@ -15,12 +15,15 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from asign_assets.manifest import Manifest
+from asign_assets.paths import require_regular_file
 
 BLOCK = 1 << 20
 
 
 def sha256_file(path: Path) -> str:
-    """sha256 of a file's bytes, read in blocks (never the whole file in memory)."""
+    """sha256 of a regular file's bytes, read in blocks (never the whole file in memory); a FIFO
+    or device is refused by type before it could block (asign_assets.paths)."""
+    require_regular_file(path)
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(BLOCK), b""):

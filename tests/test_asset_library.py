@@ -154,3 +154,12 @@ def test_ui_loads_the_asign_location_and_home_gets_a_quiet_dagster_yaml(tmp_path
     [cmd] = _ui_commands(argparse.Namespace(host="127.0.0.1", port=3999, viewer_port=8999, no_viewer=True))
     workspace = yaml.safe_load(Path(cmd[cmd.index("-w") + 1]).read_text())
     assert workspace["load_from"][0]["python_module"] == {"module_name": "asign_assets.definitions", "location_name": "asign"}
+
+
+def test_digest_refuses_a_fifo_without_blocking(tmp_path):
+    from asign_assets.errors import InputError
+
+    fifo = tmp_path / "counts.tsv"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="FIFO"):
+        sha256_file(fifo)

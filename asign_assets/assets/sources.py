@@ -34,11 +34,9 @@ def _observe(context: dg.OpExecutionContext, store: Storage, version_of: Callabl
     versions: dict[str, dg.DataVersion] = {}
     for pk in keys:
         try:
-            manifest = store.load_registered(pk)
-        except InputError as exc:
+            versions[pk] = dg.DataVersion(version_of(store.load_registered(pk), cache))
+        except InputError as exc:  # the stage that reads the file reports it (before writing anything)
             context.log.warning(f"{pk}: not observed: {exc}")
-            continue
-        versions[pk] = dg.DataVersion(version_of(manifest, cache))
     cache.save()
     if cache.hashed:
         context.log.info(f"hashed {len(cache.hashed)} changed or new file(s): {', '.join(p.name for p in cache.hashed[:8])}")
