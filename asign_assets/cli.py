@@ -250,6 +250,24 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(stack.manifest_path)
 
 
+def _parse_z(text: str | None) -> dict[str, float]:
+    """``C3=116,C4=132`` -> {"C3": 116.0, "C4": 132.0}."""
+    from asign_assets.errors import InputError
+
+    out: dict[str, float] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, val = item.partition("=")
+        try:
+            out[name.strip()] = float(val)
+        except ValueError:
+            raise InputError(None, f"expected SECTION=UM, got {item!r}", field="--z") from None
+        if not sep:
+            raise InputError(None, f"expected SECTION=UM, got {item!r}", field="--z")
+    return out
+
+
 def cmd_import_her2st(args: argparse.Namespace) -> None:
     from asign_assets.her2st import manifest_from_her2st
 
@@ -258,6 +276,7 @@ def cmd_import_her2st(args: argparse.Namespace) -> None:
     path, report = manifest_from_her2st(
         Path(args.data_dir), patient=args.patient, sections=sections, measured=args.measured,
         with_truth=args.with_truth, sample_id=args.sample_id, out=out, z_step_um=args.z_step_um,
+        z_um=_parse_z(args.z),
     )
     for line in report:
         print(f"asign: {line}", file=sys.stderr)
@@ -392,12 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--preset", help="model size preset: cpu (default), gpu, gpu-large")
             sp.add_argument("--epochs", type=int, help="override the preset's training epochs")
 
-    def importer(sp: argparse.ArgumentParser, measured_help: str, default_id: str, z_step_um: float) -> None:
+    def importer(sp: argparse.ArgumentParser, measured_help: str, default_id: str, z_step_um: float | None, z_help: str | None = None) -> None:
         sp.add_argument("--measured", required=True, help=measured_help)
         sp.add_argument("--with-truth", action="store_true", help="attach the other sections' counts as truth (used only by evaluation)")
         sp.add_argument("--sample-id", help=f"sample id (default {default_id})")
         sp.add_argument("--out", help="manifest path (default ./<sample-id>.yaml)")
-        sp.add_argument("--z-step-um", type=float, default=z_step_um, help=f"distance between consecutive sections (default {z_step_um:g})")
+        sp.add_argument("--z-step-um", type=float, default=z_step_um, help=z_help or f"distance between consecutive sections (default {z_step_um:g})")
 
     d = sub.add_parser("demo", help="create a synthetic demo sample and materialise every asset")
     common(d)
@@ -414,7 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("data_dir", help="folder with ST-cnts/, ST-spotfiles/, ST-imgs/")
     h.add_argument("--patient", required=True, help="patient letter, e.g. C")
     h.add_argument("--sections", required=True, help="comma-separated sections in stack order, e.g. C2,C3,C4,C5,C6")
-    importer(h, "the section whose counts are the input", "her2st_<patient>", 16.0)
+    importer(h, "the section whose counts are the input", "her2st_<patient>", None,
+             "uniform distance between consecutive sections (default: the block layout, see asign_assets/her2st.py)")
+    h.add_argument("--z", help="per-section depth overrides in um, e.g. C3=116,C4=132")
     h.set_defaults(func=cmd_import_her2st)
 
     vi = sub.add_parser("import-visium", help="write a manifest for a stack of Visium (Space Ranger outs/) folders")

@@ -30,17 +30,28 @@ N_EDGE_TYPES = 3
 EDGE_DIM = 1 + N_EDGE_TYPES  # [weight, one-hot type]
 
 
-def edge_features(edge_type: Tensor | None, edge_weight: Tensor | None, num_edges: int, device: torch.device) -> Tensor:
-    """[E, 4] edge attributes: the weight and a one-hot edge type (0 intra, 1 overlap, 2 similarity)."""
+def edge_features(
+    edge_type: Tensor | None, edge_weight: Tensor | None, num_edges: int, device: torch.device,
+    edge_dz: Tensor | None = None, with_dz: bool = False,
+) -> Tensor:
+    """[E, 4] edge attributes: the weight and a one-hot edge type (0 intra, 1 overlap, 2 similarity).
+
+    With ``with_dz`` a fifth column: the edge's depth difference (in lattice pitches; 0
+    where ``edge_dz`` is None), so attention can trust a sibling section more than a
+    section further away.
+    """
     t = torch.zeros(num_edges, dtype=torch.long, device=device) if edge_type is None else edge_type.long()
     w = torch.ones(num_edges, device=device) if edge_weight is None else edge_weight.float()
-    return torch.cat([w[:, None], F.one_hot(t, N_EDGE_TYPES).float()], dim=1)
+    cols = [w[:, None], F.one_hot(t, N_EDGE_TYPES).float()]
+    if with_dz:
+        cols.append(torch.zeros(num_edges, 1, device=device) if edge_dz is None else edge_dz.float()[:, None])
+    return torch.cat(cols, dim=1)
 
 
 class EdgeAttentionBlock(MessagePassing):
     """Pre-norm residual block: weighted graph attention (mean-style aggregation) + FFN."""
 
-    def __init__(self, hidden: int, heads: int, dropout: float = 0.0):
+    def __init__(self, hidden: int, heads: int, dropout: float = 0.0, edge_dim: int = EDGE_DIM):
         super().__init__(aggr="add", node_dim=0)
         if hidden % heads:
             raise ValueError(f"hidden {hidden} must be divisible by heads {heads}")
@@ -49,7 +60,7 @@ class EdgeAttentionBlock(MessagePassing):
         self.q = nn.Linear(hidden, hidden)
         self.k = nn.Linear(hidden, hidden)
         self.v = nn.Linear(hidden, hidden)
-        self.e = nn.Linear(EDGE_DIM, heads)
+        self.e = nn.Linear(edge_dim, heads)
         self.self_lin = nn.Linear(hidden, hidden)
         self.out = nn.Linear(hidden, hidden)
         self.norm2 = nn.LayerNorm(hidden)
@@ -101,9 +112,10 @@ class MSAGNet(nn.Module):
         dropout: float = 0.1,
         region_dim: int | None = None,
         global_dim: int | None = None,
+        edge_dz: bool = False,
     ):
         super().__init__()
-        self.n_genes, self.hidden, self.aux_dim = n_genes, hidden, aux_dim
+        self.n_genes, self.hidden, self.aux_dim, self.edge_dz = n_genes, hidden, aux_dim, edge_dz
 
         def proj(d: int) -> nn.Module:
             return nn.Sequential(nn.LayerNorm(d), nn.Dropout(dropout), nn.Linear(d, hidden), nn.GELU())
@@ -116,7 +128,7 @@ class MSAGNet(nn.Module):
         self.att_global = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
         self.g_blocks = nn.ModuleList(EdgeAttentionBlock(hidden, heads, dropout) for _ in range(blocks))
         self.r_blocks = nn.ModuleList(EdgeAttentionBlock(hidden, heads, dropout) for _ in range(blocks))
-        self.s_blocks = nn.ModuleList(EdgeAttentionBlock(hidden, heads, dropout) for _ in range(blocks))
+        self.s_blocks = nn.ModuleList(EdgeAttentionBlock(hidden, heads, dropout, EDGE_DIM + int(edge_dz)) for _ in range(blocks))
         self.level_emb = nn.Parameter(torch.zeros(3, hidden))
         self.top_down = nn.TransformerEncoderLayer(
             hidden, heads, dim_feedforward=2 * hidden, dropout=dropout, batch_first=True, norm_first=True
@@ -149,6 +161,7 @@ class MSAGNet(nn.Module):
         aux: Tensor | None = None,
         base: Tensor | None = None,
         out_index: Tensor | None = None,
+        edge_dz: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Gene predictions per level: ``spot`` [N, G], ``region`` [R, G], ``global`` [Gt, G].
 
@@ -174,7 +187,7 @@ class MSAGNet(nn.Module):
         # 1. multi-resolution cross-attention (outputs summed)
         hs = hs + _single_key_attention(self.att_region, hr[spot_region]) + _single_key_attention(self.att_global, hg[spot_global])
         # 2. 3D spot graph
-        ea_s = edge_features(edge_type, edge_weight, edge_index.shape[1], dev)
+        ea_s = edge_features(edge_type, edge_weight, edge_index.shape[1], dev, edge_dz, self.edge_dz)
         for blk in self.s_blocks:
             hs = blk(hs, edge_index, ea_s)
         if out_index is not None:
@@ -204,11 +217,6 @@ class CrossLayerImputation(nn.Module):
     @property
     def weight(self) -> Tensor:
         return torch.sigmoid(self.alpha)
-
-    def propagate(self, edge_index: Tensor, edge_weight: Tensor | None, num_nodes: int, y_known: Tensor, known_mask: Tensor) -> Tensor:
-        from asign_assets.propagation import label_propagation
-
-        return label_propagation(edge_index, edge_weight, num_nodes, y_known, known_mask, iters=self.iters)  # type: ignore[return-value]
 
     def forward(self, network: Tensor, propagated: Tensor) -> Tensor:
         w = self.weight

@@ -40,6 +40,10 @@ AREA_RATIO_RANGE = (0.4, 8.0)
 #: Two sections whose 128 px grey thumbnails differ by less than this mean absolute
 #: difference (grey levels of 255) are the same slide (re-encoded or rescaled).
 NEAR_IDENTICAL_MAD = 2.0
+#: A table with fewer spots on tissue than this, whose x/y swap puts at least
+#: TRANSPOSED_MARGIN more of them on tissue, is refused as transposed.
+TRANSPOSED_MAX_FIT = 0.95
+TRANSPOSED_MARGIN = 0.10
 _COMPARE_SIDE = 128
 
 
@@ -75,6 +79,14 @@ def check_spots_on_tissue(ev: SectionEvidence, min_fraction: float) -> float:
             f"{ev.spec.image.name}; expected at least {min_fraction:.0%} (x/y transposed, coordinates in another unit or "
             f"scale, or the spot table of another section?). Lower checks.min_spots_on_tissue only if the tissue "
             f"detection is wrong", field="x_px, y_px",
+        )
+    # Roughly symmetric tissue keeps most transposed spots on it: compare with the swap.
+    swapped = spot_coverage(ev.mask, ev.thumb_scale, ev.xy_px[:, ::-1])
+    if frac < TRANSPOSED_MAX_FIT and swapped - frac >= TRANSPOSED_MARGIN:
+        raise InputError(
+            ev.spots_source, f"section {ev.spec.name}: the spots fit the tissue of {ev.spec.image.name} far better with x "
+            f"and y swapped ({swapped:.1%} on tissue against {frac:.1%} as given): the spot table looks transposed "
+            f"(x is the image column, y the row)", field="x_px, y_px",
         )
     return frac
 

@@ -113,18 +113,23 @@ def read_section_counts(data: Path, s: str):
     return read_counts(data / "ST-cnts" / f"{s}.tsv.gz")
 
 
-def build_graph(prep: dict, z_step_um: float = 16.0):
-    """graph.build_graph_3d over the cached stages (spots in the common frame)."""
+def build_graph(prep: dict, z_um: list[float] | None = None, params=None):
+    """graph.build_graph_3d over the cached stages (spots in the common frame).
+
+    ``z_um``: one depth per section (default: the block layout of her2st.her2st_z_um).
+    """
     from asign_assets.graph import GraphParams, build_graph_3d
+    from asign_assets.her2st import her2st_z_um
 
     secs = prep["sections"]
+    z_um = her2st_z_um(SECTIONS) if z_um is None else z_um
     spots = pl.DataFrame({
         "section": np.concatenate([[s["name"]] * len(s["spot_ids"]) for s in secs]),
         "section_index": np.concatenate([[i] * len(s["spot_ids"]) for i, s in enumerate(secs)]).astype(np.int32),
         "spot_id": np.concatenate([s["spot_ids"] for s in secs]),
         "x_um": np.concatenate([s["xy_um"][:, 0] for s in secs]),
         "y_um": np.concatenate([s["xy_um"][:, 1] for s in secs]),
-        "z_um": np.concatenate([[i * z_step_um] * len(s["spot_ids"]) for i, s in enumerate(secs)]).astype(np.float64),
+        "z_um": np.concatenate([[z_um[i]] * len(s["spot_ids"]) for i, s in enumerate(secs)]).astype(np.float64),
     })
     r_off = np.cumsum([0] + [len(s["region_xy_px"]) for s in secs])
     g_off = np.cumsum([0] + [len(s["global_xy_px"]) for s in secs])
@@ -137,33 +142,56 @@ def build_graph(prep: dict, z_step_um: float = 16.0):
         np.concatenate([[i] * len(s["region_xy_px"]) for i, s in enumerate(secs)]),
         np.concatenate([s["global_xy_px"] for s in secs]),
         np.concatenate([[i] * len(s["global_xy_px"]) for i, s in enumerate(secs)]),
-        GraphParams(),
+        params or GraphParams(),
     )
 
 
 # ----------------------------------------------------------------------------- one choice
 
 
-def run_choice(data: Path, prep: dict, graph, measured: str, params, device: torch.device) -> tuple[pl.DataFrame, dict]:
-    from asign_assets.baselines import run_baselines
-    from asign_assets.training import impute, train_model
+def measured_expression(data: Path, prep: dict, measured: list[str]):
+    """(measured_idx, y_measured, genes, n_dropped) of one or several measured sections.
+
+    Several sections: their counts are stacked over the genes they all measured and
+    normalised together (one gene selection over all measured spots).
+    """
+    import scipy.sparse as sp
 
     secs = prep["sections"]
     names = np.concatenate([[s["name"]] * len(s["spot_ids"]) for s in secs])
     ids = np.concatenate([s["spot_ids"] for s in secs])
+    nodes, mats, gene_lists = [], [], []
+    for m in measured:
+        cm = read_section_counts(data, m)
+        row = {sid: i for i, sid in enumerate(cm.spot_ids.astype(str))}
+        node_m = np.nonzero(names == m)[0]
+        node_m = node_m[[ids[i] in row for i in node_m]]
+        nodes.append(node_m)
+        mats.append((sp.csr_matrix(cm.X[[row[s] for s in ids[node_m]]]), np.asarray(cm.genes).astype(str)))
+        gene_lists.append(set(np.asarray(cm.genes).astype(str)))
+    common = np.array(sorted(set.intersection(*gene_lists))) if len(measured) > 1 else mats[0][1]
+    cols = [{g: j for j, g in enumerate(gn)} for _, gn in mats]
+    counts = sp.vstack([X[:, [c[g] for g in common]] for (X, _), c in zip(mats, cols)]).tocsr()
+    node_all = np.concatenate(nodes)
+    keys = np.array([f"{names[i]}:{ids[i]}" for i in node_all])
+    ad, info = build_expression(counts, keys, common, ExpressionParams(), source=",".join(f"{m}.tsv.gz" for m in measured))
+    pos = {k: i for i, k in enumerate(keys)}
+    kept = [pos[k] for k in ad.obs_names]
+    return node_all[kept].astype(np.int64), np.asarray(ad.X, np.float32), np.asarray(ad.var_names), info["n_spots_dropped"]
+
+
+def run_choice(data: Path, prep: dict, graph, measured: str | list[str], params, device: torch.device) -> tuple[pl.DataFrame, dict]:
+    """Train on the measured section(s), impute, score every other section against its truth."""
+    from asign_assets.baselines import run_baselines
+    from asign_assets.training import impute, train_model
+
+    measured_list = [measured] if isinstance(measured, str) else list(measured)
+    secs = prep["sections"]
+    names = np.concatenate([[s["name"]] * len(s["spot_ids"]) for s in secs])
+    ids = np.concatenate([s["spot_ids"] for s in secs])
     t0 = time.perf_counter()
-    # ---- expression of the measured section only
-    cm = read_section_counts(data, measured)
-    msel = names == measured
-    row = {sid: i for i, sid in enumerate(cm.spot_ids.astype(str))}
-    have = np.array([sid in row for sid in ids[msel]])
-    node_m = np.nonzero(msel)[0][have]
-    counts_m = cm.X[[row[s] for s in ids[node_m]]]
-    ad, info = build_expression(counts_m, ids[node_m], cm.genes, ExpressionParams(), source=f"{measured}.tsv.gz")
-    keep_ids = set(ad.obs_names)
-    measured_idx = np.array([i for i in node_m if ids[i] in keep_ids], dtype=np.int64)
-    y_measured = ad[ids[measured_idx]].X.astype(np.float32)
-    genes = np.asarray(ad.var_names)
+    # ---- expression of the measured section(s) only
+    measured_idx, y_measured, genes, dropped = measured_expression(data, prep, measured_list)
     spot_emb = np.concatenate([s["emb_spot"] for s in secs])
     region_emb = np.concatenate([s["emb_region"] for s in secs])
     global_emb = np.concatenate([s["emb_global"] for s in secs])
@@ -181,7 +209,7 @@ def run_choice(data: Path, prep: dict, graph, measured: str, params, device: tor
     # ---- truth (read only now), spots >= 100 counts of the other sections
     ev_rows, truth_rows, ev_secs = [], [], []
     for s in SECTIONS:
-        if s == measured:
+        if s in measured_list:
             continue
         c = read_section_counts(data, s)
         r = {sid: i for i, sid in enumerate(c.spot_ids.astype(str))}
@@ -201,10 +229,10 @@ def run_choice(data: Path, prep: dict, graph, measured: str, params, device: tor
         "avg_knn_image": 0.5 * (base["gauss_knn"][ev] + base["image_2d"][ev]),
     }
     df = evaluate_sections(preds, truth, np.array(ev_secs), y_measured.mean(0), y_measured.std(0), hvg_indices(y_measured, 50))
-    df = df.with_columns(pl.lit(measured).alias("measured"))
-    timing = {"measured": measured, "expression_s": t_expr, "train_s": res.seconds, "impute_s": t_imp, "baselines_s": t_base,
+    df = df.with_columns(pl.lit("+".join(measured_list)).alias("measured"))
+    timing = {"measured": "+".join(measured_list), "expression_s": t_expr, "train_s": res.seconds, "impute_s": t_imp, "baselines_s": t_base,
               "best_epoch": res.best_epoch, "epochs_run": len(res.curves), "n_measured": len(measured_idx),
-              "dropped": info["n_spots_dropped"]}
+              "dropped": dropped}
     return df, timing
 
 

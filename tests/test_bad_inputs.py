@@ -259,6 +259,10 @@ def _scale_spots(name: str, factor: float) -> Callable[[Path], None]:
     return mutate
 
 
+def spots_transposed(d: Path) -> None:
+    _edit_table(d / "spots" / f"{MEASURED}.tsv", lambda rows: [rows[0]] + [[r[0], r[2], r[1]] + r[3:] for r in rows[1:]])
+
+
 def spots_of_another_section(d: Path) -> None:
     _edit_manifest(d, lambda m: _section(m, "S03").__setitem__("spots", "spots/S01.tsv"))
 
@@ -423,6 +427,7 @@ CASES = [
     # plausibility: inputs whose own data shows they are wrong
     Case("spots_in_micrometres", _scale_spots(MEASURED, 1 / 4.112731290476539), "sections", "S02.tsv", "spots lie on the tissue", plausibility=True),
     Case("spots_at_half_scale", _scale_spots(MEASURED, 0.5), "sections", "S02.tsv", "expected at least 80%", plausibility=True),
+    Case("spots_transposed", spots_transposed, "sections", "S02.tsv", "the spot table looks transposed", plausibility=True),
     Case("spots_of_another_section", spots_of_another_section, "sections", "S01.tsv", "section S03: only 75.0% of 64 spots", plausibility=True),
     Case("pixel_size_10x", _scale_pixel_size(10), "sections", "bad.yaml", "(ratio 10.00, expected 0.75-1.25); a pixel size of 4.113 um would agree", plausibility=True),
     Case("pixel_size_tenth", _scale_pixel_size(0.1), "sections", "bad.yaml", "(ratio 0.10, expected 0.75-1.25); a pixel size of 4.113 um would agree", plausibility=True),

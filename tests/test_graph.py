@@ -47,7 +47,7 @@ def _build(spots, emb=None, **kw):
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(n, 8)).astype(np.float32) if emb is None else emb
     st, txy, tsec = _tiles(spots)
-    params = GraphParams(**{"pitch_um": PITCH, "k_intra": 4, "intra_max_pitch": 1.1, "overlap": "iou", "spot_radius_um": 40.0, "k_similarity": 2, "similarity_radius_um": None, "similarity_sections": None, "k_tile": 2, "neighbour_sections": 1, **kw})
+    params = GraphParams(**{"pitch_um": PITCH, "k_intra": 4, "intra_max_pitch": 1.1, "overlap": "iou", "spot_radius_um": 40.0, "k_similarity": 2, "similarity_radius_um": None, "similarity_sections": None, "k_tile": 2, "neighbour_sections": 1, "depth_weight": False, **kw})
     return build_graph_3d(spots, emb, st, st, txy, tsec, txy, tsec, params)
 
 
@@ -167,3 +167,32 @@ def test_for_lattice_scales_defaults():
     p = GraphParams.for_lattice(100.0, 55.0)
     assert p.spot_radius_um == 27.5 and p.gaussian_sigma_um == 50.0 and p.similarity_radius_um == 300.0
     assert p.overlap_cutoff() == pytest.approx(125.0)
+
+
+def test_depth_weights_decrease_with_dz():
+    from asign_assets.graph import depth_factor
+
+    p = GraphParams(gaussian_sigma_um=100.0, depth_weight=True)
+    f = depth_factor(np.array([0.0, 16.0, 50.0, 100.0, 300.0]), p)
+    assert f[0] == 1.0 and np.all(np.diff(f) < 0)
+    assert f[3] == pytest.approx(np.exp(-0.5))
+    assert depth_factor(100.0, GraphParams(depth_sigma_um=50.0, depth_weight=True)) == pytest.approx(np.exp(-2.0))
+    assert depth_factor(300.0, GraphParams(depth_weight=False)) == 1.0
+
+
+def test_overlap_weights_follow_the_manifest_depths():
+    """Same xy offset, sections 16 um vs 116 um apart: the farther pair gets the lower weight."""
+    spots = _lattice(n_sections=3)
+    z = np.repeat([0.0, 16.0, 132.0], 16)
+    spots = spots.with_columns(pl.Series("z_um", z))
+    d = _build(spots, overlap="gaussian", gaussian_sigma_um=50.0, neighbour_sections=2, depth_weight=True)
+    ei, w, et = d.edge_index.numpy(), d.edge_weight.numpy(), d.edge_type.numpy()
+    sec = spots["section_index"].to_numpy()
+    ov = et == 1
+    same_xy = ov & (ei[0] % 16 == ei[1] % 16)  # co-located spots of two sections
+    w_of = {(int(sec[a]), int(sec[b])): float(x) for a, b, x in zip(ei[0][same_xy], ei[1][same_xy], w[same_xy])}
+    assert w_of[(0, 1)] == pytest.approx(np.exp(-0.5 * (16 / 50) ** 2), rel=1e-5)
+    assert w_of[(1, 2)] == pytest.approx(np.exp(-0.5 * (116 / 50) ** 2), rel=1e-5)
+    assert w_of[(0, 2)] < w_of[(1, 2)] < w_of[(0, 1)]
+    flat = _build(spots, overlap="gaussian", gaussian_sigma_um=50.0, neighbour_sections=2, depth_weight=False)
+    assert float(flat.edge_weight[(flat.edge_type == 1)].max()) == pytest.approx(1.0)

@@ -127,3 +127,24 @@ def test_cli_blend_init_half():
     assert torch.allclose(cli.weight, torch.full((5,), 0.5))
     net, prop = torch.zeros(3, 5), torch.ones(3, 5)
     assert torch.allclose(cli(net, prop), torch.full((3, 5), 0.5))
+
+
+def test_depth_edge_feature_changes_attention_only_when_enabled():
+    from asign_assets.msagnet import MSAGNet
+
+    g, emb, remb, gemb, _ = make_stack(n_sections=2, side=10)
+    torch.manual_seed(0)
+    model = MSAGNet(emb.shape[1], 12, 32, 4, 1, edge_dz=True).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(model.head_spot[1].weight)
+        for blk in model.s_blocks:
+            blk.e.weight[:, -1] = 5.0  # attention logits depend on the dz column
+        args = (emb, remb, gemb, g.edge_index, g.edge_type, g.edge_weight, g.region_edge_index, g.global_edge_index, g.spot_region, g.spot_global)
+        dz = (g.pos[g.edge_index[0], 2] - g.pos[g.edge_index[1], 2]).abs() / 200.0
+        near = model(*args, edge_dz=dz)["spot"]
+        far = model(*args, edge_dz=dz * 10)["spot"]
+        assert not torch.allclose(near, far)
+        plain = MSAGNet(emb.shape[1], 12, 32, 4, 1).eval()
+        assert plain.s_blocks[0].e.in_features == 4 and model.s_blocks[0].e.in_features == 5
+        torch.nn.init.normal_(plain.head_spot[1].weight)
+        torch.testing.assert_close(plain(*args, edge_dz=dz)["spot"], plain(*args, edge_dz=dz * 10)["spot"])

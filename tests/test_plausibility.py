@@ -65,6 +65,22 @@ def test_spots_on_tissue_passes_good_and_refuses_transposed(tmp_path):
     assert "only 33.3% of 9 spots lie on the tissue" in msg and "expected at least 80%" in msg
 
 
+def test_transposed_spots_on_nearly_symmetric_tissue_are_refused(tmp_path):
+    """Most transposed spots stay on a near-square tissue (above 80%); the swap still fits better."""
+    thumb = np.full((100, 100, 3), 245, np.uint8)
+    mask = np.ones((100, 100), bool)
+    mask[:25, 55:] = False  # a notch at the top right: 11% of the square
+    grid = np.stack(np.meshgrid(np.arange(2.0, 100, 4), np.arange(2.0, 100, 4)), -1).reshape(-1, 2)
+    xy = grid[mask[grid[:, 1].astype(int), grid[:, 0].astype(int)]]  # spots over the tissue only
+    spec = _section(tmp_path, "A", thumb)
+    assert pl_.check_spots_on_tissue(_evidence(spec, thumb, mask, xy), 0.8) == 1.0
+    frac_t = pl_.spot_coverage(mask, 1.0, xy[:, ::-1])
+    assert 0.8 < frac_t < 0.9  # the plain threshold alone would let it pass
+    with pytest.raises(InputError, match=r"x\s+and y swapped|looks transposed") as info:
+        pl_.check_spots_on_tissue(_evidence(spec, thumb, mask, xy[:, ::-1]), 0.8)
+    assert "100.0% on tissue against" in str(info.value)
+
+
 def test_pitch_agrees_and_wrong_pixel_size_is_refused_with_a_suggestion(tmp_path):
     thumb, mask = _tissue_thumb(0)
     xy = _square_lattice(4)  # 50 px apart = 100 um at 2 um/px

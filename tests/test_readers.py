@@ -143,9 +143,30 @@ def test_real_her2st_patient_c_import(tmp_path):
     assert m.measured.name == "C4" and m.measured.counts is not None
     assert all(s.truth is not None for s in m.sections if not s.measured)
     assert 0.6 < m.sections[0].pixel_size_um < 0.85  # about 200 um per 255-290 px
+    # depths from the block layout (C3/C4 and C5/C6 are consecutive pairs); overrides win
+    assert [s.z_um for s in m.sections] == [16.0, 100.0, 116.0, 200.0, 216.0]
+    path2, _ = manifest_from_her2st(data, "C", ["C2", "C3", "C4"], "C4", z_um={"C3": 80.0}, out=tmp_path / "c2.yaml")
+    assert [s.z_um for s in load_manifest(path2).sections] == [16.0, 80.0, 116.0]
+    with pytest.raises(InputError, match="C9"):
+        manifest_from_her2st(data, "C", ["C2", "C3"], "C3", z_um={"C9": 1.0}, out=tmp_path / "c3.yaml")
     assert any("C4:" in line and "dropped" in line for line in report)
     counts = read_counts(m.measured.counts)
     spots = read_spots(m.measured.spots)
     joined, sub, rep = join_spots_counts(spots, counts, m.measured.counts)
     assert 150 < joined.height <= spots.height and sub.X.shape[1] > 10000
     assert rep.n_joined == joined.height
+
+
+def test_her2st_depths_follow_the_block_layout():
+    from asign_assets.cli import _parse_z
+    from asign_assets.her2st import DEPTH_GAP_UM, SECTION_THICKNESS_UM, her2st_z_um
+
+    t, d = SECTION_THICKNESS_UM, DEPTH_GAP_UM
+    assert her2st_z_um(["C1", "C2", "C3", "C4", "C5", "C6"]) == [0.0, t, d, d + t, 2 * d, 2 * d + t]
+    assert her2st_z_um(["C2", "C3", "C4", "C5", "C6"]) == [t, d, d + t, 2 * d, 2 * d + t]
+    # patients with one depth (E-H) and unknown names: consecutive sections in the given order
+    assert her2st_z_um(["E1", "E2", "E3"]) == [0.0, t, 2 * t]
+    assert her2st_z_um(["C2", "sectionX"]) == [0.0, t]
+    assert _parse_z("C3=120, C4=136.5") == {"C3": 120.0, "C4": 136.5}
+    with pytest.raises(InputError, match="SECTION=UM"):
+        _parse_z("C3")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -224,3 +225,69 @@ def test_uncertainty_scaled_to_out_of_fold_error_and_zero_at_known_spots():
     y = pred + 0.3
     cal = torch.stack([torch.zeros(3), torch.ones(3)])
     assert torch.allclose(residual_sigma(pred, y, cal), torch.full((3,), 0.3), atol=1e-5)
+
+
+def _grid(side: int = 12, pitch: float = 200.0) -> np.ndarray:
+    gx, gy = np.meshgrid(np.arange(side), np.arange(side))
+    return np.stack([gx.ravel(), gy.ravel()], 1) * pitch
+
+
+def test_blocked_known_masks_are_whole_blocks_of_two_pitches():
+    from asign_assets.training import block_ids, blocked_known_mask, lattice_pitch
+
+    xy = _grid()
+    assert lattice_pitch(xy) == pytest.approx(200.0)
+    side = 2 * 200.0
+    fracs = []
+    for seed in range(20):
+        ids = block_ids(xy, side, torch.Generator().manual_seed(seed))
+        known = blocked_known_mask(xy, side, 0.4, torch.Generator().manual_seed(seed))
+        # every block is all known or all unknown, and blocks span up to 2x2 lattice spots
+        for b in np.unique(ids):
+            assert len(set(known[ids == b].tolist())) == 1
+            span = xy[ids == b].max(0) - xy[ids == b].min(0)
+            assert np.all(span <= 200.0 + 1e-9)
+        assert known.any() and not known.all()
+        fracs.append(known.mean())
+    assert 0.3 < np.mean(fracs) < 0.5
+    # an unknown spot inside a fully unknown 2x2 neighbourhood has no known spot within one pitch
+    # for some masks: labels must come from more than one pitch away, unlike random masks
+    far = 0
+    for seed in range(20):
+        known = blocked_known_mask(xy, side, 0.25, torch.Generator().manual_seed(seed))
+        d = np.linalg.norm(xy[~known][:, None] - xy[known][None], axis=2).min(1)
+        far += int((d > 200.0 + 1e-6).sum())
+    assert far > 0
+
+
+def test_blocked_folds_are_disjoint_unions_of_blocks():
+    from asign_assets.training import block_ids, blocked_folds
+
+    xy = _grid()
+    folds = blocked_folds(xy, 400.0, 5, torch.Generator().manual_seed(3))
+    ids = block_ids(xy, 400.0, torch.Generator().manual_seed(3))
+    allpos = np.concatenate(folds)
+    assert len(allpos) == len(xy) and len(np.unique(allpos)) == len(xy)
+    for f in folds:
+        inside = np.zeros(len(xy), bool)
+        inside[f] = True
+        for b in np.unique(ids[f]):
+            assert inside[ids == b].all()
+
+
+def test_blocked_regime_and_denoised_sources_train_and_record_ranks(stack):
+    g, emb, remb, gemb, y, meas = stack
+    p = params_for("cpu", hidden=32, heads=4, blocks=1, epochs=30, patience=30, ensemble=2, calibrate=True,
+                   mask="blocked", source_rank=-1, ridge_rank=-1, edge_dz=True)
+    res = train_model(g, emb, remb, gemb, y[meas], meas, p, CPU)
+    # the synthetic expression is 2 latent factors + noise: the chosen ranks are small
+    assert 1 <= res.config["source_rank"] <= 4
+    assert 1 <= res.config["ridge_rank"] <= 4
+    assert res.config["edge_dz"] == 1
+    out = impute(res, g, emb, remb, gemb, y[meas], meas, CPU)
+    ev = (g.section != 1).numpy()
+    assert gene_pcc(out["blend"][ev], y.numpy()[ev]) > 0.6
+    raw = train_model(g, emb, remb, gemb, y[meas], meas, replace(p, source_rank=0, ridge_rank=0), CPU)
+    assert raw.config["source_rank"] == 0 and raw.config["ridge_rank"] == 0
+    prop_raw = impute(raw, g, emb, remb, gemb, y[meas], meas, CPU)["propagation"]
+    assert not np.allclose(prop_raw[ev], out["propagation"][ev])

@@ -2,6 +2,7 @@
 asign_assets.training, .imputed and .evaluation)."""
 
 import json
+from typing import Literal, Optional
 
 import dagster as dg
 import numpy as np
@@ -20,13 +21,16 @@ EVAL_CHECK = "asign_beats_baselines"
 
 
 class ModelConfig(dg.Config):
-    """Training preset (cpu, gpu, gpu-large) and common overrides (0 or -1 keep the preset's value)."""
+    """Training preset and overrides of training.TrainParams; None keeps the preset's value (docs/accuracy.md)."""
 
-    preset: str = "cpu"
-    epochs: int = 0
+    preset: Literal["cpu", "gpu", "gpu-large"] = "cpu"
+    epochs: Optional[int] = None
     seed: int = 0
-    known_frac: float = -1.0
-    ensemble: int = 0  # members averaged (0: the preset's; 1 is ~3x faster on very large stacks)
+    known_frac: Optional[float] = None
+    ensemble: Optional[int] = None  # members averaged (1 is ~3x faster on very large stacks)
+    source_rank: Optional[int] = None  # propagated labels: -1 BCV rank of the measured expression, 0 raw, r > 0 fixed
+    ridge_rank: Optional[int] = None  # image ridge targets: -1 rank by leave-one-out PCC, 0 raw, r > 0 fixed
+    mask: Optional[Literal["random", "blocked"]] = None  # known masks / validation folds
 
 
 @gpu_asset(
@@ -44,13 +48,7 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, storage: Stora
 
     store, sid = sample_io(context, storage)
     dev = device.torch_device()
-    overrides = {"seed": config.seed}
-    if config.epochs > 0:
-        overrides["epochs"] = config.epochs
-    if config.known_frac > 0:
-        overrides["known_frac"] = config.known_frac
-    if config.ensemble > 0:
-        overrides["ensemble"] = config.ensemble
+    overrides = {k: v for k, v in config.model_dump(exclude={"preset"}).items() if v is not None}
     params = params_for(config.preset, **overrides)
     with StageMonitor().run() as mon:
         inp = StackInputs.load(store, sid)

@@ -12,6 +12,7 @@ from asign_assets.assets.common import StageMonitor, StorageResource, digest_arr
 from asign_assets.assets.imaging import embeddings, tiles
 from asign_assets.assets.ingest import sections
 from asign_assets.assets.sources import raw_inputs
+from asign_assets.graph import EDGE_TYPE_NAMES
 from asign_assets.plots import png_bytes
 from asign_assets.registration import RegistrationParams
 from asign_assets.stack_inputs import section_names, stacked, tile_arrays
@@ -34,7 +35,7 @@ class GraphConfig(dg.Config):
     """Edges of the 3D spot graph, scaled to the manifest's spot pitch and diameter."""
 
     k_intra: int = 6
-    overlap: str = "gaussian"  # iou (true discs) | radius (enlarged discs) | gaussian (distance weight)
+    overlap: Literal["iou", "radius", "gaussian"] = "gaussian"  # true discs | enlarged discs | distance weight
     k_similarity: int = 3
     similarity_radius_pitches: float = 3.0  # anatomy-aware: similarity candidates within this many pitches
     similarity_sections: int = 2  # similarity edges to sections up to this many steps away
@@ -149,7 +150,7 @@ def graph_3d(context: dg.AssetExecutionContext, config: GraphConfig, storage: St
         sr, sg, rxy, rsec, gxy, gsec = tile_arrays(tiles_root, names)
         manifest = store.load_registered(sid).without_truth()
         params = GraphParams.for_lattice(
-            manifest.spot_pitch_um, manifest.spot_diameter_um, k_intra=config.k_intra, overlap=config.overlap,  # type: ignore[arg-type]
+            manifest.spot_pitch_um, manifest.spot_diameter_um, k_intra=config.k_intra, overlap=config.overlap,
             k_similarity=config.k_similarity, similarity_radius_um=config.similarity_radius_pitches * manifest.spot_pitch_um,
             similarity_sections=config.similarity_sections, neighbour_sections=config.neighbour_sections, k_tile=config.k_tile,
         )
@@ -160,7 +161,7 @@ def graph_3d(context: dg.AssetExecutionContext, config: GraphConfig, storage: St
             write_edges_parquet(data, tmp / "edges.parquet")
             (tmp / "params.json").write_text(json.dumps(params.__dict__, default=str))
     et = data.edge_type.numpy()
-    counts = {name: int((et == i).sum()) for i, name in enumerate(("intra", "overlap", "similarity"))}
+    counts = {name: int((et == i).sum()) for i, name in enumerate(EDGE_TYPE_NAMES)}
     log_progress(context, f"{data.num_nodes} nodes, edges {counts}")
     return dg.MaterializeResult(
         metadata={
