@@ -30,7 +30,7 @@ class ModelConfig(dg.Config):
     ensemble: Optional[int] = None  # members averaged (1 is ~3x faster on very large stacks)
     source_rank: Optional[int] = None  # propagated labels: -1 BCV rank of the measured expression, 0 raw, r > 0 fixed
     ridge_rank: Optional[int] = None  # image ridge targets: -1 rank by leave-one-out PCC, 0 raw, r > 0 fixed
-    mask: Optional[Literal["random", "blocked"]] = None  # known masks / validation folds
+    mask: Literal["preset", "random", "blocked"] = "preset"  # known masks / validation folds ("preset": the preset's)
 
 
 @gpu_asset(
@@ -48,7 +48,7 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, storage: Stora
 
     store, sid = sample_io(context, storage)
     dev = device.torch_device()
-    overrides = {k: v for k, v in config.model_dump(exclude={"preset"}).items() if v is not None}
+    overrides = {k: v for k, v in config.model_dump(exclude={"preset"}).items() if v not in (None, "preset")}
     params = params_for(config.preset, **overrides)
     with StageMonitor().run() as mon:
         inp = StackInputs.load(store, sid)
