@@ -163,3 +163,13 @@ def test_digest_refuses_a_fifo_without_blocking(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(InputError, match="FIFO"):
         sha256_file(fifo)
+
+
+def test_loading_the_definitions_imports_neither_torch_nor_anndata():
+    """`asign run` on an up-to-date sample stays a few seconds: the heavy libraries load in the steps."""
+    import subprocess
+    import sys
+
+    code = "import sys, asign_assets.definitions, asign_assets.cli, asign_assets.freshness; print(sorted({'torch', 'anndata', 'torch_geometric'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -12,7 +12,6 @@ from asign_assets.assets.common import StageMonitor, StorageResource, digest_arr
 from asign_assets.assets.imaging import embeddings, tiles
 from asign_assets.assets.ingest import sections
 from asign_assets.assets.sources import raw_inputs
-from asign_assets.graph import EDGE_TYPE_NAMES
 from asign_assets.plots import png_bytes
 from asign_assets.registration import RegistrationParams
 from asign_assets.stack_inputs import section_names, stacked, tile_arrays
@@ -138,7 +137,7 @@ def graph_3d(context: dg.AssetExecutionContext, config: GraphConfig, storage: St
     import torch
     import zarr
 
-    from asign_assets.graph import GraphParams, build_graph_3d, write_edges_parquet
+    from asign_assets.graph import EDGE_TYPE_NAMES, GraphParams, build_graph_3d, write_edges_parquet
 
     store, sid = sample_io(context, storage)
     with StageMonitor().run() as mon:
