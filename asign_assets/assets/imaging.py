@@ -114,7 +114,7 @@ def embeddings(context: dg.AssetExecutionContext, config: EmbeddingsConfig, stor
     import torch
 
     old_threads = torch.get_num_threads()
-    if config.threads is not None:
+    if config.threads:  # None (or 0, as before): torch's default
         torch.set_num_threads(config.threads)
     try:
         with StageMonitor().run() as mon:
