@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from asign_assets.graph import EDGE_INTRA, EDGE_OVERLAP, EDGE_SIMILARITY
+from asign_assets.metrics import gene_pcc
 from asign_assets.propagation import label_propagation
 
-EDGE_INTRA, EDGE_OVERLAP, EDGE_SIMILARITY = 0, 1, 2
 
 
 @dataclass
@@ -71,13 +72,6 @@ def fit_ridge(X: np.ndarray, Y: np.ndarray, lambdas: np.ndarray | None = None) -
     return Ridge(mu_x, sd_x, mu_y, coef, lam, loo.astype(np.float32))
 
 
-def _gene_pcc(a: np.ndarray, b: np.ndarray) -> float:
-    a = a - a.mean(0)
-    b = b - b.mean(0)
-    den = np.sqrt((a * a).sum(0) * (b * b).sum(0))
-    return float(np.where(den > 1e-12, (a * b).sum(0) / np.where(den > 1e-12, den, 1.0), 0.0).mean())
-
-
 def choose_ridge_rank(X: np.ndarray, Y: np.ndarray, max_rank: int = 30) -> tuple[int, list[float]]:
     """Rank of the targets for :func:`fit_reduced_rank_ridge`, chosen on ``(X, Y)`` alone.
 
@@ -90,10 +84,10 @@ def choose_ridge_rank(X: np.ndarray, Y: np.ndarray, max_rank: int = 30) -> tuple
     Y = np.asarray(Y, np.float64)
     max_rank = int(min(max_rank, min(Y.shape) - 1))
     full = low_rank(Y, max(max_rank, 0))
-    scores = [_gene_pcc(fit_ridge(X, Y).loo, Y)]
+    scores = [gene_pcc(fit_ridge(X, Y).loo, Y)]
     for r in range(1, max_rank + 1):
         yr = full.mean + (full.u[:, :r] * full.s[:r]) @ full.vt[:r]
-        scores.append(_gene_pcc(fit_ridge(X, yr).loo, Y))
+        scores.append(gene_pcc(fit_ridge(X, yr).loo, Y))
     return int(np.argmax(scores)), scores
 
 

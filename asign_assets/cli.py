@@ -112,16 +112,29 @@ def storage_error(exc: BaseException) -> str | None:
     return None
 
 
+DAGSTER_YAML = """# written by asign (delete to regenerate); Dagster's settings for this DAGSTER_HOME
+telemetry:
+  enabled: false
+"""
+
+
 def _set_home(home: str | None) -> str:
-    """ASIGN_HOME from the flag or the environment; DAGSTER_HOME defaults under it."""
+    """ASIGN_HOME from the flag or the environment, exported with ASIGN_DEVICE (default auto) for
+    the resources' ``dg.EnvVar``s; DAGSTER_HOME defaults under it and gets a dagster.yaml
+    (telemetry off) when it has none."""
     from asign_assets.storage import default_home
 
     if home:
         os.environ["ASIGN_HOME"] = str(Path(home).expanduser().resolve()) if "://" not in home else home
     asign_home = default_home()
+    os.environ["ASIGN_HOME"] = asign_home
+    os.environ.setdefault("ASIGN_DEVICE", "auto")
     local = asign_home if "://" not in asign_home else str(Path("~/.asign").expanduser())
     os.environ.setdefault("DAGSTER_HOME", str(Path(local) / "dagster"))
-    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    dagster_home = Path(os.environ["DAGSTER_HOME"])
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    if not (dagster_home / "dagster.yaml").exists():
+        (dagster_home / "dagster.yaml").write_text(DAGSTER_YAML)
     return asign_home
 
 
@@ -136,16 +149,38 @@ def _run_config(args: argparse.Namespace) -> dict:
     return {"ops": ops} if ops else {}
 
 
-def materialise_sample(manifest_or_id: str, device: str = "auto", run_config: dict | None = None, replace: bool = False) -> str:
-    """Register the sample, add its partition and run every asset through Dagster.
+def _failure_messages(result) -> list[str]:
+    messages = []
+    for ev in result.all_events:
+        if ev.is_step_failure and ev.step_failure_data and ev.step_failure_data.error:
+            err = ev.step_failure_data.error
+            while err.cause is not None and "dagster" in err.cls_name.lower():
+                err = err.cause
+            messages.append(f"{ev.step_key}: {err.message.strip()}")
+        elif ev.event_type_value == "ASSET_CHECK_EVALUATION":
+            data = ev.event_specific_data
+            if data is not None and not data.passed:
+                messages.append(f"check {data.check_name} failed on {data.asset_key.to_user_string()}: {data.description or ''}")
+    return messages
+
+
+def materialise_sample(
+    manifest_or_id: str, device: str = "auto", run_config: dict | None = None, replace: bool = False, force: bool = False,
+) -> str:
+    """Register the sample, add its partition, observe its raw inputs and materialise the assets
+    that are missing or stale (all of them with ``force``), printing what is skipped and why.
 
     A sample id registered with other content is refused unless ``replace`` (its old
-    outputs are then removed at once before the run).
+    outputs are then removed at once before the run). Dagster's DEBUG stream goes to
+    ``$DAGSTER_HOME/logs/<sample>.log``; the terminal gets one line per asset and a summary.
     """
     import dagster as dg
 
+    from asign_assets.console import asset_line, cli_run_config, summary_table
     from asign_assets.definitions import build_definitions
+    from asign_assets.freshness import plan_sample
     from asign_assets.manifest import load_manifest
+    from asign_assets.ops import OBSERVE_JOB_NAME
     from asign_assets.storage import Storage
 
     storage = Storage()
@@ -164,29 +199,39 @@ def materialise_sample(manifest_or_id: str, device: str = "auto", run_config: di
         storage.load_registered(sample_id)  # clear error if unknown
     defs = build_definitions(storage_root=storage.root, device=device)
     instance.add_dynamic_partitions("samples", [sample_id])
-    job = defs.resolve_job_def("full_sample")
-    print(f"asign: materialising sample {sample_id!r} (storage {storage.root}, device {device})", file=sys.stderr)
+    log_file = Path(os.environ["DAGSTER_HOME"]) / "logs" / f"{sample_id}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    quiet = cli_run_config(str(log_file))
+    print(f"asign: sample {sample_id!r} (storage {storage.root}, device {device}); Dagster's log: {log_file}", file=sys.stderr)
     t0 = time.perf_counter()
     try:
-        result = job.execute_in_process(partition_key=sample_id, instance=instance, raise_on_error=False, run_config=run_config or {})
+        observed = defs.resolve_job_def(OBSERVE_JOB_NAME).execute_in_process(
+            partition_key=sample_id, instance=instance, raise_on_error=False, run_config=quiet,
+        )
+        if not observed.success:
+            raise AsignError("observing the raw inputs failed:\n  " + "\n  ".join(_failure_messages(observed) or [f"see {log_file}"]))
+        plan = plan_sample(instance, defs, storage, sample_id, force=force, run_config=run_config)
+        for key, why in plan.run.items():
+            print(f"  {key.to_user_string():<18} to run: {why}", file=sys.stderr)
+        result = None
+        if plan.run:
+            config = {**(run_config or {}), **quiet}
+            result = defs.resolve_job_def("full_sample").execute_in_process(
+                partition_key=sample_id, instance=instance, raise_on_error=False, run_config=config, asset_selection=list(plan.run),
+            )
     except KeyboardInterrupt:
         raise RunInterrupted(_kept_line(storage, sample_id)) from None
     if _interrupted():
         raise RunInterrupted(_kept_line(storage, sample_id))
-    if not result.success:
-        messages = []
-        for ev in result.all_events:
-            if ev.is_step_failure and ev.step_failure_data and ev.step_failure_data.error:
-                err = ev.step_failure_data.error
-                while err.cause is not None and "dagster" in err.cls_name.lower():
-                    err = err.cause
-                messages.append(f"{ev.step_key}: {err.message.strip()}")
-            elif ev.event_type_value == "ASSET_CHECK_EVALUATION":
-                data = ev.event_specific_data
-                if data is not None and not data.passed:
-                    messages.append(f"check {data.check_name} failed on {data.asset_key.to_user_string()}: {data.description or ''}")
-        raise AsignError("run failed:\n  " + "\n  ".join(messages or ["see the Dagster logs above"]))
-    print(f"asign: sample {sample_id!r} done in {time.perf_counter() - t0:.1f} s; outputs in {storage.sample_uri(sample_id)}", file=sys.stderr)
+    if result is not None and not result.success:
+        raise AsignError("run failed:\n  " + "\n  ".join(_failure_messages(result) or [f"see {log_file}"]))
+    ran = [
+        asset_line(ev.asset_key.to_user_string(), ev.event_specific_data.materialization.metadata)
+        for ev in (result.all_events if result is not None else []) if ev.event_type_value == "ASSET_MATERIALIZATION"
+    ]
+    print(summary_table(ran, {k.to_user_string(): why for k, why in plan.skip.items()}), file=sys.stderr)
+    what = f"{len(ran)} asset(s) materialised, {len(plan.skip)} up to date" if ran else "everything up to date (--force recomputes)"
+    print(f"asign: sample {sample_id!r}: {what} in {time.perf_counter() - t0:.1f} s; outputs in {storage.sample_uri(sample_id)}", file=sys.stderr)
     return sample_id
 
 
@@ -252,7 +297,7 @@ def cmd_import_visium(args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     _set_home(args.home)
-    materialise_sample(args.target, device=args.device, run_config=_run_config(args), replace=args.replace)
+    materialise_sample(args.target, device=args.device, run_config=_run_config(args), replace=args.replace, force=args.force)
 
 
 def cmd_register(args: argparse.Namespace) -> None:
@@ -294,8 +339,19 @@ def cmd_viewer(args: argparse.Namespace) -> None:
     run_viewer(home, host=args.host, port=args.port)
 
 
+CODE_LOCATION = "asign"
+WORKSPACE_YAML = f"""# written by `asign ui`: the code location, named {CODE_LOCATION!r} in the UI
+load_from:
+  - python_module:
+      module_name: asign_assets.definitions
+      location_name: {CODE_LOCATION}
+"""
+
+
 def _ui_commands(args: argparse.Namespace) -> list[list[str]]:
-    cmds = [[sys.executable, "-m", "dagster", "dev", "-m", "asign_assets.definitions", "-h", args.host, "-p", str(args.port)]]
+    workspace = Path(os.environ["DAGSTER_HOME"]) / "workspace.yaml"
+    workspace.write_text(WORKSPACE_YAML)
+    cmds = [[sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "-h", args.host, "-p", str(args.port)]]
     if not args.no_viewer:
         cmds.append([sys.executable, "-m", "dash_app", "--host", args.host, "--port", str(args.viewer_port)])
     return cmds
@@ -355,6 +411,13 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--preset", help="model size preset: cpu (default), gpu, gpu-large")
             sp.add_argument("--epochs", type=int, help="override the preset's training epochs")
 
+    def importer(sp: argparse.ArgumentParser, measured_help: str, default_id: str, z_step_um: float | None, z_help: str | None = None) -> None:
+        sp.add_argument("--measured", required=True, help=measured_help)
+        sp.add_argument("--with-truth", action="store_true", help="attach the other sections' counts as truth (used only by evaluation)")
+        sp.add_argument("--sample-id", help=f"sample id (default {default_id})")
+        sp.add_argument("--out", help="manifest path (default ./<sample-id>.yaml)")
+        sp.add_argument("--z-step-um", type=float, default=z_step_um, help=z_help or f"distance between consecutive sections (default {z_step_um:g})")
+
     d = sub.add_parser("demo", help="create a synthetic demo sample and materialise every asset")
     common(d)
     d.add_argument("--out", help="where to write the demo stack (default <home>/demo-data/<sample-id>)")
@@ -370,28 +433,21 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("data_dir", help="folder with ST-cnts/, ST-spotfiles/, ST-imgs/")
     h.add_argument("--patient", required=True, help="patient letter, e.g. C")
     h.add_argument("--sections", required=True, help="comma-separated sections in stack order, e.g. C2,C3,C4,C5,C6")
-    h.add_argument("--measured", required=True, help="the section whose counts are the input")
-    h.add_argument("--with-truth", action="store_true", help="attach the other sections' counts as truth (used only by evaluation)")
-    h.add_argument("--sample-id", help="sample id (default her2st_<patient>)")
-    h.add_argument("--out", help="manifest path (default ./<sample-id>.yaml)")
-    h.add_argument("--z-step-um", type=float, default=None,
-                   help="uniform distance between consecutive sections (default: the block layout, see asign_assets/her2st.py)")
+    importer(h, "the section whose counts are the input", "her2st_<patient>", None,
+             "uniform distance between consecutive sections (default: the block layout, see asign_assets/her2st.py)")
     h.add_argument("--z", help="per-section depth overrides in um, e.g. C3=116,C4=132")
     h.set_defaults(func=cmd_import_her2st)
 
     vi = sub.add_parser("import-visium", help="write a manifest for a stack of Visium (Space Ranger outs/) folders")
     vi.add_argument("dirs", nargs="+", metavar="DIR", help="Space Ranger outs/ folders (with spatial/), in stack order")
-    vi.add_argument("--measured", required=True, help="the section whose counts are the input (its folder name; the parent's for outs/)")
-    vi.add_argument("--with-truth", action="store_true", help="attach the other sections' counts as truth (used only by evaluation)")
-    vi.add_argument("--sample-id", help="sample id (default visium_<measured>)")
-    vi.add_argument("--out", help="manifest path (default ./<sample-id>.yaml)")
-    vi.add_argument("--z-step-um", type=float, default=10.0, help="distance between consecutive sections (default 10)")
+    importer(vi, "the section whose counts are the input (its folder name; the parent's for outs/)", "visium_<measured>", 10.0)
     vi.set_defaults(func=cmd_import_visium)
 
     r = sub.add_parser("run", help="register a manifest (or a known sample id) and materialise all its assets")
     common(r)
     r.add_argument("target", help="manifest .yaml path or registered sample id")
     r.add_argument("--replace", action="store_true", help="the sample id is registered with other content: remove its outputs and start afresh")
+    r.add_argument("--force", action="store_true", help="recompute every asset, even those that are up to date")
     r.set_defaults(func=cmd_run)
 
     g = sub.add_parser("register", help="register a manifest and add its sample partition, without running anything")

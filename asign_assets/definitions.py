@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import dagster as dg
 
 from asign_assets.assets import ALL_ASSETS, ALL_CHECKS
-from asign_assets.assets.common import DeviceResource, StorageResource, samples_partitions
+from asign_assets.assets.common import DeviceResource, StorageResource
+from asign_assets.assets.sources import SOURCES
+from asign_assets.console import asign_cli_logger
+from asign_assets.ops import JOB_NAME, OBSERVE_JOB_NAME
 
-full_sample_job = dg.define_asset_job(
-    "full_sample",
-    selection=dg.AssetSelection.all(),
-    partitions_def=samples_partitions,
-    description="Every asset of one sample partition, from the manifest to the evaluation.",
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", dg.BetaWarning)  # include_sources: beta, used on purpose
+    # The raw inputs are observed first in the same run, so what a sensor-started run computes
+    # records the file digests it was computed from (`asign run` observes, then selects).
+    full_sample_job = dg.define_asset_job(
+        JOB_NAME,
+        selection=dg.AssetSelection.all(include_sources=True),
+        description="Observes one sample's raw inputs, then materialises every asset from the sections to the evaluation "
+        "(`asign run` selects only the stale and missing ones).",
+    )
+observe_inputs_job = dg.define_asset_job(
+    OBSERVE_JOB_NAME,
+    selection=dg.AssetSelection.assets(*(s.key for s in SOURCES)),
+    description="Observes one sample's raw inputs and truth: content digests of the manifest's files.",
 )
 
 
@@ -52,22 +65,24 @@ def executor_from_env() -> dg.ExecutorDefinition | None:
     return None
 
 
-def build_definitions(storage_root: str | None = None, device: str | None = None, executor: dg.ExecutorDefinition | None = None, extra: list | None = None) -> dg.Definitions:
-    """Definitions with explicit resources (the CLI and tests use this)."""
+def build_definitions(storage_root: str | None = None, device: str | None = None, executor: dg.ExecutorDefinition | None = None) -> dg.Definitions:
+    """Definitions with explicit resources (the CLI and tests); without them the resources
+    read ``$ASIGN_HOME`` and ``$ASIGN_DEVICE`` through ``dg.EnvVar`` when a run starts."""
     from asign_assets.ops import schedules_and_sensors
 
     sched, sensors = schedules_and_sensors()
     return dg.Definitions(
         assets=ALL_ASSETS,
         asset_checks=ALL_CHECKS,
-        jobs=[full_sample_job],
+        jobs=[full_sample_job, observe_inputs_job],
         schedules=sched,
         sensors=sensors,
         resources={
-            "storage": StorageResource(root=storage_root if storage_root is not None else os.environ.get("ASIGN_HOME", "")),
-            "device": DeviceResource(device=device or os.environ.get("ASIGN_DEVICE", "auto")),
+            "storage": StorageResource(root=storage_root if storage_root is not None else dg.EnvVar("ASIGN_HOME")),
+            "device": DeviceResource(device=device or dg.EnvVar("ASIGN_DEVICE")),
         },
         executor=executor,
+        loggers={"console": dg.colored_console_logger, "asign_cli": asign_cli_logger},
     )
 
 

@@ -50,6 +50,14 @@ class Encoder(Protocol):
         ...
 
 
+def _check_tiles(tiles: np.ndarray) -> np.ndarray:
+    """``tiles`` as an array, refused unless shaped [N, h, w, >=3] (what every encoder takes)."""
+    tiles = np.asarray(tiles)
+    if tiles.ndim != 4 or tiles.shape[-1] < 3:
+        raise ValueError(f"tiles must be uint8 [N, h, w, 3], got {tiles.shape}")
+    return tiles
+
+
 def _to_tensor(tiles: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 [N,h,w,3] -> float [N,3,h,w] in 0..1 on ``device``."""
     t = torch.from_numpy(np.ascontiguousarray(tiles[..., :3]))
@@ -160,9 +168,7 @@ class HistologyEncoder:
 
     @torch.no_grad()
     def encode(self, tiles: np.ndarray) -> np.ndarray:
-        tiles = np.asarray(tiles)
-        if tiles.ndim != 4 or tiles.shape[-1] < 3:
-            raise ValueError(f"tiles must be uint8 [N, h, w, 3], got {tiles.shape}")
+        tiles = _check_tiles(tiles)
         if tiles.shape[0] == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         x = _to_tensor(tiles, self.device)
@@ -275,9 +281,7 @@ class TorchScriptEncoder:
 
     @torch.no_grad()
     def encode(self, tiles: np.ndarray) -> np.ndarray:
-        tiles = np.asarray(tiles)
-        if tiles.ndim != 4 or tiles.shape[-1] < 3:
-            raise ValueError(f"tiles must be uint8 [N, h, w, 3], got {tiles.shape}")
+        tiles = _check_tiles(tiles)
         if tiles.shape[0] == 0:
             return np.zeros((0, getattr(self, "dim", 0)), dtype=np.float32)
         x = _to_tensor(tiles, self.device)

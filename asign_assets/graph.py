@@ -28,6 +28,7 @@ __all__ = [
     "EDGE_INTRA",
     "EDGE_OVERLAP",
     "EDGE_SIMILARITY",
+    "EDGE_TYPE_NAMES",
     "build_graph_3d",
     "intra_edges",
     "overlap_edges",
@@ -39,6 +40,8 @@ __all__ = [
 ]
 
 EDGE_INTRA, EDGE_OVERLAP, EDGE_SIMILARITY = 0, 1, 2
+#: Name of each edge type, indexed by its value in ``Data.edge_type``.
+EDGE_TYPE_NAMES = ("intra", "overlap", "similarity")
 
 
 @dataclass(frozen=True)
@@ -350,12 +353,11 @@ def build_graph_3d(
 
 
 def merge_edges(edge_index: torch.Tensor, edge_weight: torch.Tensor, num_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One weighted adjacency: edges of the same (src, dst) under several types summed."""
-    s, d = edge_index[0].long(), edge_index[1].long()
-    key = s * num_nodes + d
-    uniq, inv = torch.unique(key, sorted=True, return_inverse=True)
-    w = torch.zeros(len(uniq), dtype=edge_weight.dtype).index_add_(0, inv, edge_weight)
-    return torch.stack([uniq // num_nodes, uniq % num_nodes]), w
+    """One weighted adjacency: edges of the same (src, dst) under several types summed
+    (``torch_geometric.utils.coalesce``; sorted by src, then dst)."""
+    from torch_geometric.utils import coalesce
+
+    return coalesce(edge_index.long(), edge_weight, num_nodes=num_nodes, reduce="sum")
 
 
 def edges_frame(data: Data) -> pl.DataFrame:

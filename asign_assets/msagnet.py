@@ -218,11 +218,6 @@ class CrossLayerImputation(nn.Module):
     def weight(self) -> Tensor:
         return torch.sigmoid(self.alpha)
 
-    def propagate(self, edge_index: Tensor, edge_weight: Tensor | None, num_nodes: int, y_known: Tensor, known_mask: Tensor) -> Tensor:
-        from asign_assets.propagation import label_propagation
-
-        return label_propagation(edge_index, edge_weight, num_nodes, y_known, known_mask, iters=self.iters)  # type: ignore[return-value]
-
     def forward(self, network: Tensor, propagated: Tensor) -> Tensor:
         w = self.weight
         return w * propagated + (1.0 - w) * network

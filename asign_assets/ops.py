@@ -1,7 +1,6 @@
-"""Operations: the inbox sensor that starts new samples and the nightly reprocessing schedule.
+"""Operations: the inbox sensor that starts new samples and the schedule that observes raw inputs.
 
-Both are thin wrappers around pure functions (:func:`scan_inbox`, :func:`stale_partitions`)
-so their behaviour can be tested without a daemon.
+The sensor is a thin wrapper around a pure function (:func:`scan_inbox`), testable without a daemon.
 
 * ``new_samples`` watches ``$ASIGN_HOME/inbox/`` for ``*.yaml``/``*.yml`` manifests. A new or
   changed manifest is validated, registered (copied with absolute paths to
@@ -10,17 +9,17 @@ so their behaviour can be tested without a daemon.
   :func:`asign_assets.manifest.load_manifest`, so YAML bombs are refused unexpanded), or one
   whose ``sample_id`` is registered with other content and has outputs, is logged and skipped until it changes
   (or is touched); it never stops the sensor.
-* ``reprocess_stale`` (cron ``$ASIGN_REPROCESS_CRON``, default ``0 2 * * *``) rematerialises the
-  stale assets of every sample: code version changed, an upstream asset re-materialised with a
-  different data version, a missing materialisation, or a failed last run.
+* ``observe_inputs`` (cron ``$ASIGN_OBSERVE_CRON``, default nightly ``0 2 * * *``) observes every sample's raw
+  files. Reprocessing itself is declarative: each asset's ``AutomationCondition``
+  (:data:`asign_assets.assets.common.REPROCESS`) requests it when its code version or an
+  upstream data version changed; Dagster's automation sensor evaluates them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,27 +27,15 @@ import dagster as dg
 
 from asign_assets.assets.common import StorageResource, samples_partitions
 from asign_assets.errors import AsignError
+from asign_assets.input_digest import sha256_file
 from asign_assets.manifest import Manifest, load_manifest
 from asign_assets.storage import Storage, default_local_state
 
 JOB_NAME = "full_sample"
-PARTITION_TAG = "dagster/partition"
-CODE_VERSION_TAG = "dagster/code_version"
-DATA_VERSION_TAG = "dagster/data_version"
-INPUT_DATA_VERSION_PREFIX = "dagster/input_data_version/"
-INPUT_EVENT_POINTER_PREFIX = "dagster/input_event_pointer/"
-REASONS_TAG = "asign/reprocess_reasons"
+OBSERVE_JOB_NAME = "observe_inputs"
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 DEFAULT_SENSOR_INTERVAL_S = 30
-DEFAULT_REPROCESS_CRON = "0 2 * * *"
-
-_IN_PROGRESS = {
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-}
+DEFAULT_OBSERVE_CRON = "0 2 * * *"  # nightly: edited inputs are reprocessed out of working hours
 
 
 # --------------------------------------------------------------------------- inbox sensor
@@ -103,10 +90,6 @@ def parse_cursor(cursor: str | None) -> dict[str, list]:
     return {str(k): list(v) for k, v in data.items() if isinstance(v, (list, tuple)) and len(v) == 2}
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def scan_inbox(inbox: Path, seen: Mapping[str, Sequence]) -> InboxScan:
     """Manifests in ``inbox`` that are new or whose content changed since ``seen``.
 
@@ -126,7 +109,7 @@ def scan_inbox(inbox: Path, seen: Mapping[str, Sequence]) -> InboxScan:
             if old is not None and float(old[0]) == mtime:
                 out.cursor[key] = list(old)
                 continue
-            sha = _sha256(path)
+            sha = sha256_file(path)
         except OSError:
             continue  # vanished between listing and reading: next tick sees the truth
         out.cursor[key] = [mtime, sha]
@@ -207,170 +190,37 @@ def build_new_samples_sensor() -> dg.SensorDefinition:
     return new_samples
 
 
-# --------------------------------------------------------------------------- staleness
-@dataclass
-class PartitionStaleness:
-    """Why a sample is stale and which assets must be rematerialised (stale ones + downstream)."""
-
-    reasons: list[str] = field(default_factory=list)
-    assets: set[dg.AssetKey] = field(default_factory=set)
-
-    def run_key(self, partition_key: str) -> str:
-        digest = hashlib.sha256("\n".join(sorted(self.reasons)).encode()).hexdigest()[:12]
-        return f"reprocess:{partition_key}:{digest}"
-
-
-def _asset_graph(asset_graph_or_defs):
-    if isinstance(asset_graph_or_defs, dg.Definitions):
-        return asset_graph_or_defs.resolve_asset_graph()
-    if isinstance(asset_graph_or_defs, dg.RepositoryDefinition):
-        return asset_graph_or_defs.asset_graph
-    return asset_graph_or_defs
-
-
-def _sample_assets(graph) -> list[dg.AssetKey]:
-    """Materialisable assets partitioned by samples, upstream first."""
-    keys = []
-    for key in graph.toposorted_asset_keys:
-        node = graph.get(key)
-        pdef = node.partitions_def
-        if node.is_materializable and isinstance(pdef, dg.DynamicPartitionsDefinition) and pdef.name == samples_partitions.name:
-            keys.append(key)
-    return keys
-
-
-def _latest(instance: dg.DagsterInstance, key: dg.AssetKey, pk: str):
-    res = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, asset_partitions=[pk]), limit=1)
-    return res.records[0] if res.records else None
-
-
-def _tags(record) -> Mapping[str, str]:
-    mat = record.asset_materialization if record is not None else None
-    return (mat.tags or {}) if mat is not None else {}
-
-
-def partition_staleness(instance: dg.DagsterInstance, asset_graph_or_defs, partition_keys: Iterable[str], job_name: str = JOB_NAME) -> dict[str, PartitionStaleness]:
-    """Per sample: reasons it is stale and the assets to rerun; fresh or busy samples are absent.
-
-    An asset of a sample is stale when it was never materialised, its code version differs
-    from the one recorded on its latest materialisation, an upstream asset's current data
-    version differs from the one it was computed from (or, lacking provenance, the upstream was
-    materialised after it), or the sample's last ``job_name`` run failed before materialising it.
-    Samples with a run queued or in progress are left alone.
-    """
-    graph = _asset_graph(asset_graph_or_defs)
-    keys = _sample_assets(graph)
-    key_set = set(keys)
-    out: dict[str, PartitionStaleness] = {}
-    for pk in partition_keys:
-        runs = instance.get_runs(filters=dg.RunsFilter(job_name=job_name, tags={PARTITION_TAG: pk}), limit=1)
-        last_run = runs[0] if runs else None
-        if last_run is not None and last_run.status in _IN_PROGRESS:
-            continue
-        latest = {k: _latest(instance, k, pk) for k in keys}
-        st = PartitionStaleness()
-        for k in keys:
-            name = k.to_user_string()
-            rec = latest[k]
-            if rec is None:
-                st.reasons.append(f"{name}: never materialised")
-                st.assets.add(k)
-                continue
-            tags = _tags(rec)
-            code = graph.get(k).code_version
-            recorded = tags.get(CODE_VERSION_TAG)
-            if code is not None and recorded != code:
-                st.reasons.append(f"{name}: code version {recorded} -> {code}")
-                st.assets.add(k)
-            for parent in sorted(graph.get(k).parent_keys & key_set, key=lambda x: x.to_user_string()):
-                prec = latest[parent]
-                if prec is None:
-                    continue  # reported above as never materialised
-                pname = parent.to_user_string()
-                if tags.get(INPUT_EVENT_POINTER_PREFIX + pname) == str(prec.storage_id):
-                    continue  # computed from exactly the upstream's latest materialisation
-                used = tags.get(INPUT_DATA_VERSION_PREFIX + pname)
-                current = _tags(prec).get(DATA_VERSION_TAG)
-                if used is not None and current is not None:
-                    # Partitioned inputs record sha256 of the upstream partition's data version.
-                    if used not in (current, hashlib.sha256(current.encode()).hexdigest()):
-                        st.reasons.append(f"{name}: upstream {pname} data version changed (now {current[:12]})")
-                        st.assets.add(k)
-                elif prec.storage_id > rec.storage_id:
-                    st.reasons.append(f"{name}: upstream {pname} materialised later")
-                    st.assets.add(k)
-        if last_run is not None and last_run.status == dg.DagsterRunStatus.FAILURE:
-            planned = set(last_run.asset_selection) & key_set if last_run.asset_selection else key_set
-            missed = [k for k in keys if k in planned and (latest[k] is None or latest[k].run_id != last_run.run_id)]
-            if missed:
-                st.reasons.append(f"last run {last_run.run_id[:8]} failed before materialising {', '.join(k.to_user_string() for k in missed)}")
-                st.assets.update(missed)
-        if st.assets:
-            todo = list(st.assets)
-            while todo:  # everything downstream of a stale asset is recomputed too
-                for child in graph.get(todo.pop()).child_keys:
-                    if child in key_set and child not in st.assets:
-                        st.assets.add(child)
-                        todo.append(child)
-            out[pk] = st
-    return out
-
-
-def stale_partitions(instance: dg.DagsterInstance, asset_graph_or_defs, partition_keys: Iterable[str], job_name: str = JOB_NAME) -> dict[str, list[str]]:
-    """``{sample: [reasons]}`` for the stale samples among ``partition_keys`` (see partition_staleness)."""
-    return {pk: st.reasons for pk, st in partition_staleness(instance, asset_graph_or_defs, partition_keys, job_name).items()}
-
-
-def reprocess_requests(instance: dg.DagsterInstance, asset_graph_or_defs, partition_keys: Iterable[str] | None = None) -> list[dg.RunRequest]:
-    """One run request per stale sample, selecting only its stale assets and their downstream."""
-    if partition_keys is None:
-        partition_keys = instance.get_dynamic_partitions(samples_partitions.name)
-    graph = _asset_graph(asset_graph_or_defs)
-    order = {k: i for i, k in enumerate(graph.toposorted_asset_keys)}
-    requests = []
-    for pk, st in partition_staleness(instance, graph, partition_keys).items():
-        reasons = "; ".join(st.reasons)
-        requests.append(
-            dg.RunRequest(
-                run_key=st.run_key(pk),
-                partition_key=pk,
-                asset_selection=sorted(st.assets, key=order.__getitem__),
-                tags={REASONS_TAG: reasons if len(reasons) <= 1000 else reasons[:997] + "..."},
-            )
-        )
-    return requests
-
-
-def _reprocess_cron() -> tuple[str, dg.DefaultScheduleStatus]:
-    cron = os.environ.get("ASIGN_REPROCESS_CRON", DEFAULT_REPROCESS_CRON).strip()
+# --------------------------------------------------------------------------- observations
+def _observe_cron() -> tuple[str, dg.DefaultScheduleStatus]:
+    cron = os.environ.get("ASIGN_OBSERVE_CRON", DEFAULT_OBSERVE_CRON).strip()
     if cron.lower() in ("", "off", "none", "disabled"):
-        return DEFAULT_REPROCESS_CRON, dg.DefaultScheduleStatus.STOPPED
+        return DEFAULT_OBSERVE_CRON, dg.DefaultScheduleStatus.STOPPED
     return cron, dg.DefaultScheduleStatus.RUNNING
 
 
-def build_reprocess_schedule() -> dg.ScheduleDefinition:
-    cron, status = _reprocess_cron()
+def build_observe_schedule() -> dg.ScheduleDefinition:
+    """Observes every sample's raw files on a cron; a changed digest makes the automation
+    conditions (assets.common.REPROCESS) rematerialise what depends on it."""
+    cron, status = _observe_cron()
 
     @dg.schedule(
         cron_schedule=cron,
-        name="reprocess_stale",
-        job_name=JOB_NAME,
+        name="observe_inputs",
+        job_name=OBSERVE_JOB_NAME,
         default_status=status,
-        execution_timezone=os.environ.get("ASIGN_REPROCESS_TZ") or None,
-        description="Rematerialises stale assets of every sample (code version changed, upstream changed, "
-        "never materialised, or last run failed). Cron from $ASIGN_REPROCESS_CRON ('off' stops it).",
+        execution_timezone=os.environ.get("ASIGN_OBSERVE_TZ") or None,
+        description="Observes each sample's raw inputs and truth (file digests, cached by size and mtime), so edited "
+        "files make the assets that read them stale. Cron from $ASIGN_OBSERVE_CRON ('off' stops it).",
     )
-    def reprocess_stale(context: dg.ScheduleEvaluationContext):
-        requests = reprocess_requests(context.instance, context.repository_def.asset_graph)
-        for r in requests:
-            context.log.info(f"reprocess_stale: {r.partition_key}: {r.tags[REASONS_TAG]}")
-        if not requests:
-            return dg.SkipReason("every sample is up to date")
-        return requests
+    def observe_inputs(context: dg.ScheduleEvaluationContext):
+        keys = context.instance.get_dynamic_partitions(samples_partitions.name)
+        if not keys:
+            return dg.SkipReason("no samples registered")
+        return [dg.RunRequest(partition_key=pk) for pk in keys]
 
-    return reprocess_stale
+    return observe_inputs
 
 
 def schedules_and_sensors() -> tuple[list, list]:
     """Called by definitions.build_definitions; env variables are read at load time."""
-    return [build_reprocess_schedule()], [build_new_samples_sensor()]
+    return [build_observe_schedule()], [build_new_samples_sensor()]

@@ -44,10 +44,6 @@ class PropagationOperator:
     has_in: Tensor  # [N] bool: rows with at least one positive incoming edge
     num_nodes: int
 
-    def step(self, x: Tensor, fallback: Tensor) -> Tensor:
-        out = self.matrix @ x
-        return torch.where(self.has_in[:, None], out, fallback)
-
 
 def propagation_operator(edge_index: Tensor, edge_weight: Tensor | None, num_nodes: int) -> PropagationOperator:
     ei, nw = row_normalised_adjacency(edge_index, edge_weight, num_nodes)
@@ -62,14 +58,6 @@ def propagation_operator(edge_index: Tensor, edge_weight: Tensor | None, num_nod
         warnings.simplefilter("ignore", UserWarning)
         mat = torch.sparse_csr_tensor(crow, src, nw, size=(num_nodes, num_nodes), check_invariants=False)
     return PropagationOperator(mat, counts > 0, num_nodes)
-
-
-def propagate_once(edge_index: Tensor, norm_weight: Tensor, x: Tensor, fallback: Tensor) -> Tensor:
-    """One application of the row-normalised operator; rows without edges take ``fallback``."""
-    src, dst = edge_index[0], edge_index[1]
-    out = torch.zeros_like(x).index_add_(0, dst, x[src] * norm_weight[:, None])
-    has_in = torch.zeros(x.shape[0], dtype=norm_weight.dtype, device=x.device).index_add_(0, dst, norm_weight) > 0.5
-    return torch.where(has_in[:, None], out, fallback)
 
 
 def label_propagation(

@@ -136,44 +136,24 @@ def _read_dense_table(path: Path, normalised: bool = False) -> CountMatrix:
 
 
 def _read_10x_h5(path: Path, normalised: bool = False) -> CountMatrix:
-    import h5py
+    """A 10x feature-barcode matrix through scanpy's reader: gene-expression features only,
+    repeated gene symbols made unique (``G``, ``G-1``) as scanpy's ``var_names_make_unique``."""
+    import warnings
+
+    import scanpy as sc
 
     try:
-        with h5py.File(path, "r") as f:
-            if "matrix" not in f:
-                raise InputError(path, "not a 10x feature-barcode matrix (no 'matrix' group)")
-            m = f["matrix"]
-            shape = tuple(int(v) for v in m["shape"][()])
-            data = m["data"][()]
-            indices = m["indices"][()]
-            indptr = m["indptr"][()]
-            barcodes = np.array([b.decode() for b in m["barcodes"][()]], dtype=object)
-            feats = m["features"]
-            names = np.array([b.decode() for b in feats["name"][()]], dtype=object)
-            if "feature_type" in feats:
-                ftype = np.array([b.decode() for b in feats["feature_type"][()]])
-                keep = ftype == "Gene Expression"
-            else:
-                keep = np.ones(len(names), dtype=bool)
-    except InputError:
-        raise
-    except (OSError, KeyError) as exc:
-        raise InputError(path, f"cannot read 10x HDF5 matrix: {exc}") from None
-    # 10x stores genes x barcodes in CSC, i.e. barcodes x genes in CSR.
-    X = sp.csr_matrix((data.astype(np.float32), indices, indptr), shape=(shape[1], shape[0]))
-    X = X[:, np.flatnonzero(keep)]
-    names = names[keep]
-    if len(set(names)) != len(names):
-        # 10x gene symbols can repeat; make them unique like scanpy's var_names_make_unique.
-        seen: dict[str, int] = {}
-        uniq = []
-        for n in names:
-            k = seen.get(n, 0)
-            uniq.append(n if k == 0 else f"{n}-{k}")
-            seen[n] = k + 1
-        names = np.array(uniq, dtype=object)
+        with warnings.catch_warnings():  # the names are made unique right below
+            warnings.filterwarnings("ignore", message="Variable names are not unique")
+            adata = sc.read_10x_h5(path, gex_only=True)
+    except (OSError, KeyError, IndexError, ValueError) as exc:
+        raise InputError(path, f"cannot read 10x HDF5 matrix: {exc or type(exc).__name__}") from None
+    adata.var_names_make_unique()
+    X = sp.csr_matrix(adata.X, dtype=np.float32)
+    barcodes = np.asarray(adata.obs_names, dtype=object)
+    names = np.asarray(adata.var_names, dtype=object)
     _validate_counts(X, barcodes, names, path, normalised)
-    return CountMatrix(barcodes, names, X.tocsr(), str(path))
+    return CountMatrix(barcodes, names, X, str(path))
 
 
 def _read_h5ad(path: Path):

@@ -300,11 +300,16 @@ def mask_dice(fixed_mask: np.ndarray, fixed_um_per_px: float, moving_mask: np.nd
 
 
 def _dice(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> float:
+    """Dice of the masks (> 0.5) after warping ``moving`` onto ``fixed``; 0 when both are empty."""
     warped = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    a = sitk.GetArrayViewFromImage(fixed) > 0.5
-    b = sitk.GetArrayViewFromImage(warped) > 0.5
-    denom = a.sum() + b.sum()
-    return float(2.0 * np.logical_and(a, b).sum() / denom) if denom else 0.0
+    a, b = sitk.Cast(fixed > 0.5, sitk.sitkUInt8), warped > 0.5
+    stats = sitk.StatisticsImageFilter()
+    stats.Execute(a + b)
+    if stats.GetSum() == 0:
+        return 0.0
+    overlap = sitk.LabelOverlapMeasuresImageFilter()
+    overlap.Execute(a, b)
+    return float(overlap.GetDiceCoefficient())
 
 
 # ----------------------------------------------------------------------------- optimisation

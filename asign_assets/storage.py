@@ -191,10 +191,6 @@ class Storage:
             if not self.is_local:
                 shutil.rmtree(tmp.parent, ignore_errors=True)
 
-    def write_bytes(self, sample_id: str, name: str, data: bytes) -> None:
-        with self.write(sample_id, name) as tmp:
-            tmp.write_bytes(data)
-
     def _record_provenance(self, sample_id: str, name: str, digest: str) -> None:
         """Written after the asset: a crash in between reads as a mismatch, never as a false match."""
         rel = f"{PROVENANCE}/{name.replace('/', '%2F')}.manifest"
@@ -429,11 +425,6 @@ class Storage:
         if not path.exists():
             raise InputError(path, f"sample {sample_id!r} is not registered; run `asign run <manifest>` or drop its manifest in the inbox")
         return load_manifest(path)
-
-    def registered_samples(self) -> list[str]:
-        folder = self._manifest_file("x").parent
-        return sorted(p.stem for p in folder.glob("*.yaml")) if folder.exists() else []
-
 
 def default_local_state() -> str:
     home = default_home()

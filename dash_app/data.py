@@ -13,17 +13,15 @@ import functools
 import io
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from asign_assets.errors import InputError
+from asign_assets.manifest import SAMPLE_ID_RE
+from asign_assets.manifest import SECTION_NAME_RE as SECTION_RE  # section names become file names (thumbnails/<section>.png)
 
-SAMPLE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-# Section names become file names (thumbnails/<section>.png): same shape as sample ids.
-SECTION_RE = SAMPLE_ID_RE
 # Gene names are looked up in var_names, never used in paths; this only bounds the length.
 MAX_GENE_LEN = 200
 

@@ -204,13 +204,15 @@ def test_sweep_removes_dead_writers_only(tmp_path):
         stale = time.time() - 7 * 3600
         for key in ("other_host_old", "legacy_old"):
             os.utime(folder / names[key], (stale, stale))
-        store.write_bytes("s1", "f.bin", b"new")  # every write sweeps its folder
+        with store.write("s1", "f.bin") as tmp:  # every write sweeps its folder
+            tmp.write_bytes(b"new")
         left = {k for k, n in names.items() if (folder / n).exists()}
         assert left == {"alive", "own", "other_host_recent"}
     finally:
         sleeper.kill()
         sleeper.wait()
-    store.write_bytes("s1", "f.bin", b"newer")
+    with store.write("s1", "f.bin") as tmp:
+        tmp.write_bytes(b"newer")
     assert not (folder / names["alive"]).exists()  # its writer is gone now
 
 
@@ -221,7 +223,8 @@ def test_sweep_restores_orphaned_previous_version(tmp_path):
     orphan = folder / f"{OLD_PREFIX}registrations-{HOST_ID}-{_dead_pid()}-{'a' * 12}"
     orphan.mkdir(parents=True)
     (orphan / "spots.parquet").write_bytes(b"previous")
-    store.write_bytes("s1", "other.bin", b"x")
+    with store.write("s1", "other.bin") as tmp:
+        tmp.write_bytes(b"x")
     assert (folder / "registrations" / "spots.parquet").read_bytes() == b"previous"
     assert not orphan.exists()
 

@@ -62,7 +62,7 @@ def _instance_env(postgres, tmp_path: Path, db: str, monkeypatch) -> tuple[dict[
     dagster_home.mkdir()
     (asign_home / "inbox").mkdir(parents=True)
     env.update({"DAGSTER_HOME": str(dagster_home), "ASIGN_HOME": str(asign_home), "ASIGN_DEVICE": "cpu", "ASIGN_EXECUTOR": "in_process",
-                "ASIGN_SENSOR_INTERVAL_S": "5", "ASIGN_REPROCESS_CRON": "off"})
+                "ASIGN_SENSOR_INTERVAL_S": "5", "ASIGN_OBSERVE_CRON": "off"})
     for var in ("ASIGN_INBOX", "ASIGN_MANIFESTS"):
         env.pop(var, None)
     run(doc_command("instance"), env, tmp_path / "instance.log")

@@ -66,7 +66,8 @@ def test_reader_retries_when_a_writer_replaces_the_asset(remote, monkeypatch):
 
 def test_mirror_copies_only_changed_assets(remote, tmp_path):
     _write_dir(remote, "s1", "a", "v1")
-    remote.write_bytes("s1", "b.json", b"{}")
+    with remote.write("s1", "b.json") as tmp:
+        tmp.write_bytes(b"{}")
     assert sorted(remote.mirror(tmp_path)) == ["s1/a", "s1/b.json"]
     assert remote.mirror(tmp_path) == []
     stamp = (tmp_path / "samples" / "s1" / "b.json").stat().st_ino
@@ -75,7 +76,8 @@ def test_mirror_copies_only_changed_assets(remote, tmp_path):
     assert (tmp_path / "samples" / "s1" / "a" / "part0.txt").read_text() == "v2-0"
     assert (tmp_path / "samples" / "s1" / "b.json").stat().st_ino == stamp
     assert (tmp_path / "samples" / "s1" / COMPLETE_DIR / "a").read_text() == remote._completion_token("s1", "a")
-    remote.write_bytes("s1", "c.json", b"[]")
+    with remote.write("s1", "c.json") as tmp:
+        tmp.write_bytes(b"[]")
     assert remote.mirror(tmp_path / "only_b", names=frozenset({"b.json"})) == ["s1/b.json"]
 
 

@@ -20,6 +20,8 @@ import pytest
 
 from _procs import free_port, leftovers, stop  # noqa: E402  (tests/ helper)
 
+from asign_assets.cli import CODE_LOCATION, WORKSPACE_YAML
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_ID = "e2e_tiny"
 STARTUP_TIMEOUT_S = 240
@@ -54,6 +56,16 @@ query Logs($runId: ID!) {
         ... on RunFailureEvent { error { message } }
       }
     }
+  }
+}"""
+
+
+UI_QUERY = """
+query UI {
+  workspaceOrError { __typename ... on Workspace { locationEntries { name } } }
+  assetNodes {
+    assetKey { path }
+    assetChecksOrError { __typename ... on AssetChecks { checks { name } } }
   }
 }"""
 
@@ -101,16 +113,18 @@ def test_inbox_manifest_runs_in_dagster_dev(tmp_path):
         "ASIGN_HOME": str(asign_home),
         "ASIGN_DEVICE": "cpu",
         "ASIGN_SENSOR_INTERVAL_S": "5",
-        "ASIGN_REPROCESS_CRON": "off",
+        "ASIGN_OBSERVE_CRON": "off",
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("ASIGN_INBOX", None)
     env.pop("ASIGN_MANIFESTS", None)
     log_path = tmp_path / "dagster_dev.log"
     markers = [str(dagster_home), f"-p {port}"]
+    workspace = dagster_home / "workspace.yaml"
+    workspace.write_text(WORKSPACE_YAML)  # what `asign ui` loads: the code location named `asign`
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dagster", "dev", "-m", "asign_assets.definitions", "-h", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     failure = None
@@ -158,6 +172,10 @@ def test_inbox_manifest_runs_in_dagster_dev(tmp_path):
             assert tags.get("dagster/run_key", "").startswith(f"{SAMPLE_ID}:")
             assert (asign_home / "manifests" / f"{SAMPLE_ID}.yaml").exists()
             assert (asign_home / "samples" / SAMPLE_ID / "sections").is_dir()
+            ui = _graphql(port, UI_QUERY)
+            assert [e["name"] for e in ui["workspaceOrError"]["locationEntries"]] == [CODE_LOCATION]
+            checks = {c["name"] for n in ui["assetNodes"] for c in (n["assetChecksOrError"].get("checks") or [])}
+            assert len(checks) >= 5 and {"registration_dice", "imputed_volume_consistent", "graph_few_isolated"} <= checks, checks
     finally:
         left = stop(proc, markers)
     assert failure is None, failure

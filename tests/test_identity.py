@@ -44,7 +44,8 @@ def _outputs(store: Storage) -> None:
     with store.write("s1", "imputed_volume.zarr") as tmp:
         tmp.mkdir()
         (tmp / "x").write_text("volume")
-    store.write_bytes("s1", "sections", b"s")
+    with store.write("s1", "sections") as tmp:
+        tmp.write_bytes(b"s")
 
 
 def test_same_content_registers_again_without_change(tmp_path):
@@ -122,7 +123,8 @@ def test_viewer_refuses_a_sample_built_from_two_manifests(tmp_path):
     # An older asign overwrote the registration and re-made only the sections.
     new = load_manifest(_manifest(tmp_path / "other", desc="another dataset"))
     write_manifest(new, store.manifest_path("s1"), relative=False)
-    store.write_bytes("s1", "sections", b"new")
+    with store.write("s1", "sections") as tmp:
+        tmp.write_bytes(b"new")
     msg = data.manifest_mismatch(home, "s1")
     assert msg is not None and "outputs come from different manifests" in msg
     assert f"imputed_volume.zarr from manifest {load_manifest(_manifest(tmp_path / 'in')).digest()}" in msg

@@ -1,4 +1,4 @@
-"""The inbox sensor, the reprocessing schedule's staleness rules and the cluster executors."""
+"""The inbox sensor, declarative reprocessing, `asign run`'s stale/missing plan and the cluster executors."""
 
 from __future__ import annotations
 
@@ -10,17 +10,9 @@ import dagster as dg
 import pytest
 import yaml
 
-from asign_assets.assets.common import StorageResource, samples_partitions
+from asign_assets.assets.common import REPROCESS, StorageResource, samples_partitions
 from asign_assets.manifest import load_manifest, write_manifest
-from asign_assets.ops import (
-    REASONS_TAG,
-    build_new_samples_sensor,
-    build_reprocess_schedule,
-    parse_cursor,
-    partition_staleness,
-    reprocess_requests,
-    stale_partitions,
-)
+from asign_assets.ops import build_new_samples_sensor, build_observe_schedule, parse_cursor
 from asign_assets.storage import Storage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +99,8 @@ def test_sensor_new_same_changed(tmp_path, tiny_stack):
 
     # Once it has outputs, other content under the same sample id is refused (it would mix two
     # datasets); the registration stays byte-identical and the file is not retried until it changes.
-    Storage(home).write_bytes("tiny", "sections", b"done")
+    with Storage(home).write("tiny", "sections") as tmp:
+        tmp.write_bytes(b"done")
     registered_bytes = (home / "manifests" / "tiny.yaml").read_bytes()
     _absolute_copy(tiny_stack, path, description="another dataset")
     _bump_mtime(path)
@@ -168,20 +161,19 @@ def test_sensor_survives_garbage_cursor(tmp_path, tiny_stack):
 
 
 # --------------------------------------------------------------------------- staleness
-STATE = {"a_value": 1, "fail_b": False}
+STATE = {"a_value": 1}
 
 
 def _fake_assets(c_code_version: str = "1"):
-    @dg.asset(partitions_def=samples_partitions, code_version="1")
+    @dg.asset(partitions_def=samples_partitions, code_version="1", automation_condition=REPROCESS)
     def a() -> dg.MaterializeResult:
         return dg.MaterializeResult(data_version=dg.DataVersion(str(STATE["a_value"])))
 
-    @dg.asset(partitions_def=samples_partitions, code_version="1", deps=[a])
-    def b() -> None:
-        if STATE["fail_b"]:
-            raise RuntimeError("b failed on purpose")
+    @dg.asset(partitions_def=samples_partitions, code_version="1", deps=[a], automation_condition=REPROCESS)
+    def b() -> dg.MaterializeResult:
+        return dg.MaterializeResult(data_version=dg.DataVersion("b"))
 
-    @dg.asset(partitions_def=samples_partitions, code_version=c_code_version, deps=[b])
+    @dg.asset(partitions_def=samples_partitions, code_version=c_code_version, deps=[b], automation_condition=REPROCESS)
     def c() -> None:
         return None
 
@@ -190,101 +182,96 @@ def _fake_assets(c_code_version: str = "1"):
 
 def _defs(c_code_version: str = "1") -> dg.Definitions:
     job = dg.define_asset_job("full_sample", selection=dg.AssetSelection.all(), partitions_def=samples_partitions)
-    return dg.Definitions(assets=_fake_assets(c_code_version), jobs=[job], schedules=[build_reprocess_schedule()])
+    return dg.Definitions(assets=_fake_assets(c_code_version), jobs=[job])
 
 
-def _run(defs: dg.Definitions, instance: dg.DagsterInstance, pk: str, *, a_value: int = 1, fail_b: bool = False, selection=None) -> bool:
-    """One full_sample run (optionally a subset of assets, as a reprocess run would be)."""
-    STATE.update(a_value=a_value, fail_b=fail_b)
+def _run(defs: dg.Definitions, instance: dg.DagsterInstance, pk: str, *, a_value: int = 1, selection=None) -> bool:
+    STATE.update(a_value=a_value)
     try:
         job = defs.resolve_job_def("full_sample")
         return job.execute_in_process(partition_key=pk, instance=instance, raise_on_error=False, asset_selection=selection).success
     finally:
-        STATE.update(a_value=1, fail_b=False)
+        STATE.update(a_value=1)
 
 
-def test_stale_partitions_and_reprocess_requests():
-    _check_staleness(dg.DagsterInstance.ephemeral())
+def _requested(result) -> dict[str, set[str]]:
+    return {k.to_user_string(): set(result.get_requested_partitions(k)) for k in map(dg.AssetKey, "abc") if result.get_requested_partitions(k)}
 
 
-def test_reprocess_schedule_tick():
-    """The schedule itself (a persistent instance: schedule contexts need an instance ref)."""
-    defs = _defs("1")
-    schedule = defs.resolve_schedule_def("reprocess_stale")
-    assert schedule.cron_schedule == "0 2 * * *" and schedule.job_name == "full_sample"
-    repo = defs.get_repository_def()
-    # Contexts are entered so the instance they open from the ref is closed again.
-    with dg.instance_for_test() as instance:
-        with dg.build_schedule_context(instance=instance, repository_def=repo) as ctx:
-            assert isinstance(schedule(ctx), dg.SkipReason)
-        instance.add_dynamic_partitions("samples", ["new"])
-        with dg.build_schedule_context(instance=instance, repository_def=repo) as ctx:
-            [req] = schedule(ctx)
-        assert req.partition_key == "new" and [k.to_user_string() for k in req.asset_selection] == ["a", "b", "c"]
-        assert req.tags[REASONS_TAG] == "a: never materialised; b: never materialised; c: never materialised"
-
-
-def _check_staleness(instance: dg.DagsterInstance) -> None:
+def test_automation_requests_code_and_upstream_data_changes_only():
+    """REPROCESS (every asset's AutomationCondition): a new upstream data version or a new code
+    version requests the asset for that sample; a rerun with the same data version does not."""
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("samples", ["p", "q"])
     current = _defs("1")
-    old_code = _defs("0")
-    pks = ["fresh", "upstream", "failed", "code", "new", "busy", "same_data"]
-    instance.add_dynamic_partitions("samples", pks)
-
-    assert _run(current, instance, "fresh")
-    assert _run(current, instance, "upstream")
-    assert _run(current, instance, "upstream", a_value=2, selection=[dg.AssetKey("a")])  # a changed alone
-    assert _run(current, instance, "same_data")
-    assert _run(current, instance, "same_data", selection=[dg.AssetKey("a")])  # a rerun, same data version
-    assert _run(current, instance, "failed")
-    assert not _run(current, instance, "failed", fail_b=True)
-    assert _run(old_code, instance, "code")
-    busy = instance.create_run_for_job(current.resolve_job_def("full_sample"), status=dg.DagsterRunStatus.STARTED, tags={"dagster/partition": "busy"})
-    assert instance.get_run_by_id(busy.run_id).status == dg.DagsterRunStatus.STARTED
-
-    reasons = stale_partitions(instance, current, pks)
-    assert set(reasons) == {"upstream", "failed", "code", "new"}
-    assert reasons["upstream"] == ["b: upstream a data version changed (now 2)"]
-    assert reasons["code"] == ["c: code version 0 -> 1"]
-    assert len(reasons["failed"]) == 1 and "failed before materialising b, c" in reasons["failed"][0]
-    assert sorted(reasons["new"]) == ["a: never materialised", "b: never materialised", "c: never materialised"]
-
-    detail = partition_staleness(instance, current.resolve_asset_graph(), pks)
-    keys = lambda pk: sorted(k.to_user_string() for k in detail[pk].assets)  # noqa: E731
-    assert keys("upstream") == ["b", "c"] and keys("code") == ["c"] and keys("failed") == ["b", "c"] and keys("new") == ["a", "b", "c"]
-
-    # The run requests ask for exactly those samples and only their stale assets.
-    requests = reprocess_requests(instance, current)
-    by_pk = {r.partition_key: r for r in requests}
-    assert set(by_pk) == {"upstream", "failed", "code", "new"}
-    assert [k.to_user_string() for k in by_pk["code"].asset_selection] == ["c"]
-    assert [k.to_user_string() for k in by_pk["new"].asset_selection] == ["a", "b", "c"]
-    assert by_pk["upstream"].tags[REASONS_TAG] == "b: upstream a data version changed (now 2)"
-    run_keys = [r.run_key for r in requests]
-    assert len(set(run_keys)) == 4 and all(k.startswith("reprocess:") for k in run_keys)
-
-    # Once reprocessed, a sample is fresh and the schedule leaves it alone.
-    assert _run(current, instance, "code", selection=[dg.AssetKey("c")])
-    assert "code" not in stale_partitions(instance, current, pks)
+    assert _run(current, instance, "p") and _run(current, instance, "q")
+    res = dg.evaluate_automation_conditions(defs=current, instance=instance)
+    assert _requested(res) == {}
+    assert _run(current, instance, "p", a_value=2, selection=[dg.AssetKey("a")])  # new data version of a for p
+    assert _run(current, instance, "q", selection=[dg.AssetKey("a")])  # same data version of a for q
+    res = dg.evaluate_automation_conditions(defs=current, instance=instance, cursor=res.cursor)
+    assert _requested(res) == {"b": {"p"}}  # c follows once b has new data, on a later tick
+    res = dg.evaluate_automation_conditions(defs=_defs("2"), instance=instance, cursor=res.cursor)
+    assert _requested(res).get("c") == {"p", "q"}
 
 
-def test_reprocess_cron_from_env(monkeypatch):
-    monkeypatch.setenv("ASIGN_REPROCESS_CRON", "*/15 * * * *")
-    sched = build_reprocess_schedule()
+def test_plan_sample_uses_dagster_stale_status(tmp_path):
+    from asign_assets.freshness import plan_sample
+
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("samples", ["p"])
+    current, store = _defs("1"), Storage(tmp_path)
+    names = lambda d: {k.to_user_string(): why for k, why in d.items()}  # noqa: E731
+    assert names(plan_sample(instance, current, store, "p").run) == {n: "never materialised" for n in "abc"}
+    assert _run(current, instance, "p")
+    plan = plan_sample(instance, current, store, "p")
+    assert plan.run == {} and set(names(plan.skip)) == {"a", "b", "c"}
+    assert set(names(plan_sample(instance, current, store, "p", force=True).run)) == {"a", "b", "c"}
+    assert _run(current, instance, "p", a_value=2, selection=[dg.AssetKey("a")])
+    run = names(plan_sample(instance, current, store, "p").run)
+    assert set(run) == {"b", "c"} and "new dependency data version (a)" in run["b"] and run["c"] == "upstream b will change"
+    assert _run(current, instance, "p", selection=[dg.AssetKey("b"), dg.AssetKey("c")])
+    assert names(plan_sample(instance, _defs("2"), store, "p").run) == {"c": "stale: has a new code version"}
+    other = {"ops": {"b": {"config": {"epochs": 3}}}}  # Dagster does not version config; the plan compares it
+    run = names(plan_sample(instance, current, store, "p", run_config=other).run)
+    assert run == {"b": "run config changed ({} -> {'epochs': 3})", "c": "upstream b will change"}
+
+
+def test_observe_cron_from_env(monkeypatch):
+    monkeypatch.setenv("ASIGN_OBSERVE_CRON", "*/15 * * * *")
+    sched = build_observe_schedule()
     assert sched.cron_schedule == "*/15 * * * *" and sched.default_status == dg.DefaultScheduleStatus.RUNNING
-    monkeypatch.setenv("ASIGN_REPROCESS_CRON", "off")
-    assert build_reprocess_schedule().default_status == dg.DefaultScheduleStatus.STOPPED
+    monkeypatch.setenv("ASIGN_OBSERVE_CRON", "off")
+    assert build_observe_schedule().default_status == dg.DefaultScheduleStatus.STOPPED
     monkeypatch.setenv("ASIGN_SENSOR_INTERVAL_S", "7")
     assert build_new_samples_sensor().minimum_interval_seconds == 7
 
 
-def test_definitions_wire_sensor_and_schedule():
+def test_definitions_wire_sensor_schedule_automation_and_checks():
     from asign_assets.definitions import build_definitions
 
     defs = build_definitions(storage_root="/tmp/unused-asign-root")
     sensor = defs.resolve_sensor_def("new_samples")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert sensor.job_name == "full_sample"
-    assert defs.resolve_schedule_def("reprocess_stale").job_name == "full_sample"
+    assert defs.resolve_schedule_def("observe_inputs").job_name == "observe_inputs"
+    graph = defs.resolve_asset_graph()
+    assert all(graph.get(k).automation_condition is REPROCESS for k in graph.materializable_asset_keys)
+    assert {k.to_user_string() for k in graph.observable_asset_keys} == {"raw_inputs", "raw_truth"}
+    assert len(list(graph.asset_check_keys)) >= 5
+
+
+def test_observe_schedule_requests_one_observation_per_sample():
+    from asign_assets.definitions import build_definitions
+
+    defs = build_definitions(storage_root="/tmp/unused-asign-root")
+    schedule = defs.resolve_schedule_def("observe_inputs")
+    with dg.instance_for_test() as instance:
+        with dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def()) as ctx:
+            assert isinstance(schedule(ctx), dg.SkipReason)
+        instance.add_dynamic_partitions("samples", ["s1", "s2"])
+        with dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def()) as ctx:
+            assert sorted(r.partition_key for r in schedule(ctx)) == ["s1", "s2"]
 
 
 def test_gpu_steps_are_pooled_and_model_requests_a_gpu():
@@ -312,6 +299,7 @@ def test_k8s_executor_and_docs_config(monkeypatch):
 
     from asign_assets.definitions import build_definitions
 
+    monkeypatch.setenv("ASIGN_DEVICE", "auto")  # the device resource reads it through dg.EnvVar
     defs = build_definitions(storage_root="/tmp/unused-asign-root", executor=dagster_k8s.k8s_job_executor)
     job = defs.resolve_job_def("full_sample")
     assert job.executor_def.name == "k8s"
@@ -328,6 +316,7 @@ def test_celery_executor_and_docs_config(monkeypatch):
     dagster_celery = pytest.importorskip("dagster_celery", reason="dagster-celery not installed (pip install 'asign[cluster]')")
     from asign_assets.definitions import build_definitions
 
+    monkeypatch.setenv("ASIGN_DEVICE", "auto")  # the device resource reads it through dg.EnvVar
     defs = build_definitions(storage_root="/tmp/unused-asign-root", executor=dagster_celery.celery_executor)
     job = defs.resolve_job_def("full_sample")
     assert job.executor_def.name == "celery"
@@ -348,3 +337,30 @@ def test_deploy_instance_yaml_is_valid(monkeypatch):
         assert checked.success, (rel, checked.errors)
         pools = _load_yaml(rel)["concurrency"]["pools"]
         assert pools["default_limit"] >= 1
+
+
+def test_plan_sample_reruns_an_asset_whose_blocking_check_failed(tmp_path):
+    """A failed blocking check (e.g. registration_dice) is not trusted by a later `asign run`."""
+    from asign_assets.freshness import plan_sample
+
+    dice = {"ok": False}
+
+    @dg.asset(partitions_def=samples_partitions, code_version="1",
+              check_specs=[dg.AssetCheckSpec("good", asset="r", blocking=True)])
+    def r() -> dg.MaterializeResult:
+        return dg.MaterializeResult(data_version=dg.DataVersion("r"), check_results=[dg.AssetCheckResult(check_name="good", passed=dice["ok"])])
+
+    @dg.asset(partitions_def=samples_partitions, code_version="1", deps=[r])
+    def after() -> None:
+        return None
+
+    defs = dg.Definitions(assets=[r, after], jobs=[dg.define_asset_job("full_sample", selection=dg.AssetSelection.all())])
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("samples", ["p"])
+    job = defs.resolve_job_def("full_sample")
+    assert not job.execute_in_process(partition_key="p", instance=instance, raise_on_error=False).success
+    run = {k.to_user_string(): why for k, why in plan_sample(instance, defs, Storage(tmp_path), "p").run.items()}
+    assert run == {"r": "blocking check good failed last time", "after": "never materialised"}
+    dice["ok"] = True
+    assert job.execute_in_process(partition_key="p", instance=instance, raise_on_error=False).success
+    assert plan_sample(instance, defs, Storage(tmp_path), "p").run == {}

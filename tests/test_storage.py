@@ -21,7 +21,8 @@ def test_atomic_write_replace_and_failure_keeps_previous(tmp_path, root):
         tmp.mkdir()
         (tmp / "a.txt").write_text("v2")
     assert (store.local_path("s1", "thing") / "a.txt").read_text() == "v2"
-    store.write_bytes("s1", "f.bin", b"xyz")
+    with store.write("s1", "f.bin") as tmp:
+        tmp.write_bytes(b"xyz")
     assert store.local_path("s1", "f.bin").read_bytes() == b"xyz"
     assert "s1" in store.list_samples()
     if root == "local":

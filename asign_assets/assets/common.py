@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -32,6 +33,34 @@ K8S_GPU_TAGS = {
         {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}}}
     )
 }
+
+# Declarative reprocessing (evaluated per sample by Dagster's automation sensor): an asset is
+# requested when its code version changed or an upstream data version changed (a source
+# observation that saw an edited file, a re-materialised asset with other content), once every
+# upstream exists and nothing of it is running. New samples come from the `new_samples` sensor.
+REPROCESS = (
+    (dg.AutomationCondition.code_version_changed() | dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed()))
+    .since_last_handled()
+    & ~dg.AutomationCondition.any_deps_missing()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("code or upstream data changed")
+
+
+def sample_asset(**kwargs: Any) -> Any:
+    """``dg.asset`` partitioned by sample, reprocessed by :data:`REPROCESS`."""
+    return dg.asset(partitions_def=samples_partitions, automation_condition=REPROCESS, **kwargs)
+
+
+def gpu_asset(request_gpu: bool = False, **kwargs: Any) -> Any:
+    """A :func:`sample_asset` in the `gpu` pool, on the Celery `gpu` queue; ``request_gpu`` also
+    asks Kubernetes for a GPU (steps that only prefer one run anywhere)."""
+    return sample_asset(pool=GPU_POOL, op_tags=K8S_GPU_TAGS if request_gpu else GPU_QUEUE_TAGS, **kwargs)
+
+
+def sample_io(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, storage: "StorageResource") -> tuple[Storage, str]:
+    """(storage, sample id) of the running asset or check."""
+    return storage.get(), context.partition_key
 
 
 class StorageResource(dg.ConfigurableResource):
@@ -157,6 +186,11 @@ def md_table(rows: list[dict[str, Any]], floatfmt: str = ".3f") -> str:
         cells = [format(v, floatfmt) if isinstance(v, float) else str(v) for v in (r[c] for c in cols)]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
+
+
+def md_image(png: bytes, alt: str) -> dg.MetadataValue:
+    """A PNG inlined in markdown metadata (Dagster shows it in a dialog on the asset page)."""
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
 
 
 def log_progress(context: dg.AssetExecutionContext, message: str) -> None:

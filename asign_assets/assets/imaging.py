@@ -4,35 +4,29 @@ import dataclasses
 import gc
 import time
 
+from typing import Optional
+
 import dagster as dg
 import numpy as np
 
 from asign_assets import sections as sections_lib
-from asign_assets.assets.common import (
-    GPU_POOL,
-    GPU_QUEUE_TAGS,
-    DeviceResource,
-    StageMonitor,
-    StorageResource,
-    digest_arrays,
-    log_progress,
-    md_table,
-    path_meta,
-    samples_partitions,
-)
+from asign_assets.assets.common import DeviceResource, StageMonitor, StorageResource, digest_arrays, gpu_asset, log_progress, md_table, path_meta, sample_asset, sample_io
 from asign_assets.assets.ingest import sections
+from asign_assets.assets.sources import raw_inputs
+from asign_assets.tiles import TileParams
 
 
 class TilesConfig(dg.Config):
-    """Patch geometry at a common physical scale (um per px), so scanners are comparable."""
+    """Patch geometry at a common physical scale (um per px), so scanners are comparable
+    (defaults: asign_assets.tiles.TileParams)."""
 
-    spot_size: int = 224
-    spot_um_per_px: float = 0.8
-    region_size: int = 512
-    global_size: int = 1024
-    region_downsample: int = 4
-    global_downsample: int = 8
-    spot_downsample: int = 0  # 0: automatic (never store patches finer than the finest scan)
+    spot_size: int = TileParams.spot_size
+    spot_um_per_px: float = TileParams.spot_um_per_px
+    region_size: int = TileParams.region_size
+    global_size: int = TileParams.global_size
+    region_downsample: int = TileParams.region_downsample
+    global_downsample: int = TileParams.global_downsample
+    spot_downsample: Optional[int] = None  # None: automatic (never store patches finer than the finest scan)
 
 
 class EmbeddingsConfig(dg.Config):
@@ -41,15 +35,14 @@ class EmbeddingsConfig(dg.Config):
     encoder: str = "histology"
     batch_size: int = 256
     standardise: bool = True
-    threads: int = 1  # torch intra-op threads (1 avoids oversubscription next to other steps; 0 = torch default)
+    threads: Optional[int] = 1  # torch intra-op threads (1 avoids oversubscription next to other steps; None: torch's default)
 
 
-@dg.asset(
-    partitions_def=samples_partitions,
+@sample_asset(
     group_name="imaging",
     code_version="1",
     kinds={"zarr"},
-    deps=[sections],
+    deps=[sections, raw_inputs],
     description="Spot (224 px), region (512 px grid) and global (1024 px grid) patches of every spot, "
     "at a common physical scale, in zarr (one chunk per tile). Whole-slide TIFFs are read window by window "
     "at the matching pyramid level; JPEG/PNG are decoded once.",
@@ -58,10 +51,9 @@ def tiles(context: dg.AssetExecutionContext, config: TilesConfig, storage: Stora
     import zarr
 
     from asign_assets.slide import Slide
-    from asign_assets.tiles import TileParams, auto_spot_downsample, write_section_tiles
+    from asign_assets.tiles import auto_spot_downsample, write_section_tiles
 
-    store = storage.get()
-    sid = context.partition_key
+    store, sid = sample_io(context, storage)
     base = TileParams(
         spot_size=config.spot_size, spot_um_per_px=config.spot_um_per_px, region_size=config.region_size,
         global_size=config.global_size, region_downsample=config.region_downsample, global_downsample=config.global_downsample,
@@ -104,14 +96,11 @@ def tiles(context: dg.AssetExecutionContext, config: TilesConfig, storage: Stora
     )
 
 
-@dg.asset(
-    partitions_def=samples_partitions,
+@gpu_asset(
     group_name="imaging",
     code_version="1",
     kinds={"zarr", "torch"},
     deps=[tiles],
-    pool=GPU_POOL,
-    op_tags=GPU_QUEUE_TAGS,
     description="Features of every spot, region and global tile from the configured encoder, "
     "standardised within each section (zarr). CNN/TorchScript encoders run in the `gpu` pool.",
 )
@@ -120,13 +109,12 @@ def embeddings(context: dg.AssetExecutionContext, config: EmbeddingsConfig, stor
 
     from asign_assets.encoders import embed_tiles, get_encoder
 
-    store = storage.get()
-    sid = context.partition_key
+    store, sid = sample_io(context, storage)
     dev = device.torch_device()
     import torch
 
     old_threads = torch.get_num_threads()
-    if config.threads > 0:
+    if config.threads:  # None (or 0, as before): torch's default
         torch.set_num_threads(config.threads)
     try:
         with StageMonitor().run() as mon:

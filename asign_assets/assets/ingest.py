@@ -1,42 +1,35 @@
 """Ingest assets: `sections` (validated inputs) and `expression` (measured counts)."""
 
 
+from typing import Literal
+
 import dagster as dg
 
 from asign_assets import sections as sections_lib
-from asign_assets.assets.common import (
-    StageMonitor,
-    StorageResource,
-    digest_arrays,
-    digest_files,
-    load_manifest_for,
-    log_progress,
-    md_table,
-    path_meta,
-    samples_partitions,
-)
+from asign_assets.assets.common import StageMonitor, StorageResource, digest_arrays, digest_files, load_manifest_for, log_progress, md_table, path_meta, sample_asset, sample_io
+from asign_assets.assets.sources import raw_inputs
+from asign_assets.expression import ExpressionParams, NormMethod
 
 
 class ExpressionConfig(dg.Config):
     """Gene selection and normalisation of the measured section."""
 
-    n_genes: int = 250
-    selection: str = "mean"  # "mean" or "hvg"
-    normalisation: str = "log1p_cp10k"  # or "stnet": log((c+1)/sum(c+1))
-    min_counts: int = 100
+    n_genes: int = ExpressionParams.n_genes
+    selection: Literal["mean", "hvg"] = ExpressionParams.selection
+    normalisation: NormMethod = ExpressionParams.normalisation  # "stnet": log((c+1)/sum(c+1))
+    min_counts: int = ExpressionParams.min_counts
 
 
-@dg.asset(
-    partitions_def=samples_partitions,
+@sample_asset(
     group_name="ingest",
     code_version="2",
     kinds={"parquet", "png"},
+    deps=[raw_inputs],
     description="Validated inputs of a sample: every section's image, tissue mask, thumbnail and spots "
     "(virtual lattice where a section has no spot table). Fails, writing nothing, on bad input.",
 )
 def sections(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
-    store = storage.get()
-    sid = context.partition_key
+    store, sid = sample_io(context, storage)
     with StageMonitor().run() as mon:
         manifest = load_manifest_for(context, store)
         prep = sections_lib.prepare_sections(manifest)
@@ -73,19 +66,17 @@ def sections(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.
     return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(version))
 
 
-@dg.asset(
-    partitions_def=samples_partitions,
+@sample_asset(
     group_name="ingest",
     code_version="1",
     kinds={"anndata"},
-    deps=[sections],
+    deps=[sections, raw_inputs],
     description="The measured section's counts: low-library spots dropped, top genes selected, normalised (AnnData).",
 )
 def expression(context: dg.AssetExecutionContext, config: ExpressionConfig, storage: StorageResource) -> dg.MaterializeResult:
-    from asign_assets.expression import ExpressionParams, build_expression
+    from asign_assets.expression import build_expression
 
-    store = storage.get()
-    sid = context.partition_key
+    store, sid = sample_io(context, storage)
     with StageMonitor().run() as mon:
         manifest = load_manifest_for(context, store)
         spots_df = sections_lib.load_spots(store.local_path(sid, "sections"))
@@ -93,10 +84,7 @@ def expression(context: dg.AssetExecutionContext, config: ExpressionConfig, stor
         _spots, counts, _report = sections_lib.read_measured(spec, manifest.checks.counts_normalised)
         measured_ids = spots_df.filter(spots_df["measured"])["spot_id"].to_list()
         counts = counts.subset_spots(measured_ids)
-        params = ExpressionParams(
-            n_genes=config.n_genes, selection=config.selection,  # type: ignore[arg-type]
-            normalisation=config.normalisation, min_counts=config.min_counts,  # type: ignore[arg-type]
-        )
+        params = ExpressionParams(n_genes=config.n_genes, selection=config.selection, normalisation=config.normalisation, min_counts=config.min_counts)
         adata, info = build_expression(counts.X, counts.spot_ids, counts.genes, params, source=str(spec.counts))
         adata.uns["section"] = spec.name
         with store.write(sid, "expression.h5ad") as tmp:

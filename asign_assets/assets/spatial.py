@@ -1,26 +1,20 @@
 """Spatial assets: `registrations` (sections in a common 3D frame) and `graph_3d`."""
 
-import base64
-import io
 import json
+from typing import Literal
 
 import dagster as dg
 import numpy as np
 import polars as pl
 
 from asign_assets import sections as sections_lib
-from asign_assets.assets.common import (
-    StageMonitor,
-    StorageResource,
-    digest_arrays,
-    log_progress,
-    md_table,
-    path_meta,
-    samples_partitions,
-    viewer_url,
-)
+from asign_assets.assets.common import StageMonitor, StorageResource, digest_arrays, log_progress, md_image, md_table, path_meta, sample_asset, sample_io, viewer_url
 from asign_assets.assets.imaging import embeddings, tiles
 from asign_assets.assets.ingest import sections
+from asign_assets.assets.sources import raw_inputs
+from asign_assets.plots import png_bytes
+from asign_assets.registration import RegistrationParams
+from asign_assets.stack_inputs import section_names, stacked, tile_arrays
 
 DICE_CHECK = "registration_dice"
 
@@ -28,19 +22,19 @@ DICE_CHECK = "registration_dice"
 class RegistrationConfig(dg.Config):
     """Mask registration to the measured section (rigid multi-start, flips, neighbour chains)."""
 
-    working_um_per_px: float = 40.0
-    n_angles: int = 16
-    try_flip: bool = True
-    refine: str = "none"  # none | affine | bspline
-    compose_neighbours: bool = True
-    min_dice: float = 0.85
+    working_um_per_px: float = RegistrationParams.working_um_per_px
+    n_angles: int = 16  # fewer starts than the library default (36): enough for stacks of serial sections
+    try_flip: bool = RegistrationParams.try_flip
+    refine: Literal["none", "affine", "bspline"] = RegistrationParams.refine
+    compose_neighbours: bool = RegistrationParams.compose_neighbours
+    min_dice: float = RegistrationParams.min_dice
 
 
 class GraphConfig(dg.Config):
     """Edges of the 3D spot graph, scaled to the manifest's spot pitch and diameter."""
 
     k_intra: int = 6
-    overlap: str = "gaussian"  # iou (true discs) | radius (enlarged discs) | gaussian (distance weight)
+    overlap: Literal["iou", "radius", "gaussian"] = "gaussian"  # true discs | enlarged discs | distance weight
     k_similarity: int = 3
     similarity_radius_pitches: float = 3.0  # anatomy-aware: similarity candidates within this many pitches
     similarity_sections: int = 2  # similarity edges to sections up to this many steps away
@@ -48,19 +42,7 @@ class GraphConfig(dg.Config):
     k_tile: int = 6
 
 
-def _png(rgb: np.ndarray, max_side: int | None = None) -> bytes:
-    from PIL import Image
-
-    im = Image.fromarray(rgb)
-    if max_side is not None and max(im.size) > max_side:
-        im.thumbnail((max_side, max_side))  # small copy for Dagster metadata (stored in the event log)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
-
-
-@dg.asset(
-    partitions_def=samples_partitions,
+@sample_asset(
     group_name="registration",
     code_version="1",
     kinds={"parquet", "png"},
@@ -71,10 +53,9 @@ def _png(rgb: np.ndarray, max_side: int | None = None) -> bytes:
     "per-section QC and an overlay PNG. Blocking check: Dice after registration >= 0.85.",
 )
 def registrations(context: dg.AssetExecutionContext, config: RegistrationConfig, storage: StorageResource) -> dg.MaterializeResult:
-    from asign_assets.registration import RegistrationParams, overlay_image, register_stack, save_transform, to_common_frame
+    from asign_assets.registration import overlay_image, register_stack, save_transform, to_common_frame
 
-    store = storage.get()
-    sid = context.partition_key
+    store, sid = sample_io(context, storage)
     with StageMonitor().run() as mon:
         sec_dir = store.local_path(sid, "sections")
         records = sections_lib.load_records(sec_dir)
@@ -84,7 +65,7 @@ def registrations(context: dg.AssetExecutionContext, config: RegistrationConfig,
         mask_um = [r.pixel_size_um / r.thumb_scale for r in records]
         params = RegistrationParams(
             working_um_per_px=config.working_um_per_px, n_angles=config.n_angles, try_flip=config.try_flip,
-            refine=config.refine, compose_neighbours=config.compose_neighbours, min_dice=config.min_dice,  # type: ignore[arg-type]
+            refine=config.refine, compose_neighbours=config.compose_neighbours, min_dice=config.min_dice,
         )
         regs = register_stack(masks, mask_um, [r.name for r in records], ref, params)
         xs, ys = np.empty(spots.height), np.empty(spots.height)
@@ -99,7 +80,7 @@ def registrations(context: dg.AssetExecutionContext, config: RegistrationConfig,
         qc = pl.DataFrame([reg.qc_row() for reg in regs])
         thumbs = [sections_lib.load_thumbnail(sec_dir, r.name) for r in records]
         overlay = overlay_image(masks, mask_um, regs, ref, thumbs=thumbs)
-        png = _png(overlay)
+        png = png_bytes(overlay)
         with store.write(sid, "registrations") as tmp:
             (tmp / "transforms").mkdir(parents=True)
             for rec, reg in zip(records, regs):
@@ -131,9 +112,10 @@ def registrations(context: dg.AssetExecutionContext, config: RegistrationConfig,
     return dg.MaterializeResult(
         metadata={
             "qc": dg.MetadataValue.md(md_table(qc_rows)),
-            "overlay": dg.MetadataValue.md(f"![overlay](data:image/png;base64,{base64.b64encode(_png(overlay, 480)).decode()})"),
+            "overlay": md_image(png_bytes(overlay, 480), "overlay"),
             "overlay_path": path_meta(store, sid, "registrations/overlay.png"),
             "viewer": viewer_url(sid),  # inline link; the markdown image above opens in a dialog only
+            "min_dice_after": float(qc["dice_after"].min()),
             "flipped_sections": ", ".join(qc.filter(pl.col("flipped"))["section"].to_list()) or "none",
             "path": path_meta(store, sid, "registrations"),
             **mon.metadata(),
@@ -143,34 +125,11 @@ def registrations(context: dg.AssetExecutionContext, config: RegistrationConfig,
     )
 
 
-def _tile_arrays(tiles_root, names: list[str]):
-    """Concatenate per-section tile tables with global tile numbering."""
-    spot_region, spot_global, region_xy, global_xy, region_sec, global_sec = [], [], [], [], [], []
-    r_off = g_off = 0
-    for i, n in enumerate(names):
-        g = tiles_root[n]
-        sr = np.asarray(g["spot_region"][:], dtype=np.int64)
-        sg = np.asarray(g["spot_global"][:], dtype=np.int64)
-        rxy = np.asarray(g["region_xy_px"][:])
-        gxy = np.asarray(g["global_xy_px"][:])
-        spot_region.append(sr + r_off)
-        spot_global.append(sg + g_off)
-        region_xy.append(rxy)
-        global_xy.append(gxy)
-        region_sec.append(np.full(len(rxy), i))
-        global_sec.append(np.full(len(gxy), i))
-        r_off += len(rxy)
-        g_off += len(gxy)
-    cat = np.concatenate
-    return cat(spot_region), cat(spot_global), cat(region_xy), cat(region_sec), cat(global_xy), cat(global_sec)
-
-
-@dg.asset(
-    partitions_def=samples_partitions,
+@sample_asset(
     group_name="graph",
     code_version="1",
     kinds={"torch", "parquet"},
-    deps=[registrations, embeddings, tiles],
+    deps=[registrations, embeddings, tiles, raw_inputs],
     description="Sparse 3D spot graph (torch_geometric): lattice kNN within sections, registered overlap and "
     "anatomy-limited image similarity across sections, plus region/global tile graphs.",
 )
@@ -178,20 +137,19 @@ def graph_3d(context: dg.AssetExecutionContext, config: GraphConfig, storage: St
     import torch
     import zarr
 
-    from asign_assets.graph import GraphParams, build_graph_3d, write_edges_parquet
+    from asign_assets.graph import EDGE_TYPE_NAMES, GraphParams, build_graph_3d, write_edges_parquet
 
-    store = storage.get()
-    sid = context.partition_key
+    store, sid = sample_io(context, storage)
     with StageMonitor().run() as mon:
         spots = pl.read_parquet(store.local_path(sid, "registrations") / "spots.parquet")
         emb_root = zarr.open_group(str(store.local_path(sid, "embeddings.zarr")), mode="r")
         tiles_root = zarr.open_group(str(store.local_path(sid, "tiles.zarr")), mode="r")
-        names = list(tiles_root.attrs["sections"])
-        spot_emb = np.concatenate([np.asarray(emb_root[f"{n}/spot"][:]) for n in names])
-        sr, sg, rxy, rsec, gxy, gsec = _tile_arrays(tiles_root, names)
+        names = section_names(tiles_root)
+        spot_emb = stacked(emb_root, names, "spot")
+        sr, sg, rxy, rsec, gxy, gsec = tile_arrays(tiles_root, names)
         manifest = store.load_registered(sid).without_truth()
         params = GraphParams.for_lattice(
-            manifest.spot_pitch_um, manifest.spot_diameter_um, k_intra=config.k_intra, overlap=config.overlap,  # type: ignore[arg-type]
+            manifest.spot_pitch_um, manifest.spot_diameter_um, k_intra=config.k_intra, overlap=config.overlap,
             k_similarity=config.k_similarity, similarity_radius_um=config.similarity_radius_pitches * manifest.spot_pitch_um,
             similarity_sections=config.similarity_sections, neighbour_sections=config.neighbour_sections, k_tile=config.k_tile,
         )
@@ -202,7 +160,7 @@ def graph_3d(context: dg.AssetExecutionContext, config: GraphConfig, storage: St
             write_edges_parquet(data, tmp / "edges.parquet")
             (tmp / "params.json").write_text(json.dumps(params.__dict__, default=str))
     et = data.edge_type.numpy()
-    counts = {name: int((et == i).sum()) for i, name in enumerate(("intra", "overlap", "similarity"))}
+    counts = {name: int((et == i).sum()) for i, name in enumerate(EDGE_TYPE_NAMES)}
     log_progress(context, f"{data.num_nodes} nodes, edges {counts}")
     return dg.MaterializeResult(
         metadata={

@@ -1,30 +1,31 @@
 """`expression_volume`: the imputed spots gridded into an OME-Zarr voxel volume (asign_assets.volume)."""
 
+from typing import Optional
 
 import dagster as dg
 import numpy as np
 import polars as pl
 
 from asign_assets import sections as sections_lib
-from asign_assets.assets.common import StageMonitor, StorageResource, digest_arrays, log_progress, md_table, path_meta, samples_partitions, viewer_url
+from asign_assets.assets.common import StageMonitor, StorageResource, digest_arrays, log_progress, md_table, path_meta, sample_asset, sample_io, viewer_url
 from asign_assets.assets.ingest import sections
 from asign_assets.assets.results import imputed_volume
 from asign_assets.assets.spatial import registrations
+from asign_assets.volume import VolumeParams
 
 AGREEMENT_CHECK = "volume_reproduces_spots"
 MIN_AGREEMENT = 0.9
 
 
 class VolumeConfig(dg.Config):
-    """Voxel size in um (0: half the spot pitch in x/y, the smallest section spacing in z) and kernel width."""
+    """Voxel size in um and the gridding kernel's width."""
 
-    voxel_xy_um: float = 0.0
-    voxel_z_um: float = 0.0
-    sigma_frac: float = 0.3  # Gaussian sigma of the xy gridding, as a fraction of the spot pitch
+    voxel_xy_um: Optional[float] = None  # None: half the spot pitch
+    voxel_z_um: Optional[float] = None  # None: the smallest section spacing
+    sigma_frac: float = VolumeParams.sigma_frac  # Gaussian sigma of the xy gridding, as a fraction of the spot pitch
 
 
-@dg.asset(
-    partitions_def=samples_partitions,
+@sample_asset(
     group_name="results",
     code_version="1",
     kinds={"zarr"},
@@ -39,11 +40,10 @@ def expression_volume(context: dg.AssetExecutionContext, config: VolumeConfig, s
     from anndata.io import read_elem
 
     from asign_assets.registration import load_transform
-    from asign_assets.volume import VolumeParams, gridding_operator, make_grid, spearman_columns, spot_pitch_um, tissue_in_common_frame, write_gridded
+    from asign_assets.volume import gridding_operator, make_grid, spearman_columns, spot_pitch_um, tissue_in_common_frame, write_gridded
 
-    store = storage.get()
-    sid = context.partition_key
-    params = VolumeParams(voxel_xy_um=config.voxel_xy_um, voxel_z_um=config.voxel_z_um, sigma_frac=config.sigma_frac)
+    store, sid = sample_io(context, storage)
+    params = VolumeParams(voxel_xy_um=config.voxel_xy_um or 0.0, voxel_z_um=config.voxel_z_um or 0.0, sigma_frac=config.sigma_frac)
     with StageMonitor().run() as mon:
         # only what the grid needs (not every layer of the AnnData): X, uncertainty, coordinates
         with h5py.File(store.local_path(sid, "imputed_volume.h5ad"), "r") as f:

@@ -1,0 +1,95 @@
+"""Held-out evaluation of one sample: truth aligned to the volume, ASIGN and the baselines scored.
+
+The only library code that reads truth; its asset (`evaluation`) only writes the results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from asign_assets.errors import InputError
+from asign_assets.manifest import Manifest
+from asign_assets.stack_inputs import StackInputs
+
+#: Baselines scored next to ASIGN (asign_assets.baselines.run_baselines), in report order.
+BASELINES = ("mean", "overlap", "similarity", "gauss_knn", "image_2d")
+METRICS_SCHEMA = {"method": pl.Utf8, "section": pl.Utf8, "metric": pl.Utf8, "value": pl.Float64}
+
+
+def truth_matrix(manifest: Manifest, inp: StackInputs, genes: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """(volume rows, normalised truth) of every non-measured section with truth.
+
+    Spots are matched by id with a join on the section's spot table; spots whose truth library
+    is below the expression stage's ``min_counts`` are dropped, as they were for the measured
+    section. Genes a truth file did not measure are NaN (unmeasured, never zero); metrics skip them.
+    """
+    from asign_assets.expression import normalise_to_genes
+    from asign_assets.readers import read_counts
+
+    rows, mats = [], []
+    spots = inp.spots.with_row_index("row")
+    min_counts = float(inp.normalisation.get("min_counts", 0))
+    for spec in manifest.sections:
+        if spec.measured or spec.truth is None:
+            continue
+        sec = spots.filter(pl.col("section") == spec.name)
+        if sec["virtual"].any():
+            raise InputError(spec.truth, f"section {spec.name}: truth needs the section's spot table (its spots are virtual)")
+        counts = read_counts(spec.truth)
+        ids = pl.DataFrame({"spot_id": counts.spot_ids.astype(str), "truth_row": np.arange(len(counts.spot_ids))})
+        matched = sec.select("spot_id", "row").join(ids, on="spot_id", how="inner", maintain_order="left")
+        if matched.height == 0:
+            raise InputError(spec.truth, f"section {spec.name}: no truth row matches a spot id of the section")
+        sub = counts.X[matched["truth_row"].to_numpy()]
+        keep = np.asarray(sub.sum(1)).ravel() >= min_counts
+        y = normalise_to_genes(sub, counts.genes, genes, method, missing="nan", source=str(spec.truth))
+        rows.append(matched["row"].to_numpy()[keep])
+        mats.append(y[keep])
+    if not rows:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, len(genes)), np.float32)
+    return np.concatenate(rows).astype(np.int64), np.concatenate(mats).astype(np.float32)
+
+
+@dataclass
+class SampleEvaluation:
+    """Long metrics table (method, section, metric, value), per-gene PCC and the aligned truth."""
+
+    table: pl.DataFrame
+    rows: np.ndarray
+    truth: np.ndarray
+    gene_table: pl.DataFrame | None
+    pooled_gene_pcc: dict[str, float]
+
+    @property
+    def beaten_by(self) -> dict[str, float]:
+        """Baselines whose pooled gene_pcc exceeds ASIGN's."""
+        asign = self.pooled_gene_pcc.get("asign", float("nan"))
+        return {k: round(v, 4) for k, v in self.pooled_gene_pcc.items() if k in BASELINES and v > asign}
+
+
+def evaluate_sample(manifest: Manifest, inp: StackInputs, vol: Any) -> SampleEvaluation:
+    """Score the imputed volume ``vol`` (AnnData) and the baselines on the manifest's truth."""
+    from asign_assets.baselines import run_baselines
+    from asign_assets.metrics import evaluate_sections, gene_pcc_table, hvg_indices, uncertainty_table
+
+    genes = np.asarray(vol.var_names)
+    rows, truth = truth_matrix(manifest, inp, genes, str(inp.normalisation.get("method", "log1p_cp10k")))
+    if len(rows) == 0:
+        return SampleEvaluation(pl.DataFrame(schema=METRICS_SCHEMA), rows, truth, None, {})
+    base = run_baselines(inp.graph, inp.spot_emb, inp.y_measured, inp.measured_idx)
+    preds = {"asign": np.asarray(vol.X), "asign_network": np.asarray(vol.layers["model"]), "asign_propagation": np.asarray(vol.layers["propagation"])}
+    preds.update({k: base[k] for k in BASELINES if k in base})
+    at_rows = {k: v[rows] for k, v in preds.items()}
+    sec_names = inp.spots["section"].to_numpy()[rows]
+    table = evaluate_sections(at_rows, truth, sec_names, inp.y_measured.mean(0), inp.y_measured.std(0), hvg_indices(inp.y_measured, 50))
+    if "uncertainty" in vol.layers:
+        table = pl.concat([table, uncertainty_table(np.asarray(vol.layers["uncertainty"])[rows], at_rows["asign"], truth, sec_names)])
+    pooled = table.filter((pl.col("section") == "pooled") & (pl.col("metric") == "gene_pcc"))
+    return SampleEvaluation(
+        table=table, rows=rows, truth=truth, gene_table=gene_pcc_table(at_rows, truth, sec_names, genes),
+        pooled_gene_pcc=dict(zip(pooled["method"].to_list(), pooled["value"].to_list())),
+    )
