@@ -69,7 +69,12 @@ def build_definitions(storage_root: str | None = None, device: str | None = None
     """Definitions with explicit resources (the CLI and tests); without them the resources
     read ``$ASIGN_HOME`` and ``$ASIGN_DEVICE`` through ``dg.EnvVar`` when a run starts."""
     from asign_assets.ops import schedules_and_sensors
+    from asign_assets.storage import default_home
 
+    # A bare `dagster dev -m asign_assets.definitions` must work as documented: the EnvVars
+    # get their documented defaults (~/.asign, auto) when unset; run workers inherit them.
+    os.environ.setdefault("ASIGN_HOME", default_home())
+    os.environ.setdefault("ASIGN_DEVICE", "auto")
     sched, sensors = schedules_and_sensors()
     return dg.Definitions(
         assets=ALL_ASSETS,
