@@ -86,6 +86,9 @@ def test_celery_workers_run_every_step(tmp_path):
     for var in ("ASIGN_INBOX", "ASIGN_MANIFESTS"):
         env.pop(var, None)
 
+    # Create the instance's sqlite storage once, before three processes (two workers and the
+    # register command) open it at the same moment and race to stamp its schema.
+    dg.DagsterInstance.from_config(str(dagster_home)).dispose()
     with service(doc_command("redis"), env, tmp_path / "redis.log", lambda: port_open(port), "redis-server"):
         cpu_log, gpu_log = tmp_path / "worker_cpu.log", tmp_path / "worker_gpu.log"
         cpu = shell(doc_command("celery-worker-cpu"), env, cpu_log)
