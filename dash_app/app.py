@@ -42,25 +42,22 @@ def create_app(asign_home: str | os.PathLike | None = None) -> dash.Dash:
             abort(404)
         return send_file(path, mimetype="image/png", max_age=3600)
 
-    @app.server.route(f"{callbacks.ROUTE}/overlay/<sample>.png")
-    def _overlay(sample: str):
-        try:
-            path = data.overlay_path(home, sample)
-        except AsignError:
-            abort(404)
-        if path is None:
-            abort(404)
-        return send_file(path, mimetype="image/png", max_age=3600)
+    def _png_route(kind: str, find) -> None:
+        """/<kind>/<sample>.png: a per-sample image the result assets may or may not hold."""
 
-    @app.server.route(f"{callbacks.ROUTE}/curves/<sample>.png")
-    def _curves(sample: str):
-        try:
-            path = data.curves_path(home, sample)
-        except AsignError:
-            abort(404)
-        if path is None:
-            abort(404)
-        return send_file(path, mimetype="image/png", max_age=3600)
+        def serve(sample: str):
+            try:
+                path = find(home, sample)
+            except AsignError:
+                abort(404)
+            if path is None:
+                abort(404)
+            return send_file(path, mimetype="image/png", max_age=3600)
+
+        app.server.add_url_rule(f"{callbacks.ROUTE}/{kind}/<sample>.png", f"asign_{kind}", serve)
+
+    _png_route("overlay", data.overlay_path)
+    _png_route("curves", data.curves_path)
 
     app.asign_home = home  # type: ignore[attr-defined]
     return app
