@@ -47,25 +47,24 @@ class ChildGroup:
                     found[q.pid] = q
         return [q for q in found.values() if q.pid != os.getpid()]
 
+    def _signal(self, sig: signal.Signals, members: list[psutil.Process]) -> None:
+        """``sig`` to every child's process group and to each listed descendant (gone ones skipped)."""
+        for p in self.procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, sig)
+        for q in members:
+            with contextlib.suppress(psutil.Error):
+                q.send_signal(sig)
+
     def stop(self, timeout: float = 10.0) -> list[int]:
         """SIGTERM to everything, SIGKILL to what is alive after ~70% of ``timeout``; returns
         the pids still alive at the deadline (empty on success). Children are reaped."""
         deadline = time.monotonic() + timeout
         members = self.members()
-        for p in self.procs:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, signal.SIGTERM)
-        for q in members:
-            with contextlib.suppress(psutil.Error):
-                q.terminate()
+        self._signal(signal.SIGTERM, members)
         _, alive = psutil.wait_procs(members, timeout=max(0.1, 0.7 * timeout))
         alive += [q for q in self.members() if q not in alive]  # started while stopping
-        for p in self.procs:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, signal.SIGKILL)
-        for q in alive:
-            with contextlib.suppress(psutil.Error):
-                q.kill()
+        self._signal(signal.SIGKILL, alive)
         _, alive = psutil.wait_procs(alive, timeout=max(0.1, deadline - time.monotonic()))
         for p in self.procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
