@@ -18,6 +18,30 @@ def her2st_or_skip() -> Path:
 
 
 @pytest.fixture(scope="session")
+def patient_c_run(tmp_path_factory):
+    """HER2ST patient C (C2..C6, C4 measured, truth on the others) through the whole asset
+    graph once per session: (storage, sample id, in-process result). Skips without the data."""
+    import dagster as dg
+
+    from asign_assets.definitions import build_definitions
+    from asign_assets.her2st import manifest_from_her2st
+    from asign_assets.manifest import load_manifest
+    from asign_assets.storage import Storage
+
+    data = her2st_or_skip()
+    tmp = tmp_path_factory.mktemp("patient_c")
+    path, _ = manifest_from_her2st(data, "C", ["C2", "C3", "C4", "C5", "C6"], "C4", with_truth=True, out=tmp / "c.yaml")
+    manifest = load_manifest(path)
+    store = Storage(tmp / "home")
+    store.register(manifest)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("samples", [manifest.sample_id])
+    defs = build_definitions(storage_root=str(tmp / "home"), device="cpu")
+    result = defs.resolve_job_def("full_sample").execute_in_process(partition_key=manifest.sample_id, instance=instance, raise_on_error=False)
+    return store, manifest.sample_id, result
+
+
+@pytest.fixture(scope="session")
 def small_stack(tmp_path_factory):
     """A 4-section synthetic stack, small enough for fast tests (shared, read-only)."""
     from asign_assets.demo import DemoConfig, make_demo_stack

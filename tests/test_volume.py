@@ -195,29 +195,13 @@ def test_expression_volume_asset(materialised_small):
 
 
 @pytest.mark.slow
-def test_patient_c_volume_and_uncertainty(tmp_path):
+def test_patient_c_volume_and_uncertainty(patient_c_run):
     """HER2ST patient C (C4 measured): the volume reproduces the spots, and the uncertainty
     ranks the absolute errors of every held-out section the right way (Spearman > 0)."""
-    import dagster as dg
     import polars as pl
-    from conftest import her2st_or_skip
 
-    from asign_assets.definitions import build_definitions
-    from asign_assets.her2st import manifest_from_her2st
-    from asign_assets.manifest import load_manifest
-    from asign_assets.storage import Storage
-
-    data = her2st_or_skip()
-    path, _ = manifest_from_her2st(data, "C", ["C2", "C3", "C4", "C5", "C6"], "C4", with_truth=True, out=tmp_path / "c.yaml")
-    manifest = load_manifest(path)
-    store = Storage(tmp_path / "home")
-    store.register(manifest)
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("samples", [manifest.sample_id])
-    defs = build_definitions(storage_root=str(tmp_path / "home"), device="cpu")
-    result = defs.resolve_job_def("full_sample").execute_in_process(partition_key=manifest.sample_id, instance=instance, raise_on_error=False)
+    store, sid, result = patient_c_run
     assert result.success
-    sid = manifest.sample_id
     o = open_ome_zarr(store.local_path(sid, "expression_volume") / "expression.ome.zarr")
     assert [s["name"] for s in o.attrs["sections"]] == ["C2", "C3", "C4", "C5", "C6"]
     assert o.grid.voxel_um[0] == pytest.approx(16.0)  # the section spacing
