@@ -48,25 +48,43 @@ GENES_SCORED = "genes_scored"
 _EPS = 1e-12
 
 
-def _rowwise_pcc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    a = a - a.mean(axis=1, keepdims=True)
-    b = b - b.mean(axis=1, keepdims=True)
-    num = (a * b).sum(axis=1)
-    den = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
-    ok = den > _EPS * max(1.0, float(np.abs(num).max(initial=0.0)))
-    return np.where(ok, num / np.where(ok, den, 1.0), 0.0)
+def rowwise_pcc(a, b):
+    """PCC of each row of ``a`` with the same row of ``b`` (last axis); 0 for a constant row.
+
+    The one definition of PCC in the package. Written with operators that numpy arrays
+    and torch tensors share, so training's loss calls it on tensors (differentiable, in
+    their dtype) and the metrics below call it on float64 arrays.
+    """
+    a = a - a.mean(axis=-1, keepdims=True)
+    b = b - b.mean(axis=-1, keepdims=True)
+    num = (a * b).sum(axis=-1)
+    den = ((a * a).sum(axis=-1) * (b * b).sum(axis=-1)) ** 0.5
+    scale = max(1.0, float(abs(num).max())) if num.shape[0] else 1.0
+    ok = den > _EPS * scale
+    r = num / (den + ~ok)
+    r[~ok] = 0.0
+    return r
+
+
+def standardise(x, mean=None, sd=None):
+    """Columns of ``x`` z-scored (by ``mean``/``sd`` when given, else its own column mean and
+    population SD); a column with SD <= 1e-12 is only centred. Works on numpy arrays and
+    torch tensors alike (the one definition of per-gene / per-feature standardisation)."""
+    mu = x.mean(axis=0) if mean is None else mean
+    if sd is None:
+        sd = ((x - mu) ** 2).mean(axis=0) ** 0.5
+    small = sd <= _EPS
+    return (x - mu) / (sd * ~small + small)
 
 
 def spot_pcc(pred: np.ndarray, truth: np.ndarray) -> float:
     """Mean over spots of the PCC across genes."""
-    return float(_rowwise_pcc(pred, truth).mean())
+    return float(rowwise_pcc(np.asarray(pred, np.float64), np.asarray(truth, np.float64)).mean())
 
 
 def gene_pcc_per_gene(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """PCC across spots for each gene (0 where either side is constant)."""
-    return _rowwise_pcc(np.asarray(pred).T, np.asarray(truth).T)
+    return rowwise_pcc(np.asarray(pred, np.float64).T, np.asarray(truth, np.float64).T)
 
 
 def gene_pcc(pred: np.ndarray, truth: np.ndarray, genes: np.ndarray | None = None) -> float:
@@ -79,8 +97,8 @@ def gene_pcc(pred: np.ndarray, truth: np.ndarray, genes: np.ndarray | None = Non
 
 def spot_pcc_z(pred: np.ndarray, truth: np.ndarray, ref_mean: np.ndarray, ref_sd: np.ndarray) -> float:
     """spot_pcc after z-scoring genes with the measured section's mean and SD."""
-    sd = np.where(np.asarray(ref_sd) > _EPS, ref_sd, 1.0)
-    return spot_pcc((pred - ref_mean) / sd, (truth - ref_mean) / sd)
+    ref_mean, ref_sd = np.asarray(ref_mean, np.float64), np.asarray(ref_sd, np.float64)
+    return spot_pcc(standardise(np.asarray(pred, np.float64), ref_mean, ref_sd), standardise(np.asarray(truth, np.float64), ref_mean, ref_sd))
 
 
 def mse(pred: np.ndarray, truth: np.ndarray) -> float:

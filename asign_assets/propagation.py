@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch_geometric.utils import scatter, to_torch_csr_tensor
 
 
 def row_normalised_adjacency(edge_index: Tensor, edge_weight: Tensor | None, num_nodes: int) -> tuple[Tensor, Tensor]:
@@ -31,7 +32,7 @@ def row_normalised_adjacency(edge_index: Tensor, edge_weight: Tensor | None, num
     src, dst = edge_index[0].long(), edge_index[1].long()
     w = torch.ones(src.numel(), dtype=torch.float32, device=src.device) if edge_weight is None else edge_weight.float()
     w = w.clamp_min(0.0)
-    deg = torch.zeros(num_nodes, dtype=w.dtype, device=w.device).index_add_(0, dst, w)
+    deg = scatter(w, dst, 0, dim_size=num_nodes, reduce="sum")
     norm = w / deg[dst].clamp_min(1e-12)
     return torch.stack([src, dst]), norm
 
@@ -48,16 +49,13 @@ class PropagationOperator:
 def propagation_operator(edge_index: Tensor, edge_weight: Tensor | None, num_nodes: int) -> PropagationOperator:
     ei, nw = row_normalised_adjacency(edge_index, edge_weight, num_nodes)
     keep = nw > 0
-    src, dst, nw = ei[0][keep], ei[1][keep], nw[keep]
-    order = torch.argsort(dst * max(num_nodes, 1) + src)
-    src, dst, nw = src[order], dst[order], nw[order]
-    counts = torch.bincount(dst, minlength=num_nodes)
-    crow = torch.zeros(num_nodes + 1, dtype=torch.long, device=src.device)
-    crow[1:] = torch.cumsum(counts, 0)
+    # rows = targets (PyG's to_torch_csr_tensor coalesces, summing duplicate edges)
+    rows_cols = torch.stack([ei[1][keep], ei[0][keep]])
     with warnings.catch_warnings():  # "CSR support is in beta" / invariant-check notices
         warnings.simplefilter("ignore", UserWarning)
-        mat = torch.sparse_csr_tensor(crow, src, nw, size=(num_nodes, num_nodes), check_invariants=False)
-    return PropagationOperator(mat, counts > 0, num_nodes)
+        mat = to_torch_csr_tensor(rows_cols, nw[keep], size=num_nodes)
+    has_in = mat.crow_indices().diff() > 0
+    return PropagationOperator(mat, has_in, num_nodes)
 
 
 def label_propagation(

@@ -76,10 +76,11 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
-from torch_geometric.utils import k_hop_subgraph, subgraph
+from torch_geometric.utils import k_hop_subgraph, scatter, subgraph
 
 from asign_assets.baselines import choose_ridge_rank, fit_reduced_rank_ridge
 from asign_assets.lowrank import choose_rank
+from asign_assets.metrics import rowwise_pcc, standardise
 from asign_assets.msagnet import CrossLayerImputation, MSAGNet
 from asign_assets.propagation import PropagationOperator, label_propagation, propagation_operator
 
@@ -87,23 +88,26 @@ from asign_assets.propagation import PropagationOperator, label_propagation, pro
 @dataclass(frozen=True)
 class TrainParams:
     preset: str = "cpu"
+    # network
     hidden: int = 64
     heads: int = 4
     blocks: int = 1
+    dropout: float = 0.1
+    hops: int = 1  # training subgraph / inference context: the measured spots' hops-hop neighbourhood
+    use_ridge: bool = True
+    use_propagation_input: bool = True
+    # optimiser and early stopping
     epochs: int = 200
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 1e-2
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    known_frac: float = 0.25
-    val_frac: float = 0.15
     patience: int = 20
     seed: int = 0
+    # known masks / validation and propagation
+    known_frac: float = 0.25
+    val_frac: float = 0.15
     iters: int = 20
-    dropout: float = 0.1
-    hops: int = 1
-    use_ridge: bool = True
-    use_propagation_input: bool = True
     threads: int = 1  # torch intra-op threads while training/imputing; 0 = leave torch's setting
     ensemble: int = 3  # members trained on different validation folds / known masks / inits; outputs averaged
     calibrate: bool = True  # per-gene linear calibration fitted on out-of-fold validation predictions
@@ -209,22 +213,11 @@ def _deterministic(seed: int, threads: int = 0):
         torch.set_num_threads(prev_threads)
 
 
-def _standardise(x: Tensor) -> Tensor:
-    x = x.float()
-    return (x - x.mean(0)) / x.std(0).clamp_min(1e-6)
-
-
-def _pcc_rows(a: Tensor, b: Tensor) -> Tensor:
-    a = a - a.mean(-1, keepdim=True)
-    b = b - b.mean(-1, keepdim=True)
-    return (a * b).sum(-1) / ((a.pow(2).sum(-1) * b.pow(2).sum(-1)).sqrt() + 1e-8)
-
-
 def _pcc_loss(pred: Tensor, y: Tensor) -> Tensor:
     """1 - mean of per-spot (across genes) and per-gene (across spots) PCC."""
     if pred.shape[0] < 2:
-        return 1.0 - _pcc_rows(pred, y).mean()
-    return 1.0 - 0.5 * (_pcc_rows(pred, y).mean() + _pcc_rows(pred.T, y.T).mean())
+        return 1.0 - rowwise_pcc(pred, y).mean()
+    return 1.0 - 0.5 * (rowwise_pcc(pred, y).mean() + rowwise_pcc(pred.T, y.T).mean())
 
 
 def _spot_loss(pred: Tensor, y: Tensor) -> Tensor:
@@ -232,9 +225,9 @@ def _spot_loss(pred: Tensor, y: Tensor) -> Tensor:
 
 
 def _scatter_mean(x: Tensor, index: Tensor, size: int) -> tuple[Tensor, Tensor]:
-    s = torch.zeros(size, x.shape[1], device=x.device).index_add_(0, index, x)
-    c = torch.zeros(size, device=x.device).index_add_(0, index, torch.ones_like(index, dtype=x.dtype))
-    return s / c.clamp_min(1)[:, None], c
+    """Per-tile mean of ``x`` rows and the row count of each tile (PyG scatter)."""
+    count = scatter(torch.ones_like(index, dtype=x.dtype), index, 0, dim_size=size, reduce="sum")
+    return scatter(x, index, 0, dim_size=size, reduce="mean"), count
 
 
 @dataclass
@@ -310,16 +303,47 @@ def _receptive(sub: _Sub, out_local: Tensor, blocks: int) -> _Sub:
                    edge_dz=sub.edge_dz[keep])
 
 
-def _check_inputs(graph: Data, spot_emb: Tensor, y_measured: Tensor, measured_idx: Tensor) -> None:
-    n = int(graph.num_nodes)
-    if spot_emb.shape[0] != n:
-        raise ValueError(f"spot_emb has {spot_emb.shape[0]} rows, graph has {n} nodes")
-    if y_measured.shape[0] != measured_idx.numel():
-        raise ValueError(f"y_measured has {y_measured.shape[0]} rows for {measured_idx.numel()} measured nodes")
-    if measured_idx.numel() < 10:
-        raise ValueError("need at least 10 measured spots to train")
-    if int(measured_idx.max()) >= n or int(measured_idx.min()) < 0:
-        raise ValueError("measured_idx out of range")
+@dataclass(frozen=True)
+class ModelInputs:
+    """What training and imputation read: the 3D graph, the three embedding levels and the
+    measured spots' expression (rows ``y_measured`` for nodes ``measured_idx``, from any
+    number of sections). Held-out truth has no field to come in through.
+
+    Arrays are coerced to float32 / int64 tensors and the shapes checked on construction.
+    """
+
+    graph: Data
+    spot_emb: Tensor
+    region_emb: Tensor
+    global_emb: Tensor
+    y_measured: Tensor
+    measured_idx: Tensor
+
+    def __post_init__(self) -> None:
+        for name in ("spot_emb", "region_emb", "global_emb", "y_measured"):
+            object.__setattr__(self, name, torch.as_tensor(getattr(self, name)).float())
+        object.__setattr__(self, "measured_idx", torch.as_tensor(self.measured_idx).long())
+        n = self.num_nodes
+        if self.spot_emb.shape[0] != n:
+            raise ValueError(f"spot_emb has {self.spot_emb.shape[0]} rows, graph has {n} nodes")
+        if self.y_measured.shape[0] != self.measured_idx.numel():
+            raise ValueError(f"y_measured has {self.y_measured.shape[0]} rows for {self.measured_idx.numel()} measured nodes")
+        if self.measured_idx.numel() < 10:
+            raise ValueError("need at least 10 measured spots to train")
+        if int(self.measured_idx.max()) >= n or int(self.measured_idx.min()) < 0:
+            raise ValueError("measured_idx out of range")
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.graph.num_nodes)
+
+    @property
+    def n_genes(self) -> int:
+        return int(self.y_measured.shape[1])
+
+    def standardised(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Spot, region and global embeddings z-scored per feature (the network's inputs)."""
+        return standardise(self.spot_emb), standardise(self.region_emb), standardise(self.global_emb)
 
 
 def lattice_pitch(xy: np.ndarray) -> float:
@@ -419,13 +443,14 @@ class _Prepared:
     rank_curve: list[float]  # BCV error per rank (empty unless chosen)
 
 
-def _prepare(graph: Data, spot_emb: Tensor, region_emb: Tensor, global_emb: Tensor, y_measured: Tensor, measured_idx: Tensor, params: TrainParams, device: torch.device) -> _Prepared:
-    n, G = int(graph.num_nodes), y_measured.shape[1]
-    xs, xr, xg = _standardise(spot_emb), _standardise(region_emb), _standardise(global_emb)
+def _prepare(inputs: ModelInputs, params: TrainParams, device: torch.device) -> _Prepared:
+    graph, spot_emb, y_measured, measured_idx = inputs.graph, inputs.spot_emb, inputs.y_measured, inputs.measured_idx
+    n, G = inputs.num_nodes, inputs.n_genes
+    xs, xr, xg = inputs.standardised()
     # bounded training subgraph: measured section + hops-hop neighbours
     nodes, _, _, _ = k_hop_subgraph(measured_idx, params.hops, graph.edge_index, num_nodes=n)
     pitch = _graph_pitch(graph, measured_idx)
-    sub = _make_sub(graph, nodes, region_emb.shape[0], global_emb.shape[0], pitch)
+    sub = _make_sub(graph, nodes, inputs.region_emb.shape[0], inputs.global_emb.shape[0], pitch)
     m = sub.nodes.numel()
     pos_of = torch.full((n,), -1, dtype=torch.long)
     pos_of[sub.nodes] = torch.arange(m)
@@ -592,7 +617,7 @@ def _train_member(pp: _Prepared, params: TrainParams, seed: int, val_pos: Tensor
             vo = _forward(model, val_sub, pp.xs, pp.xr, pp.xg, aux_val, base_v, device, val_nodes)
             vb = cli(vo["spot"], pv)
             val_loss = float(_spot_loss(vb, vy))
-            val_pcc = float(_pcc_rows(vb.T, vy.T).mean()) if vb.shape[0] > 1 else float("nan")
+            val_pcc = float(rowwise_pcc(vb.T, vy.T).mean()) if vb.shape[0] > 1 else float("nan")
         curves.append({
             "epoch": epoch, "train_loss": float(total.detach()), "val_loss": val_loss, "val_gene_pcc": val_pcc,
             "alpha_mean": float(cli.weight.detach().mean()),
@@ -659,34 +684,21 @@ def uncertainty_from_spread(spread: Tensor, known: Tensor, sigma: Tensor | None)
     return out
 
 
-def train_model(
-    graph: Data,
-    spot_emb: Tensor,
-    region_emb: Tensor,
-    global_emb: Tensor,
-    y_measured: Tensor,
-    measured_idx: Tensor,
-    params: TrainParams = TrainParams(),
-    device: torch.device = torch.device("cpu"),
-) -> TrainResult:
-    """Train on the measured section only; returns the best (early-stopped) state(s).
+def train_model(inputs: ModelInputs, params: TrainParams = TrainParams(), device: torch.device = torch.device("cpu")) -> TrainResult:
+    """Train on the measured spots only; returns the best (early-stopped) state(s).
 
     With ``params.ensemble = K`` trains K members (seeds ``seed .. seed+K-1``, disjoint
     validation folds); with ``params.calibrate`` fits a per-gene calibration of the
     ensemble's outputs on the pooled out-of-fold validation predictions.
     """
     t0 = time.perf_counter()
-    spot_emb, region_emb, global_emb = (torch.as_tensor(x).float() for x in (spot_emb, region_emb, global_emb))
-    y_measured = torch.as_tensor(y_measured).float()
-    measured_idx = torch.as_tensor(measured_idx).long()
-    _check_inputs(graph, spot_emb, y_measured, measured_idx)
     if params.ensemble < 1:
         raise ValueError(f"ensemble must be >= 1, got {params.ensemble}")
-    G = y_measured.shape[1]
+    G = inputs.n_genes
     with _deterministic(params.seed, params.threads):
         gen = torch.Generator().manual_seed(params.seed)
-        pp = _prepare(graph, spot_emb, region_emb, global_emb, y_measured, measured_idx, params, device)
-        folds = _val_folds(measured_idx.numel(), params, gen, pp)
+        pp = _prepare(inputs, params, device)
+        folds = _val_folds(inputs.measured_idx.numel(), params, gen, pp)
         members = [_train_member(pp, params, params.seed + i, folds[i], device) for i in range(len(folds))]
         calibration: dict[str, Tensor] = {}
         if params.calibrate:
@@ -695,8 +707,8 @@ def train_model(
                 calibration[key] = fit_calibration(torch.cat([mb["oof"][key] for mb in members]), oy, params.calib_shrink)
             calibration["sigma"] = residual_sigma(torch.cat([mb["oof"]["blend"] for mb in members]), oy, calibration["blend"])
     config = {
-        "in_dim": spot_emb.shape[1], "n_genes": G, "aux_dim": (G + 1) if params.use_propagation_input else 0,
-        "region_dim": region_emb.shape[1], "global_dim": global_emb.shape[1], "source_rank": pp.source_rank, "ridge_rank": pp.ridge_rank,
+        "in_dim": inputs.spot_emb.shape[1], "n_genes": G, "aux_dim": (G + 1) if params.use_propagation_input else 0,
+        "region_dim": inputs.region_emb.shape[1], "global_dim": inputs.global_emb.shape[1], "source_rank": pp.source_rank, "ridge_rank": pp.ridge_rank,
         "edge_dz": int(params.edge_dz),
     }
     m0 = members[0]
@@ -712,16 +724,7 @@ def train_model(
 # ----------------------------------------------------------------------------- inference
 
 
-def impute(
-    result: TrainResult,
-    graph: Data,
-    spot_emb: Tensor,
-    region_emb: Tensor,
-    global_emb: Tensor,
-    y_measured: Tensor,
-    measured_idx: Tensor,
-    device: torch.device = torch.device("cpu"),
-) -> dict[str, np.ndarray]:
+def impute(result: TrainResult, inputs: ModelInputs, device: torch.device = torch.device("cpu")) -> dict[str, np.ndarray]:
     """Whole-volume imputation: 'model', 'propagation', 'blend' (and 'image_ridge') [N, G],
     and 'uncertainty' [N, G] (:func:`uncertainty_from_spread` of the SD over the members'
     network outputs and the propagation; 0 at measured spots).
@@ -732,15 +735,12 @@ def impute(
     a time, so memory is bounded by the largest section's neighbourhood.
     """
     params = result.params
-    spot_emb, region_emb, global_emb = (torch.as_tensor(x).float() for x in (spot_emb, region_emb, global_emb))
-    y_measured = torch.as_tensor(y_measured).float()
-    measured_idx = torch.as_tensor(measured_idx).long()
-    _check_inputs(graph, spot_emb, y_measured, measured_idx)
-    n, G = int(graph.num_nodes), y_measured.shape[1]
+    graph, spot_emb, y_measured, measured_idx = inputs.graph, inputs.spot_emb, inputs.y_measured, inputs.measured_idx
+    n, G = inputs.num_nodes, inputs.n_genes
     if G != result.config["n_genes"]:
         raise ValueError(f"model was trained on {result.config['n_genes']} genes, got {G}")
     members = result.build_members(device)
-    xs, xr, xg = _standardise(spot_emb), _standardise(region_emb), _standardise(global_emb)
+    xs, xr, xg = inputs.standardised()
     y_full = torch.zeros(n, G)
     y_full[measured_idx] = _denoise(y_measured, _source_basis(y_measured, int(result.config.get("source_rank", 0))))
     known = torch.zeros(n, dtype=torch.bool)
@@ -760,7 +760,7 @@ def impute(
         for s in torch.unique(sections):
             own = torch.nonzero(sections == s).flatten()
             nodes, _, _, _ = k_hop_subgraph(own, params.hops, graph.edge_index, num_nodes=n)
-            sub = _make_sub(graph, nodes, region_emb.shape[0], global_emb.shape[0], pitch)
+            sub = _make_sub(graph, nodes, inputs.region_emb.shape[0], inputs.global_emb.shape[0], pitch)
             own_local = torch.nonzero(sections[sub.nodes] == s).flatten()
             sub = _receptive(sub, own_local, params.blocks)
             tgt = sub.nodes[own_local]

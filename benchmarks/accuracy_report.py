@@ -153,7 +153,7 @@ def run_dlpfc(work: Path, name: str, force: bool) -> pl.DataFrame | None:
     from asign_assets.baselines import run_baselines
     from asign_assets.metrics import evaluate_sections, hvg_indices
     from asign_assets.storage import Storage
-    from asign_assets.training import impute, train_model
+    from asign_assets.training import ModelInputs, impute, train_model
 
     f = work / f"acc_dlpfc_{name}.parquet"
     if f.exists() and not force:
@@ -170,8 +170,9 @@ def run_dlpfc(work: Path, name: str, force: bool) -> pl.DataFrame | None:
         t0 = time.perf_counter()
         args = (inp.graph, torch.from_numpy(inp.spot_emb), torch.from_numpy(inp.region_emb), torch.from_numpy(inp.global_emb))
         ym, mi = torch.from_numpy(inp.y_measured), torch.from_numpy(inp.measured_idx)
-        res = train_model(*args, ym, mi, params, torch.device("cpu"))
-        out = impute(res, *args, ym, mi, torch.device("cpu"))
+        inputs = ModelInputs(*args, ym, mi)
+        res = train_model(inputs, params, torch.device("cpu"))
+        out = impute(res, inputs, torch.device("cpu"))
         seconds = time.perf_counter() - t0
         genes = np.asarray(inp.expr.var_names)
         method = str(inp.expr.uns.get("normalisation", {}).get("method", "log1p_cp10k"))

@@ -183,7 +183,7 @@ def measured_expression(data: Path, prep: dict, measured: list[str]):
 def run_choice(data: Path, prep: dict, graph, measured: str | list[str], params, device: torch.device) -> tuple[pl.DataFrame, dict]:
     """Train on the measured section(s), impute, score every other section against its truth."""
     from asign_assets.baselines import run_baselines
-    from asign_assets.training import impute, train_model
+    from asign_assets.training import ModelInputs, impute, train_model
 
     measured_list = [measured] if isinstance(measured, str) else list(measured)
     secs = prep["sections"]
@@ -197,11 +197,10 @@ def run_choice(data: Path, prep: dict, graph, measured: str | list[str], params,
     global_emb = np.concatenate([s["emb_global"] for s in secs])
     t_expr = time.perf_counter() - t0
     # ---- train + impute
-    res = train_model(graph, torch.from_numpy(spot_emb), torch.from_numpy(region_emb), torch.from_numpy(global_emb),
-                      torch.from_numpy(y_measured), torch.from_numpy(measured_idx), params, device)
+    inputs = ModelInputs(graph, spot_emb, region_emb, global_emb, y_measured, measured_idx)
+    res = train_model(inputs, params, device)
     t1 = time.perf_counter()
-    out = impute(res, graph, torch.from_numpy(spot_emb), torch.from_numpy(region_emb), torch.from_numpy(global_emb),
-                 torch.from_numpy(y_measured), torch.from_numpy(measured_idx), device)
+    out = impute(res, inputs, device)
     t_imp = time.perf_counter() - t1
     t2 = time.perf_counter()
     base = run_baselines(graph, spot_emb, y_measured, measured_idx)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from asign_assets.metrics import gene_pcc
-from asign_assets.training import TrainParams, impute, load_checkpoint, params_for, save_checkpoint, train_model
+from asign_assets.training import ModelInputs, TrainParams, impute, load_checkpoint, params_for, save_checkpoint, train_model
 
 try:
     from tests.test_msagnet import make_stack
@@ -29,8 +29,8 @@ def stack():
 @pytest.fixture(scope="module")
 def trained(stack):
     g, emb, remb, gemb, y, meas = stack
-    res = train_model(g, emb, remb, gemb, y[meas], meas, FAST, CPU)
-    return res, impute(res, g, emb, remb, gemb, y[meas], meas, CPU)
+    res = train_model(ModelInputs(g, emb, remb, gemb, y[meas], meas), FAST, CPU)
+    return res, impute(res, ModelInputs(g, emb, remb, gemb, y[meas], meas), CPU)
 
 
 def test_training_beats_mean_profile(stack, trained):
@@ -52,8 +52,8 @@ def test_training_beats_mean_profile(stack, trained):
 
 def test_deterministic_for_a_seed(stack, trained):
     g, emb, remb, gemb, y, meas = stack
-    res2 = train_model(g, emb, remb, gemb, y[meas], meas, FAST, CPU)
-    out2 = impute(res2, g, emb, remb, gemb, y[meas], meas, CPU)
+    res2 = train_model(ModelInputs(g, emb, remb, gemb, y[meas], meas), FAST, CPU)
+    out2 = impute(res2, ModelInputs(g, emb, remb, gemb, y[meas], meas), CPU)
     np.testing.assert_array_equal(out2["blend"], trained[1]["blend"])
     assert [c["train_loss"] for c in res2.curves] == [c["train_loss"] for c in trained[0].curves]
 
@@ -61,16 +61,16 @@ def test_deterministic_for_a_seed(stack, trained):
 def test_truth_never_enters_training(stack, trained):
     g, emb, remb, gemb, y, meas = stack
     # the API has no argument for other sections' expression ...
-    for fn in (train_model, impute):
+    for fn in (train_model, impute, ModelInputs):
         assert "truth" not in " ".join(inspect.signature(fn).parameters)
     # ... full-stack expression is rejected ...
     with pytest.raises(ValueError):
-        train_model(g, emb, remb, gemb, y, meas, FAST, CPU)
+        train_model(ModelInputs(g, emb, remb, gemb, y, meas), FAST, CPU)
     # ... and garbage truth attached to the graph changes nothing
     g2 = g.clone()
     g2.y = torch.randn_like(y) * 100
-    res = train_model(g2, emb, remb, gemb, y[meas], meas, FAST, CPU)
-    out = impute(res, g2, emb, remb, gemb, y[meas], meas, CPU)
+    res = train_model(ModelInputs(g2, emb, remb, gemb, y[meas], meas), FAST, CPU)
+    out = impute(res, ModelInputs(g2, emb, remb, gemb, y[meas], meas), CPU)
     np.testing.assert_array_equal(out["blend"], trained[1]["blend"])
 
 
@@ -81,7 +81,7 @@ def test_checkpoint_roundtrip(tmp_path, stack, trained):
     save_checkpoint(res, path)
     back = load_checkpoint(path)
     assert back.params == res.params and back.best_epoch == res.best_epoch
-    np.testing.assert_array_equal(impute(back, g, emb, remb, gemb, y[meas], meas, CPU)["blend"], out["blend"])
+    np.testing.assert_array_equal(impute(back, ModelInputs(g, emb, remb, gemb, y[meas], meas), CPU)["blend"], out["blend"])
 
 
 def test_presets():
@@ -123,8 +123,8 @@ ENS = params_for("cpu", hidden=16, heads=2, blocks=1, epochs=12, patience=12, en
 @pytest.fixture(scope="module")
 def ensemble_trained(stack):
     g, emb, remb, gemb, y, meas = stack
-    res = train_model(g, emb, remb, gemb, y[meas], meas, ENS, CPU)
-    return res, impute(res, g, emb, remb, gemb, y[meas], meas, CPU)
+    res = train_model(ModelInputs(g, emb, remb, gemb, y[meas], meas), ENS, CPU)
+    return res, impute(res, ModelInputs(g, emb, remb, gemb, y[meas], meas), CPU)
 
 
 def test_ensemble_members_calibration_and_determinism(tmp_path, stack, ensemble_trained):
@@ -135,7 +135,7 @@ def test_ensemble_members_calibration_and_determinism(tmp_path, stack, ensemble_
     w0 = res.model_state["head_spot.1.weight"]
     assert not torch.equal(w0, res.extra_members[0]["model_state"]["head_spot.1.weight"])
     # ... and impute averages them: one member alone gives another answer
-    single = impute(replace_members(res, []), g, emb, remb, gemb, y[meas], meas, CPU)
+    single = impute(replace_members(res, []), ModelInputs(g, emb, remb, gemb, y[meas], meas), CPU)
     assert not np.allclose(single["model"], out["model"])
     # calibration slopes are shrinkage in [0, 1], one (intercept, slope) per gene
     for key in ("model", "blend"):
@@ -143,13 +143,13 @@ def test_ensemble_members_calibration_and_determinism(tmp_path, stack, ensemble_
         assert cal.shape == (2, y.shape[1]) and float(cal[1].min()) >= 0.0 and float(cal[1].max()) <= 1.0
     np.testing.assert_array_equal(out["blend"][meas.numpy()], y[meas].numpy())
     # deterministic for a seed, and the checkpoint keeps every member and the calibration
-    res2 = train_model(g, emb, remb, gemb, y[meas], meas, ENS, CPU)
-    np.testing.assert_array_equal(impute(res2, g, emb, remb, gemb, y[meas], meas, CPU)["blend"], out["blend"])
+    res2 = train_model(ModelInputs(g, emb, remb, gemb, y[meas], meas), ENS, CPU)
+    np.testing.assert_array_equal(impute(res2, ModelInputs(g, emb, remb, gemb, y[meas], meas), CPU)["blend"], out["blend"])
     save_checkpoint(res, tmp_path / "c.pt")
     back = load_checkpoint(tmp_path / "c.pt")
     assert back.n_members == 3 and set(back.calibration) == {"model", "blend", "sigma"}
     assert back.calibration["sigma"].shape == (res.config["n_genes"],) and (back.calibration["sigma"] > 0).all()
-    np.testing.assert_array_equal(impute(back, g, emb, remb, gemb, y[meas], meas, CPU)["blend"], out["blend"])
+    np.testing.assert_array_equal(impute(back, ModelInputs(g, emb, remb, gemb, y[meas], meas), CPU)["blend"], out["blend"])
 
 
 def replace_members(res, extra):
@@ -187,14 +187,14 @@ def test_calibration_reduces_held_out_mse():
 def test_receptive_pruning_keeps_outputs(stack, blocks):
     """Dropping edges that cannot reach the output spots leaves their predictions unchanged."""
     from asign_assets.msagnet import MSAGNet
-    from asign_assets.training import _forward, _make_sub, _receptive, _standardise
+    from asign_assets.training import ModelInputs, _forward, _make_sub, _receptive
 
     g, emb, remb, gemb, y, meas = stack
     torch.manual_seed(0)
     sub = _make_sub(g, torch.arange(int(g.num_nodes)), remb.shape[0], gemb.shape[0])
     model = MSAGNet(emb.shape[1], y.shape[1], 16, 2, blocks, region_dim=remb.shape[1], global_dim=gemb.shape[1]).eval()
     torch.nn.init.normal_(model.head_spot[1].weight)  # the head starts at zero; make outputs informative
-    xs, xr, xg = _standardise(emb), _standardise(remb), _standardise(gemb)
+    xs, xr, xg = ModelInputs(g, emb, remb, gemb, y[meas], meas).standardised()
     out_local = meas  # the whole graph is the sub: local == global ids
     pruned = _receptive(sub, out_local, blocks)
     assert pruned.edge_index.shape[1] < sub.edge_index.shape[1] or blocks > 1
@@ -279,15 +279,15 @@ def test_blocked_regime_and_denoised_sources_train_and_record_ranks(stack):
     g, emb, remb, gemb, y, meas = stack
     p = params_for("cpu", hidden=32, heads=4, blocks=1, epochs=30, patience=30, ensemble=2, calibrate=True,
                    mask="blocked", source_rank=-1, ridge_rank=-1, edge_dz=True)
-    res = train_model(g, emb, remb, gemb, y[meas], meas, p, CPU)
+    res = train_model(ModelInputs(g, emb, remb, gemb, y[meas], meas), p, CPU)
     # the synthetic expression is 2 latent factors + noise: the chosen ranks are small
     assert 1 <= res.config["source_rank"] <= 4
     assert 1 <= res.config["ridge_rank"] <= 4
     assert res.config["edge_dz"] == 1
-    out = impute(res, g, emb, remb, gemb, y[meas], meas, CPU)
+    out = impute(res, ModelInputs(g, emb, remb, gemb, y[meas], meas), CPU)
     ev = (g.section != 1).numpy()
     assert gene_pcc(out["blend"][ev], y.numpy()[ev]) > 0.6
-    raw = train_model(g, emb, remb, gemb, y[meas], meas, replace(p, source_rank=0, ridge_rank=0), CPU)
+    raw = train_model(ModelInputs(g, emb, remb, gemb, y[meas], meas), replace(p, source_rank=0, ridge_rank=0), CPU)
     assert raw.config["source_rank"] == 0 and raw.config["ridge_rank"] == 0
-    prop_raw = impute(raw, g, emb, remb, gemb, y[meas], meas, CPU)["propagation"]
+    prop_raw = impute(raw, ModelInputs(g, emb, remb, gemb, y[meas], meas), CPU)["propagation"]
     assert not np.allclose(prop_raw[ev], out["propagation"][ev])

@@ -44,7 +44,7 @@ class ModelConfig(dg.Config):
 )
 def model(context: dg.AssetExecutionContext, config: ModelConfig, storage: StorageResource, device: DeviceResource) -> dg.MaterializeResult:
     from asign_assets.plots import curves_png
-    from asign_assets.training import params_for, save_checkpoint, train_model
+    from asign_assets.training import ModelInputs, params_for, save_checkpoint, train_model
 
     store, sid = sample_io(context, storage)
     dev = device.torch_device()
@@ -52,7 +52,7 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, storage: Stora
     params = params_for(config.preset, **overrides)
     with StageMonitor().run() as mon:
         inp = StackInputs.load(store, sid)
-        result = train_model(*inp.tensors(), params, dev)
+        result = train_model(ModelInputs(*inp.tensors()), params, dev)
         members = [c for c in (getattr(result, "member_curves", None) or [result.curves]) if c]
         png = curves_png(members) if members else b""
         with store.write(sid, "model") as tmp:
@@ -93,14 +93,14 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, storage: Stora
     "layers model/propagation/blend/uncertainty, own-image and common-frame coordinates, thumbnails for sc.pl.spatial.",
 )
 def imputed_volume(context: dg.AssetExecutionContext, storage: StorageResource, device: DeviceResource) -> dg.MaterializeResult:
-    from asign_assets.training import impute, load_checkpoint
+    from asign_assets.training import ModelInputs, impute, load_checkpoint
 
     store, sid = sample_io(context, storage)
     dev = device.torch_device()
     with StageMonitor().run() as mon:
         inp = StackInputs.load(store, sid)
         result = load_checkpoint(store.local_path(sid, "model") / "checkpoint.pt")
-        preds = impute(result, *inp.tensors(), dev)
+        preds = impute(result, ModelInputs(*inp.tensors()), dev)
         sec_dir = store.local_path(sid, "sections")
         manifest = store.load_registered(sid).without_truth()
         adata = imputed_anndata(inp, preds, sections_lib.load_records(sec_dir), sec_dir, manifest.spot_diameter_um)
