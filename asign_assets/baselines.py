@@ -41,35 +41,56 @@ class Ridge:
         return (((np.asarray(X, np.float64) - self.mu_x) / self.sd_x) @ self.coef + self.mu_y).astype(np.float32)
 
 
-def fit_ridge(X: np.ndarray, Y: np.ndarray, lambdas: np.ndarray | None = None) -> Ridge:
-    """Ridge with the penalty picked by GCV over a log grid (relative to the top singular value²)."""
-    X = np.asarray(X, np.float64)
-    Y = np.asarray(Y, np.float64)
-    mu_x, sd_x = X.mean(0), X.std(0)
-    sd_x = np.where(sd_x > 1e-8, sd_x, 1.0)
-    Z = (X - mu_x) / sd_x
-    mu_y = Y.mean(0)
-    Yc = Y - mu_y
-    U, s, Vt = np.linalg.svd(Z, full_matrices=False)
-    s2 = s**2
-    grid = np.logspace(-3, 2, 16) * (s2.max() if s2.size else 1.0) if lambdas is None else np.asarray(lambdas)
-    UtY = U.T @ Yc
-    n = X.shape[0]
-    best = (np.inf, float(grid[0]))
-    for lam in grid:
+@dataclass(frozen=True)
+class _RidgeDesign:
+    """Standardised design matrix and its thin SVD, shared by every target fitted on it."""
+
+    mu_x: np.ndarray
+    sd_x: np.ndarray
+    u: np.ndarray
+    s: np.ndarray
+    vt: np.ndarray
+
+    @classmethod
+    def of(cls, X: np.ndarray) -> "_RidgeDesign":
+        X = np.asarray(X, np.float64)
+        mu_x, sd_x = X.mean(0), X.std(0)
+        sd_x = np.where(sd_x > 1e-8, sd_x, 1.0)
+        u, s, vt = np.linalg.svd((X - mu_x) / sd_x, full_matrices=False)
+        return cls(mu_x, sd_x, u, s, vt)
+
+    def fit(self, Y: np.ndarray, lambdas: np.ndarray | None = None) -> Ridge:
+        """Ridge of ``Y`` with the penalty picked by GCV over a log grid (relative to the top
+        singular value²). The GCV residual is computed in the SVD basis,
+        ``|Yc|² - sum_k (2 f_k - f_k²) |U_k' Yc|²``, so the grid costs O(D G), not O(n D G)."""
+        Y = np.asarray(Y, np.float64)
+        U, s = self.u, self.s
+        s2 = s**2
+        grid = np.logspace(-3, 2, 16) * (s2.max() if s2.size else 1.0) if lambdas is None else np.asarray(lambdas)
+        mu_y = Y.mean(0)
+        Yc = Y - mu_y
+        UtY = U.T @ Yc
+        n = Y.shape[0]
+        ss_y, ss_k = float((Yc**2).sum()), (UtY**2).sum(1)
+        best = (np.inf, float(grid[0]))
+        for lam in grid:
+            f = s2 / (s2 + lam)
+            rss = max(ss_y - float(((2.0 * f - f**2) * ss_k).sum()), 0.0)
+            gcv = rss / max(n - float(f.sum()), 1e-6) ** 2
+            if gcv < best[0]:
+                best = (gcv, float(lam))
+        lam = best[1]
         f = s2 / (s2 + lam)
+        coef = self.vt.T @ ((s / (s2 + lam))[:, None] * UtY)
         fit = U @ (f[:, None] * UtY)
-        df = f.sum()
-        gcv = float(((Yc - fit) ** 2).sum() / max(n - df, 1e-6) ** 2)
-        if gcv < best[0]:
-            best = (gcv, float(lam))
-    lam = best[1]
-    f = s2 / (s2 + lam)
-    coef = Vt.T @ ((s / (s2 + lam))[:, None] * UtY)
-    fit = U @ (f[:, None] * UtY)
-    h = ((U**2) * f).sum(1) + 1.0 / n  # hat diagonal incl. the intercept
-    loo = Yc - (Yc - fit) / np.clip(1.0 - h, 1e-3, None)[:, None] + mu_y
-    return Ridge(mu_x, sd_x, mu_y, coef, lam, loo.astype(np.float32))
+        h = ((U**2) * f).sum(1) + 1.0 / n  # hat diagonal incl. the intercept
+        loo = Yc - (Yc - fit) / np.clip(1.0 - h, 1e-3, None)[:, None] + mu_y
+        return Ridge(self.mu_x, self.sd_x, mu_y, coef, lam, loo.astype(np.float32))
+
+
+def fit_ridge(X: np.ndarray, Y: np.ndarray, lambdas: np.ndarray | None = None) -> Ridge:
+    """Standardised ridge with the penalty picked by GCV (:meth:`_RidgeDesign.fit`)."""
+    return _RidgeDesign.of(X).fit(Y, lambdas)
 
 
 def choose_ridge_rank(X: np.ndarray, Y: np.ndarray, max_rank: int = 30) -> tuple[int, list[float]]:
@@ -77,17 +98,19 @@ def choose_ridge_rank(X: np.ndarray, Y: np.ndarray, max_rank: int = 30) -> tuple
 
     For each rank r the ridge is fitted to the rank-r reconstruction of ``Y`` and its
     leave-one-out predictions are scored against the raw ``Y`` (per-gene PCC); rank 0 is
-    the plain ridge. Returns the best rank and the score per rank.
+    the plain ridge. Returns the best rank and the score per rank. The design's SVD is
+    computed once for all ranks.
     """
     from asign_assets.lowrank import low_rank
 
     Y = np.asarray(Y, np.float64)
     max_rank = int(min(max_rank, min(Y.shape) - 1))
     full = low_rank(Y, max(max_rank, 0))
-    scores = [gene_pcc(fit_ridge(X, Y).loo, Y)]
+    design = _RidgeDesign.of(X)
+    scores = [gene_pcc(design.fit(Y).loo, Y)]
     for r in range(1, max_rank + 1):
         yr = full.mean + (full.u[:, :r] * full.s[:r]) @ full.vt[:r]
-        scores.append(gene_pcc(fit_ridge(X, yr).loo, Y))
+        scores.append(gene_pcc(design.fit(yr).loo, Y))
     return int(np.argmax(scores)), scores
 
 

@@ -59,7 +59,7 @@ def rowwise_pcc(a, b):
     b = b - b.mean(axis=-1, keepdims=True)
     num = (a * b).sum(axis=-1)
     den = ((a * a).sum(axis=-1) * (b * b).sum(axis=-1)) ** 0.5
-    scale = max(1.0, float(abs(num).max())) if num.shape[0] else 1.0
+    scale = max(1.0, abs(num).max().item()) if num.shape[0] else 1.0
     ok = den > _EPS * scale
     r = num / (den + ~ok)
     r[~ok] = 0.0

@@ -148,8 +148,9 @@ def run_dlpfc(work: Path, name: str, force: bool) -> pl.DataFrame | None:
     pipeline's, so the depth configuration differs only in the dz edge feature: the two
     sections are 10 um apart). Truth is read by the evaluation asset's own reader.
     """
-    from asign_assets.assets.results import BASELINES as PIPE_BASELINES
-    from asign_assets.assets.results import InputsCache, _truth_matrix
+    from asign_assets.evaluation import BASELINES as PIPE_BASELINES
+    from asign_assets.evaluation import truth_matrix
+    from asign_assets.stack_inputs import StackInputs
     from asign_assets.baselines import run_baselines
     from asign_assets.metrics import evaluate_sections, hvg_indices
     from asign_assets.storage import Storage
@@ -166,17 +167,15 @@ def run_dlpfc(work: Path, name: str, force: bool) -> pl.DataFrame | None:
         if not home.is_dir():
             return None
         store, sid = Storage(home), f"dlpfc_{measured}"
-        inp = InputsCache(store, sid)
+        inp = StackInputs.load(store, sid)
         t0 = time.perf_counter()
-        args = (inp.graph, torch.from_numpy(inp.spot_emb), torch.from_numpy(inp.region_emb), torch.from_numpy(inp.global_emb))
-        ym, mi = torch.from_numpy(inp.y_measured), torch.from_numpy(inp.measured_idx)
-        inputs = ModelInputs(*args, ym, mi)
+        inputs = ModelInputs(*inp.tensors())
         res = train_model(inputs, params, torch.device("cpu"))
         out = impute(res, inputs, torch.device("cpu"))
         seconds = time.perf_counter() - t0
         genes = np.asarray(inp.expr.var_names)
         method = str(inp.expr.uns.get("normalisation", {}).get("method", "log1p_cp10k"))
-        rows, truth = _truth_matrix(store.load_registered(sid), inp, genes, method)
+        rows, truth = truth_matrix(store.load_registered(sid), inp, genes, method)
         base = run_baselines(inp.graph, inp.spot_emb, inp.y_measured, inp.measured_idx)
         preds = {"asign": out["blend"], "asign_network": out["model"], "asign_propagation": out["propagation"],
                  **{k: base[k] for k in PIPE_BASELINES}, "avg_knn_image": 0.5 * (base["gauss_knn"] + base["image_2d"])}

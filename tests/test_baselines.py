@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from asign_assets.baselines import fit_ridge, gauss_knn, run_baselines
@@ -77,3 +78,18 @@ def test_reduced_rank_ridge_beats_plain_ridge_on_noisy_low_rank_targets():
     reduced = fit_reduced_rank_ridge(X[:n], Y[:n], rank).predict(X[n:])
     assert np.mean((reduced - clean[n:]) ** 2) < 0.8 * np.mean((plain - clean[n:]) ** 2)
     np.testing.assert_array_equal(fit_reduced_rank_ridge(X[:n], Y[:n], 0).predict(X[n:]), plain)
+
+
+def test_ridge_gcv_in_svd_basis_matches_explicit_residuals():
+    """The closed-form GCV picks the penalty the explicit residual sum would pick."""
+    from asign_assets.baselines import _RidgeDesign
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(120, 8))
+    Y = X[:, :2] @ rng.normal(size=(2, 5)) + rng.normal(size=(120, 5))
+    d = _RidgeDesign.of(X)
+    s2 = d.s**2
+    grid = np.logspace(-3, 2, 16) * s2.max()
+    Yc = Y - Y.mean(0)
+    gcv = [((Yc - d.u @ ((s2 / (s2 + lam))[:, None] * (d.u.T @ Yc))) ** 2).sum() / (120 - (s2 / (s2 + lam)).sum()) ** 2 for lam in grid]
+    assert d.fit(Y).lam == pytest.approx(float(grid[int(np.argmin(gcv))]))
