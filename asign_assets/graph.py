@@ -35,6 +35,7 @@ __all__ = [
     "similarity_edges",
     "tile_edges",
     "merge_edges",
+    "shifted_copy",
     "edges_frame",
     "write_edges_parquet",
 ]
@@ -347,6 +348,45 @@ def build_graph_3d(
         num_nodes=n,
     )
     return data
+
+
+def shifted_copy(graph: Data, nodes: torch.Tensor, shift_xy: np.ndarray, params: GraphParams) -> Data:
+    """``graph`` with a copy of ``nodes`` appended (rows ``n .. n + len(nodes) - 1``), displaced
+    by ``shift_xy`` (um) in the common frame, as if it were a neighbouring section registered
+    with that error.
+
+    The copies keep their originals' tiles and depth; among themselves they get the
+    originals' intra edges, and they are joined to the originals only by overlap-type
+    edges (:func:`overlap_edges` between the two point sets, with ``params``). Training uses
+    it so that labels reach the measured spots across a registration-sized shift, as they do
+    at imputation (training.TrainParams.regime = "shifted").
+    """
+    n, nodes = int(graph.num_nodes), torch.as_tensor(nodes).long()
+    k = nodes.numel()
+    copy_of = torch.full((n,), -1, dtype=torch.long)
+    copy_of[nodes] = torch.arange(n, n + k)
+    ei, et, ew = graph.edge_index, graph.edge_type, graph.edge_weight
+    cs, cd = copy_of[ei[0]], copy_of[ei[1]]
+    intra = (et == EDGE_INTRA) & (cs >= 0) & (cd >= 0)
+    pos = graph.pos.double().numpy()
+    xy = pos[nodes.numpy(), :2]
+    both = np.concatenate([xy, xy + np.asarray(shift_xy, np.float64)[None, :]])
+    o_src, o_dst, o_w = overlap_edges(both, np.repeat([0, 1], k), replace(params, neighbour_sections=1))
+    to_node = torch.cat([nodes, torch.arange(n, n + k)])
+    o_ei = to_node[torch.from_numpy(np.stack([o_src, o_dst]))]
+    copy_pos = torch.from_numpy(np.concatenate([both[k:], pos[nodes.numpy(), 2:]], 1).astype(np.float32))
+    return Data(
+        edge_index=torch.cat([ei, torch.stack([cs[intra], cd[intra]]), o_ei], 1),
+        edge_type=torch.cat([et, et[intra], torch.full((o_ei.shape[1],), EDGE_OVERLAP, dtype=et.dtype)]),
+        edge_weight=torch.cat([ew, ew[intra], torch.from_numpy(o_w).to(ew.dtype)]),
+        pos=torch.cat([graph.pos, copy_pos.to(graph.pos.dtype)]),
+        section=torch.cat([graph.section, torch.full((k,), int(graph.section.max()) + 1, dtype=graph.section.dtype)]),
+        spot_region=torch.cat([graph.spot_region, graph.spot_region[nodes]]),
+        spot_global=torch.cat([graph.spot_global, graph.spot_global[nodes]]),
+        region_edge_index=graph.region_edge_index,
+        global_edge_index=graph.global_edge_index,
+        num_nodes=n + k,
+    )
 
 
 # ----------------------------------------------------------------------------- outputs

@@ -56,6 +56,10 @@ CONFIGS: dict[str, tuple[str, dict, bool]] = {
     "programmes+denoise": ("items 2a and 2b", {**BEFORE_TRAIN, "ridge_rank": -1, "source_rank": -1}, False),
     "programmes+regime": ("items 1 and 2b", {**BEFORE_TRAIN, "ridge_rank": -1, "mask": "blocked"}, False),
     "all": ("items 1, 2a, 2b and 3 together", {"mask": "blocked", "source_rank": -1, "edge_dz": True, "ridge_rank": -1}, True),
+    "stop10": ("cost: items 2a+2b, early stopping patience 10, min gain 5e-4",
+               {**BEFORE_TRAIN, "ridge_rank": -1, "source_rank": -1, "patience": 10, "min_delta": 5e-4}, False),
+    "stop10+ens2": ("cost: stop10 with 2 ensemble members",
+                    {**BEFORE_TRAIN, "ridge_rank": -1, "source_rank": -1, "patience": 10, "min_delta": 5e-4, "ensemble": 2}, False),
 }
 FINAL = "programmes+denoise"  # the configuration equal to the current defaults (training.TrainParams, graph.GraphParams)
 SHOWN = ("gene_pcc", "gene_pcc_hvg50", "mse", "spot_pcc_z")

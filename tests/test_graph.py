@@ -16,6 +16,7 @@ from asign_assets.graph import (
     build_graph_3d,
     edges_frame,
     merge_edges,
+    shifted_copy,
     similarity_edges,
     write_edges_parquet,
 )
@@ -196,3 +197,43 @@ def test_overlap_weights_follow_the_manifest_depths():
     assert w_of[(0, 2)] < w_of[(1, 2)] < w_of[(0, 1)]
     flat = _build(spots, overlap="gaussian", gaussian_sigma_um=50.0, neighbour_sections=2, depth_weight=False)
     assert float(flat.edge_weight[(flat.edge_type == 1)].max()) == pytest.approx(1.0)
+
+
+def test_shifted_copy_is_displaced_and_joined_only_by_overlap_edges():
+    data = _build(_lattice(n_sections=2, side=4))
+    n = int(data.num_nodes)
+    meas = torch.nonzero(data.section == 0).flatten()
+    k = meas.numel()
+    shift = np.array([30.0, -40.0])  # 50 um: half a pitch
+    params = GraphParams(pitch_um=PITCH, overlap="iou", spot_radius_um=40.0)
+    aug = shifted_copy(data, meas, shift, params)
+    assert int(aug.num_nodes) == n + k
+    copies = torch.arange(n, n + k)
+    # displaced by exactly the shift, same depth, tiles and a section of their own
+    np.testing.assert_allclose((aug.pos[copies, :2] - data.pos[meas, :2]).numpy(), np.tile(shift, (k, 1)), atol=1e-4)
+    np.testing.assert_array_equal(aug.pos[copies, 2].numpy(), data.pos[meas, 2].numpy())
+    assert torch.equal(aug.spot_region[copies], data.spot_region[meas])
+    assert set(aug.section[copies].tolist()) == {int(data.section.max()) + 1}
+    # the original graph is untouched
+    assert torch.equal(aug.edge_index[:, : data.edge_index.shape[1]], data.edge_index)
+    new = aug.edge_index[:, data.edge_index.shape[1]:]
+    new_t = aug.edge_type[data.edge_index.shape[1]:]
+    is_copy = new >= n
+    # edges between a copy and an original are overlap edges, each carrying the disc IoU at their distance
+    cross = is_copy[0] ^ is_copy[1]
+    assert cross.any() and bool((new_t[cross] == EDGE_OVERLAP).all())
+    from asign_assets.geometry import disc_iou
+
+    d = (aug.pos[new[0, cross], :2] - aug.pos[new[1, cross], :2]).norm(dim=1).double().numpy()
+    np.testing.assert_allclose(aug.edge_weight[data.edge_index.shape[1]:][cross].numpy(), disc_iou(d, 40.0, 40.0), rtol=1e-5)
+    # a copy overlaps its own original (50 um < 80 um) and nothing at >= 80 um
+    pairs = set(zip(new[0, cross].tolist(), new[1, cross].tolist()))
+    assert all((int(meas[i]), n + i) in pairs for i in range(k))
+    assert bool((d < 80.0).all())
+    # copies among themselves: the originals' intra edges, relabelled
+    both = is_copy[0] & is_copy[1]
+    assert bool((new_t[both] == EDGE_INTRA).all())
+    orig_intra = {(a, b) for a, b in _pairs(data, EDGE_INTRA) if a < k and b < k}  # section 0 = nodes 0..k-1
+    assert {(a - n, b - n) for a, b in zip(new[0, both].tolist(), new[1, both].tolist())} == orig_intra
+    # nothing joins a copy to another section
+    assert not bool(((new[0] >= k) & (new[0] < n)).any() | ((new[1] >= k) & (new[1] < n)).any())

@@ -312,3 +312,30 @@ def test_low_rank_propagation_equals_propagating_the_reconstruction(stack):
     assert float((full[~known] - src[meas].mean(0)).abs().max()) > 1e-2  # labels did move
     # without a basis it is plain propagation
     torch.testing.assert_close(_propagate(op, src, known, None, 20), full)
+
+
+def test_shifted_regime_learns_from_displaced_copies(stack):
+    """Labels come only from the shifted copies (overlap edges), never from the spot itself."""
+    from asign_assets.graph import EDGE_OVERLAP
+    from asign_assets.training import _prepare
+
+    g, emb, remb, gemb, y, meas = stack
+    p = replace(FAST, regime="shifted", shift_pitches=0.5, epochs=30, patience=30)
+    inputs = ModelInputs(g, emb, remb, gemb, y[meas], meas)
+    pp = _prepare(inputs, p, CPU)
+    assert pp.copy_local is not None and pp.copy_local.numel() == meas.numel()
+    assert torch.equal(pp.label_nodes(torch.arange(3)), pp.copy_local[:3])
+    torch.testing.assert_close(pp.y_local[pp.copy_local], y[meas])
+    is_copy = torch.zeros(pp.sub.nodes.numel(), dtype=torch.bool)
+    is_copy[pp.copy_local] = True
+    is_meas = torch.zeros_like(is_copy)
+    is_meas[pp.meas_local] = True
+    src, dst = pp.sub.edge_index
+    joins = (is_copy[src] & is_meas[dst]) | (is_meas[src] & is_copy[dst])
+    assert joins.any() and bool((pp.sub.edge_type[joins] == EDGE_OVERLAP).all())
+    assert pp.sub.nodes.numel() == int(g.num_nodes) + meas.numel()
+    res = train_model(inputs, p, CPU)
+    out = impute(res, inputs, CPU)
+    ev = (g.section != 1).numpy()
+    assert gene_pcc(out["blend"][ev], y.numpy()[ev]) > 0.6
+    assert res.params.regime == "shifted" and len(res.curves) >= 1
