@@ -180,6 +180,9 @@ def measured_expression(data: Path, prep: dict, measured: list[str]):
     return node_all[kept].astype(np.int64), np.asarray(ad.X, np.float32), np.asarray(ad.var_names), info["n_spots_dropped"]
 
 
+BLEND_SHIFTS = (-0.4, -0.2, -0.1, 0.1, 0.2)
+
+
 def run_choice(data: Path, prep: dict, graph, measured: str | list[str], params, device: torch.device) -> tuple[pl.DataFrame, dict]:
     """Train on the measured section(s), impute, score every other section against its truth."""
     from asign_assets.baselines import run_baselines
@@ -227,6 +230,10 @@ def run_choice(data: Path, prep: dict, graph, measured: str | list[str], params,
         **{k: v[ev] for k, v in base.items()},
         "avg_knn_image": 0.5 * (base["gauss_knn"][ev] + base["image_2d"][ev]),
     }
+    # the blend with its propagation weight moved by t (every gene): what a Δz-dependent
+    # weight could reach on each section (accuracy_report.dz_blend_table)
+    towards_prop = out["propagation"][ev] - out["model"][ev]
+    preds.update({f"asign_w{t:+.2f}": out["blend"][ev] + t * towards_prop for t in BLEND_SHIFTS})
     df = evaluate_sections(preds, truth, np.array(ev_secs), y_measured.mean(0), y_measured.std(0), hvg_indices(y_measured, 50))
     df = df.with_columns(pl.lit("+".join(measured_list)).alias("measured"))
     timing = {"measured": "+".join(measured_list), "expression_s": t_expr, "train_s": res.seconds, "impute_s": t_imp, "baselines_s": t_base,
