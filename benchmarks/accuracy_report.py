@@ -60,6 +60,8 @@ CONFIGS: dict[str, tuple[str, dict, bool]] = {
                {**BEFORE_TRAIN, "ridge_rank": -1, "source_rank": -1, "patience": 10, "min_delta": 5e-4}, False),
     "stop10+ens2": ("cost: stop10 with 2 ensemble members",
                     {**BEFORE_TRAIN, "ridge_rank": -1, "source_rank": -1, "patience": 10, "min_delta": 5e-4, "ensemble": 2}, False),
+    "stop5": ("cost: items 2a+2b, early stopping patience 5, min gain 1e-3",
+              {**BEFORE_TRAIN, "ridge_rank": -1, "source_rank": -1, "patience": 5, "min_delta": 1e-3}, False),
     "shifted": ("item 1, shifted copies alone: items 2a+2b trained on a copy shifted 0.5 pitch (overlap edges)",
                 {**BEFORE_TRAIN, "ridge_rank": -1, "source_rank": -1, "regime": "shifted"}, False),
     "shifted+stop10": ("shifted copies with the stop10 early stopping",
@@ -190,7 +192,8 @@ def run_dlpfc(work: Path, name: str, force: bool) -> pl.DataFrame | None:
         secs = inp.spots["section"].to_numpy()[rows]
         df = evaluate_sections({k: v[rows] for k, v in preds.items()}, truth, secs, inp.y_measured.mean(0),
                                inp.y_measured.std(0), hvg_indices(inp.y_measured, 50))
-        dfs.append(df.with_columns(pl.lit(measured).alias("measured"), pl.lit(seconds).alias("train_impute_s")))
+        dfs.append(df.with_columns(pl.lit(measured).alias("measured"), pl.lit(seconds).alias("train_impute_s"),
+                                   pl.lit(sum(len(c) for c in res.member_curves)).alias("epochs_all_members")))
         g = df.filter((pl.col("section") == "pooled") & (pl.col("method") == "asign") & (pl.col("metric") == "gene_pcc"))
         log(f"dlpfc {name} {measured} -> {imputed}: gene_pcc {g['value'][0]:.3f} ({seconds:.0f}s train+impute)")
     out_df = pl.concat(dfs)
@@ -199,8 +202,8 @@ def run_dlpfc(work: Path, name: str, force: bool) -> pl.DataFrame | None:
 
 
 def dlpfc_table(results: dict[str, pl.DataFrame]) -> str:
-    rows = ["| configuration | direction | asign | network | propagation | best baseline | | hvg50 | genes scored | train+impute s |",
-            "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+    rows = ["| configuration | direction | asign | network | propagation | best baseline | | hvg50 | genes scored | train+impute s | epochs (all members) |",
+            "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
     for name, df in results.items():
         for measured, imputed in DLPFC_DIRECTIONS:
             d = df.filter((pl.col("measured") == measured) & (pl.col("section") == "pooled"))
@@ -208,7 +211,8 @@ def dlpfc_table(results: dict[str, pl.DataFrame]) -> str:
             best = max(BASELINES, key=lambda b: lut[(b, "gene_pcc")])
             rows.append(f"| {name} | {measured} -> {imputed} | {lut[('asign', 'gene_pcc')]:.3f} | {lut[('asign_network', 'gene_pcc')]:.3f}"
                         f" | {lut[('asign_propagation', 'gene_pcc')]:.3f} | {lut[(best, 'gene_pcc')]:.3f} | {best}"
-                        f" | {lut[('asign', 'gene_pcc_hvg50')]:.3f} | {lut[('asign', 'genes_scored')]:.0f} | {d['train_impute_s'][0]:.0f} |")
+                        f" | {lut[('asign', 'gene_pcc_hvg50')]:.3f} | {lut[('asign', 'genes_scored')]:.0f} | {d['train_impute_s'][0]:.0f}"
+                        f" | {d['epochs_all_members'][0] if 'epochs_all_members' in d.columns else '-'} |")
     return "\n".join(rows)
 
 
@@ -328,9 +332,11 @@ def targets_table(results: dict[str, pl.DataFrame], dlpfc: dict[str, pl.DataFram
 
 
 def timing_table(times: dict[str, pl.DataFrame]) -> str:
-    rows = ["| configuration | train s (mean per choice) | impute s | baselines s | epochs run (mean) |", "| --- | ---: | ---: | ---: | ---: |"]
+    rows = ["| configuration | train s (mean per choice) | impute s | baselines s | epochs run (mean, member 0) | epochs, all members (mean) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, t in times.items():
-        rows.append(f"| {name} | {t['train_s'].mean():.1f} | {t['impute_s'].mean():.2f} | {t['baselines_s'].mean():.2f} | {t['epochs_run'].mean():.0f} |")
+        allm = f"{t['epochs_all_members'].mean():.0f}" if "epochs_all_members" in t.columns else "-"
+        rows.append(f"| {name} | {t['train_s'].mean():.1f} | {t['impute_s'].mean():.2f} | {t['baselines_s'].mean():.2f} | {t['epochs_run'].mean():.0f} | {allm} |")
     return "\n".join(rows)
 
 

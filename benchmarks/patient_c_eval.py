@@ -238,6 +238,7 @@ def run_choice(data: Path, prep: dict, graph, measured: str | list[str], params,
     df = df.with_columns(pl.lit("+".join(measured_list)).alias("measured"))
     timing = {"measured": "+".join(measured_list), "expression_s": t_expr, "train_s": res.seconds, "impute_s": t_imp, "baselines_s": t_base,
               "best_epoch": res.best_epoch, "epochs_run": len(res.curves), "n_measured": len(measured_idx),
+              "epochs_all_members": sum(len(c) for c in res.member_curves),
               "dropped": dropped}
     return df, timing
 

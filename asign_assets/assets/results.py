@@ -31,6 +31,7 @@ class ModelConfig(dg.Config):
     source_rank: Optional[int] = None  # propagated labels: -1 BCV rank of the measured expression, 0 raw, r > 0 fixed
     ridge_rank: Optional[int] = None  # image ridge targets: -1 rank by leave-one-out PCC, 0 raw, r > 0 fixed
     mask: Literal["preset", "random", "blocked"] = "preset"  # known masks / validation folds ("preset": the preset's)
+    regime: Literal["preset", "in_section", "shifted"] = "preset"  # labels from the section itself or a shifted copy (training.TrainParams.regime)
 
 
 @gpu_asset(
