@@ -10,7 +10,14 @@ embeddings) for every choice of measured section under each configuration:
   counts propagated, sections 16 um apart, no depth weights or depth edge features);
 - ``regime``, ``denoise``, ``programmes``, ``depth``: ``before`` plus one change (items 1,
   2a, 2b, 3);
-- ``programmes+denoise`` (= the current defaults), ``programmes+regime``, ``all``: combinations.
+- ``programmes+denoise``, ``programmes+regime``, ``all``: combinations;
+- ``stop10`` (= the current defaults: ``programmes+denoise`` with early stopping patience 10 and a
+  minimum gain of 5e-4), ``stop10+ens2``, ``stop5``: the cost configurations (issue #13, cost);
+- ``shifted``, ``shifted+stop10``: the shifted-copy training regime (item 1, second bullet).
+
+Every configuration before the cost ones keeps the previous early stopping (``OLD_STOP``), as
+it was measured. Patient C rows also score the blend with its propagation weight moved by a
+few fixed amounts (item 3's bound, ``dz_blend_table``).
 
 ``--dlpfc-work DIR`` repeats configurations on DLPFC, both directions, reusing the inputs
 that ``benchmarks/dlpfc_eval.py --work DIR`` stored; ``--multi`` measures item 5 (C2 + C6
@@ -43,7 +50,10 @@ from asign_assets.graph import GraphParams  # noqa: E402
 from asign_assets.her2st import DEPTH_GAP_UM, SECTION_THICKNESS_UM, her2st_z_um  # noqa: E402
 from asign_assets.training import params_for  # noqa: E402
 
-BEFORE_TRAIN = {"mask": "random", "source_rank": 0, "edge_dz": False, "ridge_rank": 0}
+# the previous early stopping (patience 20, any gain counts); the ablation rows before the cost
+# configurations (stop10 = the current defaults) were measured with it
+OLD_STOP = {"patience": 20, "min_delta": 1e-5}
+BEFORE_TRAIN = {"mask": "random", "source_rank": 0, "edge_dz": False, "ridge_rank": 0, **OLD_STOP}
 UNIFORM_Z = [i * SECTION_THICKNESS_UM for i in range(len(pce.SECTIONS))]
 
 # name -> (description, TrainParams overrides, depth-aware graph?)
@@ -55,7 +65,7 @@ CONFIGS: dict[str, tuple[str, dict, bool]] = {
     "depth": ("item 3 alone: block-layout z, depth-weighted overlap, dz edge feature", {**BEFORE_TRAIN, "edge_dz": True}, True),
     "programmes+denoise": ("items 2a and 2b", {**BEFORE_TRAIN, "ridge_rank": -1, "source_rank": -1}, False),
     "programmes+regime": ("items 1 and 2b", {**BEFORE_TRAIN, "ridge_rank": -1, "mask": "blocked"}, False),
-    "all": ("items 1, 2a, 2b and 3 together", {"mask": "blocked", "source_rank": -1, "edge_dz": True, "ridge_rank": -1}, True),
+    "all": ("items 1, 2a, 2b and 3 together", {"mask": "blocked", "source_rank": -1, "edge_dz": True, "ridge_rank": -1, **OLD_STOP}, True),
     "stop10": ("cost: items 2a+2b, early stopping patience 10, min gain 5e-4",
                {**BEFORE_TRAIN, "ridge_rank": -1, "source_rank": -1, "patience": 10, "min_delta": 5e-4}, False),
     "stop10+ens2": ("cost: stop10 with 2 ensemble members",
@@ -67,7 +77,7 @@ CONFIGS: dict[str, tuple[str, dict, bool]] = {
     "shifted+stop10": ("shifted copies with the stop10 early stopping",
                        {**BEFORE_TRAIN, "ridge_rank": -1, "source_rank": -1, "regime": "shifted", "patience": 10, "min_delta": 5e-4}, False),
 }
-FINAL = "programmes+denoise"  # the configuration equal to the current defaults (training.TrainParams, graph.GraphParams)
+FINAL = "stop10"  # the configuration equal to the current defaults (training.TrainParams, graph.GraphParams)
 SHOWN = ("gene_pcc", "gene_pcc_hvg50", "mse", "spot_pcc_z")
 BASELINES = ("overlap", "similarity", "gauss_knn", "image_2d", "avg_knn_image")
 
