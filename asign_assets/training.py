@@ -50,7 +50,7 @@ benchmarks/accuracy_report.py; everything is chosen on the measured spots only):
   by ``shift_pitches`` pitches (:func:`asign_assets.graph.shifted_copy`), joined by overlap
   edges only; the spots themselves are never known and a target's own copy is unknown, so
   its labels cross a registration-sized shift from its neighbours, as at imputation.
-These last two are off by default: alone, neither gained on patient C (docs/accuracy.md).
+These last three are off by default: alone, none gained on patient C (docs/accuracy.md).
 
 Cost: the network computes spot outputs only where the loss needs them (the measured
 spots) and keeps only the edges those outputs depend on (:func:`_receptive`); propagation
