@@ -39,9 +39,9 @@ def test_imputed_volume_follows_scanpy_conventions(materialised_small):
     # measured spots keep their measured values
     expr = ad.read_h5ad(store.local_path(sid, "expression.h5ad"))
     meas = a[a.obs["known"].to_numpy()]
-    assert expr.uns["section"] == "S03"
-    order = [f"S03:{s}" for s in expr.obs_names]
-    np.testing.assert_allclose(np.asarray(a[order].X), np.asarray(expr.X), rtol=1e-6)
+    assert expr.uns["sections"] == ["S03"] and set(expr.obs["section"]) == {"S03"}
+    assert list(expr.obs_names) == [f"S03:{s}" for s in expr.obs["spot_id"]]
+    np.testing.assert_allclose(np.asarray(a[expr.obs_names].X), np.asarray(expr.X), rtol=1e-6)
     assert meas.n_obs == expr.n_obs
     # zarr copy: one gene per chunk so the viewer reads a column lazily
     z = zarr.open_group(str(store.local_path(sid, "imputed_volume.zarr")), mode="r")
