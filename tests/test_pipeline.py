@@ -39,7 +39,7 @@ def test_imputed_volume_follows_scanpy_conventions(materialised_small):
     # measured spots keep their measured values
     expr = ad.read_h5ad(store.local_path(sid, "expression.h5ad"))
     meas = a[a.obs["known"].to_numpy()]
-    assert expr.uns["sections"] == ["S03"] and set(expr.obs["section"]) == {"S03"}
+    assert list(expr.uns["sections"]) == ["S03"] and set(expr.obs["section"]) == {"S03"}
     assert list(expr.obs_names) == [f"S03:{s}" for s in expr.obs["spot_id"]]
     np.testing.assert_allclose(np.asarray(a[expr.obs_names].X), np.asarray(expr.X), rtol=1e-6)
     assert meas.n_obs == expr.n_obs
