@@ -181,3 +181,34 @@ def test_manifest_without_measured_section_is_refused(two_measured_run, tmp_path
     (tmp_path / "none.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(InputError, match=r"sections\[\]\.measured.*no section has measured: true"):
         load_manifest(tmp_path / "none.yaml")
+
+
+@pytest.mark.parametrize("flags", [["--measured", "A", "--measured", "C"], ["--measured", "C,A"], ["--measured", "A,", "--measured", " C"]])
+def test_import_visium_takes_several_measured_sections(tmp_path, flags):
+    import contextlib
+    import io
+
+    from test_visium import make_outs
+
+    from asign_assets.cli import main
+    from asign_assets.manifest import load_manifest
+
+    for seed, name in enumerate("ABC"):
+        make_outs(tmp_path / name / "outs", seed=seed)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(["import-visium", *(str(tmp_path / n / "outs") for n in "ABC"), *flags, "--with-truth", "--out", str(tmp_path / "m.yaml")])
+    assert rc == 0
+    m = load_manifest(buf.getvalue().strip().splitlines()[-1])
+    assert [s.name for s in m.measured_sections] == ["A", "C"] and m.sample_id == "visium_A_C"
+    assert all(s.counts is not None and s.truth is None for s in m.measured_sections)
+    assert m.sections[1].truth is not None and m.sections[1].counts is None
+
+
+def test_import_help_documents_several_measured_sections(capsys):
+    from asign_assets.cli import main
+
+    for cmd in ("import-her2st", "import-visium"):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        assert "repeat the option or separate names by commas" in " ".join(capsys.readouterr().out.split())
