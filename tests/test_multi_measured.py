@@ -212,3 +212,40 @@ def test_import_help_documents_several_measured_sections(capsys):
         with pytest.raises(SystemExit):
             main([cmd, "--help"])
         assert "repeat the option or separate names by commas" in " ".join(capsys.readouterr().out.split())
+
+
+def test_every_measured_section_is_checked_before_any_output(tmp_path):
+    """A bad value or a bad spot table in the second measured section is refused by `sections`."""
+    import dataclasses
+
+    from asign_assets.demo import DemoConfig, make_demo_stack
+    from asign_assets.manifest import load_manifest
+    from asign_assets.sections import prepare_sections
+
+    cfg = DemoConfig(n_sections=3, spots_per_section=60, image_px=320, n_genes=60, measured_indices=(0, 2))
+    stack = make_demo_stack(tmp_path / "s", cfg, sample_id="chk")
+    m = load_manifest(stack.manifest_path)
+    prep = prepare_sections(m)
+    assert set(prep.join_reports) == {"S01", "S03"} and all(jr.n_joined == jr.n_spots for jr in prep.join_reports.values())
+    assert set(prep.spots.filter(pl.col("measured"))["section"]) == {"S01", "S03"}
+    assert {r.name for r in prep.records if r.measured} == {"S01", "S03"}
+    assert all("spots_on_tissue" in prep.plausibility[n] for n in ("S01", "S03"))
+    # a non-integer count in S03's counts
+    c3 = tmp_path / "s" / "counts" / "S03.tsv.gz"
+    lines = gzip.decompress(c3.read_bytes()).decode().split("\n")
+    cells = lines[1].split("\t")
+    cells[1] = "2.5"
+    lines[1] = "\t".join(cells)
+    bad = tmp_path / "bad.tsv.gz"
+    bad.write_bytes(gzip.compress("\n".join(lines).encode()))
+    m_bad = dataclasses.replace(m, sections=tuple(dataclasses.replace(s, counts=bad) if s.name == "S03" else s for s in m.sections))
+    with pytest.raises(InputError, match=r"bad.tsv.gz.*non-integer values"):
+        prepare_sections(m_bad)
+    # S03's spot table in um instead of px: most spots fall off the tissue
+    spots = pl.read_csv(m.sections[2].spots, separator="\t")
+    px = m.sections[2].pixel_size_um
+    in_um = tmp_path / "S03_um.tsv"
+    spots.with_columns(pl.col("x_px") * px, pl.col("y_px") * px).write_csv(in_um, separator="\t")
+    m_um = dataclasses.replace(m, sections=tuple(dataclasses.replace(s, spots=in_um) if s.name == "S03" else s for s in m.sections))
+    with pytest.raises(InputError, match=r"section S03"):
+        prepare_sections(m_um)
