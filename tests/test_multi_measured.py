@@ -164,6 +164,11 @@ def test_viewer_shows_both_measured_sections(two_measured_run):
     assert {vol.sections[c] for c in np.unique(vol.section_code[vol.measured])} == {"S01", "S05"}
     traces = figures.volume_figure(vol, vol.genes[0], np.zeros(len(vol.measured), np.float32), 1.0)["data"]
     assert any(t.get("name") == "measured sections (ST)" for t in traces)
+    from dash_app import callbacks
+
+    metrics, _, _ = callbacks.reports(str(store.root), sid)
+    dz = {r["section"]: r["dz_nearest_um"] for r in metrics.data if r["method"] == "asign" and r["section"] != "pooled"}
+    assert dz == {"S02": Z_STEP, "S03": 2 * Z_STEP, "S04": Z_STEP}
 
 
 def test_manifest_without_measured_section_is_refused(two_measured_run, tmp_path):

@@ -58,7 +58,7 @@ def sections(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.
         "n_sections": len(prep.records),
         "n_spots": prep.spots.height,
         "measured_sections": ", ".join(s.name for s in manifest.measured_sections),
-        "join_report": "; ".join(f"{k}: {jr.summary()}" if len(prep.join_reports) > 1 else jr.summary() for k, jr in prep.join_reports.items()),
+        "join_report": "; ".join(f"{name}: {jr.summary()}" for name, jr in prep.join_reports.items()),
         "path": path_meta(store, sid, "sections"),
         **mon.metadata(),
     }
@@ -69,7 +69,7 @@ def sections(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.
 
 @sample_asset(
     group_name="ingest",
-    code_version="1",
+    code_version="2",
     kinds={"anndata"},
     deps=[sections, raw_inputs],
     description="The measured sections' counts: low-library spots dropped, top genes (among those every measured "

@@ -86,7 +86,7 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, storage: Stora
 
 @gpu_asset(
     group_name="results",
-    code_version="2",
+    code_version="3",
     kinds={"anndata", "zarr"},
     deps=[model, graph_3d, embeddings, tiles, expression, registrations, sections, raw_inputs],
     description="The imputed 3D volume: every spot of every section (AnnData .h5ad and .zarr, one gene per zarr chunk), "
@@ -125,7 +125,7 @@ def imputed_volume(context: dg.AssetExecutionContext, storage: StorageResource, 
 
 @sample_asset(
     group_name="results",
-    code_version="2",
+    code_version="3",
     kinds={"parquet"},
     deps=[imputed_volume, graph_3d, embeddings, tiles, expression, registrations, raw_inputs, raw_truth],
     check_specs=[dg.AssetCheckSpec(EVAL_CHECK, asset="evaluation", description="ASIGN's pooled gene_pcc is at least every baseline's.")],
