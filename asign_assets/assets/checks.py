@@ -51,7 +51,7 @@ def graph_few_isolated(context: dg.AssetCheckExecutionContext, storage: StorageR
 
 
 @dg.asset_check(asset=expression, partitions_def=samples_partitions,
-                description=f"The measured section keeps at least {qc.MIN_MEASURED_SPOTS} spots after the library-size filter.")
+                description=f"The measured sections keep at least {qc.MIN_MEASURED_SPOTS} spots (together) after the library-size filter.")
 def enough_measured_spots(context: dg.AssetCheckExecutionContext, storage: StorageResource) -> dg.AssetCheckResult:
     store, sid = sample_io(context, storage)
     n = qc.h5ad_n_obs(store.local_path(sid, "expression.h5ad"))
