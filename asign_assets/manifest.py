@@ -8,7 +8,7 @@ carry ``truth`` counts, which only the evaluation stage may open.
 A section may name a Visium source instead of its files (see :mod:`asign_assets.visium`):
 ``visium: <Space Ranger outs/ folder>`` or ``anndata: <scanpy/squidpy .h5ad>``. The source
 gives the spots, the image (with the scale that maps full-resolution spot pixels onto it),
-the pixel size, and the counts: as ``counts`` on the measured section, as ``truth`` on
+the pixel size, and the counts: as ``counts`` on a measured section, as ``truth`` on
 another section that says ``truth: true``. Explicit ``image``, ``spots``, ``counts``,
 ``truth`` (a path) and per-section ``pixel_size_um`` keys win over the source.
 """
@@ -359,7 +359,7 @@ def parse_manifest(raw: Any, src: Path, check_files: bool = True) -> Manifest:
         if measured and counts is None:
             raise InputError(src, f"measured section {name} needs its counts", field=where + "counts")
         if measured and truth is not None:
-            raise InputError(src, "the measured section's counts are its truth; remove 'truth'", field=where + "truth")
+            raise InputError(src, "a measured section's counts are its truth; remove 'truth'", field=where + "truth")
         sections.append(
             SectionSpec(
                 name=name, z_um=z, image=image, pixel_size_um=px, measured=measured, spots=spots, counts=counts, truth=truth,

@@ -81,7 +81,7 @@ def read_measured(spec: SectionSpec, normalised: bool = False) -> tuple[pl.DataF
     counts = read_counts(spec.counts, normalised=normalised)
     spots = read_section_spots(spec)
     if spots is None:
-        raise InputError(spec.counts, f"section {spec.name}: the measured section needs a spot table ('spots'), an .h5ad with obsm['spatial'], or a 'visium'/'anndata' source")
+        raise InputError(spec.counts, f"section {spec.name}: a measured section needs a spot table ('spots'), an .h5ad with obsm['spatial'], or a 'visium'/'anndata' source")
     spots, counts, report = join_spots_counts(spots, counts, spec.counts)
     if spots.height < MIN_MEASURED_SPOTS:
         raise InputError(spec.counts, f"section {spec.name}: only {spots.height} measured spots; at least {MIN_MEASURED_SPOTS} are needed to train")

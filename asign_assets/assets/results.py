@@ -39,7 +39,7 @@ class ModelConfig(dg.Config):
     code_version="1",
     kinds={"torch"},
     deps=[graph_3d, embeddings, tiles, expression, registrations],
-    description="MSAGNet + Cross-Layer Imputation trained on the measured section with random known masks; "
+    description="MSAGNet + Cross-Layer Imputation trained on the measured sections with random known masks; "
     "checkpoint, config and training curves. Runs in the `gpu` pool; requests a GPU on Kubernetes.",
 )
 def model(context: dg.AssetExecutionContext, config: ModelConfig, storage: StorageResource, device: DeviceResource) -> dg.MaterializeResult:
