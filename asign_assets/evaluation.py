@@ -37,6 +37,18 @@ def with_dz(table: pl.DataFrame, dz: dict[str, float]) -> pl.DataFrame:
     return table.join(lut, on="section", how="left", maintain_order="left")
 
 
+def measured_pitch_um(inp: StackInputs) -> float:
+    """Spot pitch of the measured sections in the common frame: each section's median
+    nearest-neighbour distance, median over sections. Pooling several measured sections
+    would pair spots of different sections a registration error apart."""
+    from asign_assets.volume import spot_pitch_um
+
+    meas = inp.spots[inp.measured_idx]
+    xy = meas.select("x_um", "y_um").to_numpy()
+    sec = meas["section"].to_numpy()
+    return float(np.median([spot_pitch_um(xy[sec == s]) for s in np.unique(sec)]))
+
+
 def truth_matrix(manifest: Manifest, inp: StackInputs, genes: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
     """(volume rows, normalised truth) of every unmeasured section with truth.
 
@@ -107,7 +119,8 @@ def evaluate_sample(manifest: Manifest, inp: StackInputs, vol: Any) -> SampleEva
     rows, truth = truth_matrix(manifest, inp, genes, str(inp.normalisation.get("method", "log1p_cp10k")))
     if len(rows) == 0:
         return SampleEvaluation(pl.DataFrame(schema=METRICS_SCHEMA), rows, truth, None, {})
-    base = run_baselines(inp.graph, inp.spot_emb, inp.y_measured, inp.measured_idx)
+    # gauss_knn's sigma: half the pitch of one measured section (its default pools all measured spots)
+    base = run_baselines(inp.graph, inp.spot_emb, inp.y_measured, inp.measured_idx, knn_sigma_um=0.5 * measured_pitch_um(inp))
     preds = {"asign": np.asarray(vol.X), "asign_network": np.asarray(vol.layers["model"]), "asign_propagation": np.asarray(vol.layers["propagation"])}
     preds.update({k: base[k] for k in BASELINES if k in base})
     at_rows = {k: v[rows] for k, v in preds.items()}

@@ -147,6 +147,19 @@ def test_evaluation_reports_distance_to_nearest_measured_section(two_measured_ru
     assert set(lines) == {"S02", "S03", "S04"} and lines["S03"].split("|")[2].strip() == "80"
 
 
+def test_gauss_knn_sigma_comes_from_one_section_pitch(two_measured_run):
+    """Both measured sections lie in one common frame: their pooled nearest-neighbour distance
+    is a registration error, not the pitch (100 um in the demo)."""
+    from asign_assets.evaluation import measured_pitch_um
+    from asign_assets.stack_inputs import StackInputs
+    from asign_assets.volume import spot_pitch_um
+
+    store, sid, _, _ = two_measured_run
+    inp = StackInputs.load(store, sid)
+    assert measured_pitch_um(inp) == pytest.approx(100.0, rel=0.05)
+    assert spot_pitch_um(inp.graph.pos[:, :2].numpy()[inp.measured_idx]) < 70.0
+
+
 def test_volume_and_registration_with_two_measured_sections(two_measured_run):
     store, sid, result, _ = two_measured_run
     qc = pl.read_parquet(store.local_path(sid, "registrations") / "qc.parquet")
