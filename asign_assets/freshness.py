@@ -83,7 +83,7 @@ def _planning_defs(defs: dg.Definitions) -> dg.Definitions:
         if isinstance(a, dg.AssetsDefinition) and a.is_materializable else a
         for a in defs.assets or []
     ]
-    return dg.Definitions(assets=assets, asset_checks=defs.asset_checks)
+    return dg.Definitions(assets=assets, asset_checks=defs.asset_checks, resources=defs.resources)
 
 
 def _tick(instance: dg.DagsterInstance, defs: dg.Definitions, sample_id: str) -> dg.EvaluateAutomationConditionsResult:
