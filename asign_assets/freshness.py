@@ -170,5 +170,5 @@ def plan_sample(
             elif parents:
                 plan.run[key] = f"upstream {', '.join(parents)} will change"
             else:
-                plan.skip[key] = "up to date (same code version, no new upstream data since it was materialised)"
+                plan.skip[key] = "up to date (same code version, no new upstream data since)"
     return plan

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 from pathlib import Path
@@ -215,6 +216,26 @@ def test_automation_requests_code_and_upstream_data_changes_only():
     assert _requested(res) == {"b": {"p"}}  # c follows once b has new data, on a later tick
     res = dg.evaluate_automation_conditions(defs=_defs("2"), instance=instance, cursor=res.cursor)
     assert _requested(res).get("c") == {"p", "q"}
+
+
+def test_automation_retries_a_failed_sample_once_after_the_nightly_cron_tick():
+    """REPROCESS: a sample whose run failed is requested again on the first evaluation after
+    NIGHTLY_CRON (02:00 UTC), not before it and not on every tick; a sample that succeeded is not."""
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("samples", ["p", "q"])
+    current = _defs("1")
+    assert _run(current, instance, "q")
+    STATE["fail_b"] = True
+    try:
+        assert not _run(current, instance, "p")
+    finally:
+        STATE["fail_b"] = False
+    day = datetime.datetime(2026, 3, 4, tzinfo=datetime.timezone.utc)
+    res = None
+    for hour, minute, expected in [(1, 0, {}), (1, 59, {}), (2, 1, {"b": {"p"}, "c": {"p"}}), (2, 2, {}), (14, 0, {})]:
+        at = day.replace(hour=hour, minute=minute)
+        res = dg.evaluate_automation_conditions(defs=current, instance=instance, evaluation_time=at, cursor=res.cursor if res else None)
+        assert _requested(res) == expected, at
 
 
 def test_plan_sample_evaluates_dagster_automation_conditions(tmp_path):
