@@ -184,7 +184,7 @@ def _fake_assets(c_code_version: str = "1"):
 
 
 def _defs(c_code_version: str = "1") -> dg.Definitions:
-    job = dg.define_asset_job("full_sample", selection=dg.AssetSelection.all(), partitions_def=samples_partitions)
+    job = dg.define_asset_job("full_sample", selection=dg.AssetSelection.all())
     return dg.Definitions(assets=_fake_assets(c_code_version), jobs=[job])
 
 
@@ -208,13 +208,13 @@ def test_automation_requests_code_and_upstream_data_changes_only():
     instance.add_dynamic_partitions("samples", ["p", "q"])
     current = _defs("1")
     assert _run(current, instance, "p") and _run(current, instance, "q")
-    res = dg.evaluate_automation_conditions(defs=current, instance=instance)
+    res = dg.evaluate_automation_conditions(defs=current, instance=instance, asset_selection=dg.AssetSelection.all())
     assert _requested(res) == {}
     assert _run(current, instance, "p", a_value=2, selection=[dg.AssetKey("a")])  # new data version of a for p
     assert _run(current, instance, "q", selection=[dg.AssetKey("a")])  # same data version of a for q
-    res = dg.evaluate_automation_conditions(defs=current, instance=instance, cursor=res.cursor)
+    res = dg.evaluate_automation_conditions(defs=current, instance=instance, asset_selection=dg.AssetSelection.all(), cursor=res.cursor)
     assert _requested(res) == {"b": {"p"}}  # c follows once b has new data, on a later tick
-    res = dg.evaluate_automation_conditions(defs=_defs("2"), instance=instance, cursor=res.cursor)
+    res = dg.evaluate_automation_conditions(defs=_defs("2"), instance=instance, asset_selection=dg.AssetSelection.all(), cursor=res.cursor)
     assert _requested(res).get("c") == {"p", "q"}
 
 
@@ -234,7 +234,7 @@ def test_automation_retries_a_failed_sample_once_after_the_nightly_cron_tick():
     res = None
     for hour, minute, expected in [(1, 0, {}), (1, 59, {}), (2, 1, {"b": {"p"}, "c": {"p"}}), (2, 2, {}), (14, 0, {})]:
         at = day.replace(hour=hour, minute=minute)
-        res = dg.evaluate_automation_conditions(defs=current, instance=instance, evaluation_time=at, cursor=res.cursor if res else None)
+        res = dg.evaluate_automation_conditions(defs=current, instance=instance, asset_selection=dg.AssetSelection.all(), evaluation_time=at, cursor=res.cursor if res else None)
         assert _requested(res) == expected, at
 
 
