@@ -148,7 +148,9 @@ def _read_10x_h5(path: Path, normalised: bool = False) -> CountMatrix:
     import scanpy as sc
 
     try:
-        with warnings.catch_warnings():  # the names are made unique right below
+        # scanpy's read_10x_h5 (1.11) names genes by symbol, which repeat, and has no option to
+        # name them by id (read_10x_mtx has var_names=): anndata warns inside it; made unique below.
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Variable names are not unique")
             adata = sc.read_10x_h5(path, gex_only=True)
     except (OSError, KeyError, IndexError, ValueError) as exc:
