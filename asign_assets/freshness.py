@@ -11,8 +11,9 @@ Code and data version changes are tick-relative in Dagster (true between two eva
 every sample keeps its own evaluation cursor in the instance's cursor storage: one evaluation
 plans (:func:`plan_sample`) and one right after the run (:func:`absorb_run`) takes in the run's
 own materialisations, so the next plan compares against what this run wrote. A sample's first
-evaluation on an instance cannot know older changes: it runs what is missing or failed and trusts
-the rest.
+evaluation on an instance (outputs made by the UI or the daemon only, or by an older asign whose
+plan differed) has nothing to compare against: everything it has is recomputed once, rather than
+trusted blindly.
 
 Beyond Dagster's view: an asset whose files are gone from storage (``--replace``, a deleted
 folder) counts as missing, and one last materialised with another op config (Dagster does not
@@ -51,11 +52,13 @@ CHECK_FAILED = "a blocking check failed last time"
 NEW_CODE = "stale: has a new code version"
 NEW_DATA = "stale: new dependency data version"
 UPSTREAM = "upstream will change"
+FIRST = "first plan of this sample on this instance: nothing recorded to compare its outputs with"
 
 #: Stale or missing, in Dagster's terms. The version latches stay true from the tick that saw the
 #: change until the asset is materialised again; ``will_be_requested`` carries a request downstream.
 PLAN = (
     _AC.missing().with_label(NEVER)
+    | _AC.initial_evaluation().with_label(FIRST)
     | _AC.execution_failed().with_label(FAILED)
     | _AC.any_checks_match(_AC.check_failed(), blocking_only=True).with_label(CHECK_FAILED)
     | _AC.code_version_changed().since(_MATERIALISED).with_label(NEW_CODE)

@@ -273,6 +273,22 @@ def test_plan_sample_evaluates_dagster_automation_conditions(tmp_path):
     assert plan(_defs("2"), run_config=other) == {"b": "run config changed ({} -> {'epochs': 3})", "c": "upstream b will change"}
 
 
+def test_plan_sample_recomputes_outputs_it_has_no_record_to_compare_with(tmp_path):
+    """Outputs made outside `asign run` (the UI, the daemon, an older asign) before the sample's
+    first plan cannot be dated against code or upstream changes: recomputed once, then trusted."""
+    from asign_assets.freshness import FIRST, absorb_run, plan_sample
+
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("samples", ["p"])
+    current, store = _defs("2"), Storage(tmp_path)
+    assert _run(_defs("1"), instance, "p")  # made by code version 1, outside asign run
+    first = plan_sample(instance, current, store, "p")
+    assert {k.to_user_string(): why for k, why in first.run.items()} == {"a": FIRST, "b": FIRST, "c": FIRST}
+    assert _run(current, instance, "p")
+    absorb_run(instance, current, "p")
+    assert plan_sample(instance, current, store, "p").run == {}
+
+
 def test_plan_sample_reruns_a_failed_asset_and_whatever_it_left_missing(tmp_path):
     from asign_assets.freshness import absorb_run, plan_sample
 
