@@ -178,7 +178,7 @@ def materialise_sample(
 
     from asign_assets.console import asset_line, cli_run_config, summary_table
     from asign_assets.definitions import build_definitions
-    from asign_assets.freshness import plan_sample
+    from asign_assets.freshness import absorb_run, plan_sample
     from asign_assets.manifest import load_manifest
     from asign_assets.ops import OBSERVE_JOB_NAME
     from asign_assets.storage import Storage
@@ -219,6 +219,7 @@ def materialise_sample(
             result = defs.resolve_job_def("full_sample").execute_in_process(
                 partition_key=sample_id, instance=instance, raise_on_error=False, run_config=config, asset_selection=list(plan.run),
             )
+            absorb_run(instance, defs, sample_id)
     except KeyboardInterrupt:
         raise RunInterrupted(_kept_line(storage, sample_id)) from None
     if _interrupted():

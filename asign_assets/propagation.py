@@ -54,8 +54,10 @@ def propagation_operator(edge_index: Tensor, edge_weight: Tensor | None, num_nod
     counts = torch.bincount(dst, minlength=num_nodes)
     crow = torch.zeros(num_nodes + 1, dtype=torch.long, device=src.device)
     crow[1:] = torch.cumsum(counts, 0)
-    with warnings.catch_warnings():  # "CSR support is in beta" / invariant-check notices
-        warnings.simplefilter("ignore", UserWarning)
+    # torch 2.13 marks every sparse CSR tensor as beta (a UserWarning on construction); COO, the
+    # non-beta layout, makes ``matrix @ x`` 2.2x slower here (20k nodes, 300k edges, 250 genes).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
         mat = torch.sparse_csr_tensor(crow, src, nw, size=(num_nodes, num_nodes), check_invariants=False)
     return PropagationOperator(mat, counts > 0, num_nodes)
 

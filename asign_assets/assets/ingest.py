@@ -20,15 +20,10 @@ class ExpressionConfig(dg.Config):
     min_counts: int = ExpressionParams.min_counts
 
 
-@sample_asset(
-    group_name="ingest",
-    code_version="2",
-    kinds={"parquet", "png"},
-    deps=[raw_inputs],
-    description="Validated inputs of a sample: every section's image, tissue mask, thumbnail and spots "
-    "(virtual lattice where a section has no spot table). Fails, writing nothing, on bad input.",
-)
+@sample_asset(group_name="ingest", code_version="2", kinds={"parquet", "png"}, deps=[raw_inputs])
 def sections(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
+    """Validated inputs of a sample: every section's image, tissue mask, thumbnail and spots
+    (virtual lattice where a section has no spot table). Fails, writing nothing, on bad input."""
     store, sid = sample_io(context, storage)
     with StageMonitor().run() as mon:
         manifest = load_manifest_for(context, store)
@@ -67,15 +62,11 @@ def sections(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.
     return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(version))
 
 
-@sample_asset(
-    group_name="ingest",
-    code_version="2",
-    kinds={"anndata"},
-    deps=[sections, raw_inputs],
-    description="The measured sections' counts: low-library spots dropped, top genes (among those every measured "
-    "section has) selected over all measured spots, normalised (AnnData; obs_names '<section>:<spot_id>').",
-)
+@sample_asset(group_name="ingest", code_version="2", kinds={"anndata"}, deps=[sections, raw_inputs])
 def expression(context: dg.AssetExecutionContext, config: ExpressionConfig, storage: StorageResource) -> dg.MaterializeResult:
+    """The measured sections' counts: low-library spots dropped, top genes (among those every
+    measured section has) selected over all measured spots, normalised (AnnData; obs_names
+    ``<section>:<spot_id>``)."""
     from asign_assets.expression import MeasuredCounts, build_expression_sections
 
     store, sid = sample_io(context, storage)
