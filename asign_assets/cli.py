@@ -178,7 +178,7 @@ def materialise_sample(
 
     from asign_assets.console import asset_line, cli_run_config, summary_table
     from asign_assets.definitions import build_definitions
-    from asign_assets.freshness import plan_sample
+    from asign_assets.freshness import absorb_run, plan_sample
     from asign_assets.manifest import load_manifest
     from asign_assets.ops import OBSERVE_JOB_NAME
     from asign_assets.storage import Storage
@@ -219,6 +219,7 @@ def materialise_sample(
             result = defs.resolve_job_def("full_sample").execute_in_process(
                 partition_key=sample_id, instance=instance, raise_on_error=False, run_config=config, asset_selection=list(plan.run),
             )
+            absorb_run(instance, defs, sample_id)
     except KeyboardInterrupt:
         raise RunInterrupted(_kept_line(storage, sample_id)) from None
     if _interrupted():
@@ -268,13 +269,18 @@ def _parse_z(text: str | None) -> dict[str, float]:
     return out
 
 
+def _names(values: list[str]) -> list[str]:
+    """Repeated and/or comma-separated section names (``--measured C2 --measured C6``, ``--measured C2,C6``)."""
+    return [n.strip() for v in values for n in v.split(",") if n.strip()]
+
+
 def cmd_import_her2st(args: argparse.Namespace) -> None:
     from asign_assets.her2st import manifest_from_her2st
 
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     out = Path(args.out) if args.out else Path.cwd() / f"{args.sample_id or 'her2st_' + args.patient}.yaml"
     path, report = manifest_from_her2st(
-        Path(args.data_dir), patient=args.patient, sections=sections, measured=args.measured,
+        Path(args.data_dir), patient=args.patient, sections=sections, measured=_names(args.measured),
         with_truth=args.with_truth, sample_id=args.sample_id, out=out, z_step_um=args.z_step_um,
         z_um=_parse_z(args.z),
     )
@@ -287,7 +293,7 @@ def cmd_import_visium(args: argparse.Namespace) -> None:
     from asign_assets.visium import manifest_from_visium
 
     path, report = manifest_from_visium(
-        args.dirs, measured=args.measured, with_truth=args.with_truth, sample_id=args.sample_id,
+        args.dirs, measured=_names(args.measured), with_truth=args.with_truth, sample_id=args.sample_id,
         out=Path(args.out) if args.out else None, z_step_um=args.z_step_um,
     )
     for line in report:
@@ -327,8 +333,8 @@ def cmd_validate(args: argparse.Namespace) -> None:
             f"{r.name}: {r.n_spots} spots ({r.n_virtual} virtual), tissue {r.tissue_area_mm2:.2f} mm2"
             f"{' [measured]' if r.measured else ''}{'; ' + figures if figures else ''}"
         )
-    if prep.join_report:
-        print(prep.join_report.summary())
+    for name, jr in prep.join_reports.items():
+        print(f"{name}: {jr.summary()}")
     print(f"{args.manifest}: OK")
 
 
@@ -400,7 +406,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="asign", description="Impute a 3D gene-expression volume from serial H&E sections and one measured ST section (ASIGN).")
+    p = argparse.ArgumentParser(prog="asign", description="Impute a 3D gene-expression volume from serial H&E sections and one or more measured ST sections (ASIGN).")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser, device: bool = True) -> None:
@@ -412,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--epochs", type=int, help="override the preset's training epochs")
 
     def importer(sp: argparse.ArgumentParser, measured_help: str, default_id: str, z_step_um: float | None, z_help: str | None = None) -> None:
-        sp.add_argument("--measured", required=True, help=measured_help)
+        sp.add_argument("--measured", required=True, action="append", metavar="NAME[,NAME...]",
+                        help=measured_help + "; several measured sections: repeat the option or separate names by commas")
         sp.add_argument("--with-truth", action="store_true", help="attach the other sections' counts as truth (used only by evaluation)")
         sp.add_argument("--sample-id", help=f"sample id (default {default_id})")
         sp.add_argument("--out", help="manifest path (default ./<sample-id>.yaml)")
@@ -433,14 +440,14 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("data_dir", help="folder with ST-cnts/, ST-spotfiles/, ST-imgs/")
     h.add_argument("--patient", required=True, help="patient letter, e.g. C")
     h.add_argument("--sections", required=True, help="comma-separated sections in stack order, e.g. C2,C3,C4,C5,C6")
-    importer(h, "the section whose counts are the input", "her2st_<patient>", None,
+    importer(h, "the section(s) whose counts are the input", "her2st_<patient>", None,
              "uniform distance between consecutive sections (default: the block layout, see asign_assets/her2st.py)")
     h.add_argument("--z", help="per-section depth overrides in um, e.g. C3=116,C4=132")
     h.set_defaults(func=cmd_import_her2st)
 
     vi = sub.add_parser("import-visium", help="write a manifest for a stack of Visium (Space Ranger outs/) folders")
     vi.add_argument("dirs", nargs="+", metavar="DIR", help="Space Ranger outs/ folders (with spatial/), in stack order")
-    importer(vi, "the section whose counts are the input (its folder name; the parent's for outs/)", "visium_<measured>", 10.0)
+    importer(vi, "the section(s) whose counts are the input (folder name; the parent's for outs/)", "visium_<measured>", 10.0)
     vi.set_defaults(func=cmd_import_visium)
 
     r = sub.add_parser("run", help="register a manifest (or a known sample id) and materialise all its assets")

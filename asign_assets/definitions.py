@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 
 import dagster as dg
 
@@ -13,16 +12,14 @@ from asign_assets.assets.sources import SOURCES
 from asign_assets.console import asign_cli_logger
 from asign_assets.ops import JOB_NAME, OBSERVE_JOB_NAME
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", dg.BetaWarning)  # include_sources: beta, used on purpose
-    # The raw inputs are observed first in the same run, so what a sensor-started run computes
-    # records the file digests it was computed from (`asign run` observes, then selects).
-    full_sample_job = dg.define_asset_job(
-        JOB_NAME,
-        selection=dg.AssetSelection.all(include_sources=True),
-        description="Observes one sample's raw inputs, then materialises every asset from the sections to the evaluation "
-        "(`asign run` selects only the stale and missing ones).",
-    )
+# The raw inputs are observed first in the same run, so what a sensor-started run computes
+# records the file digests it was computed from (`asign run` observes, then selects).
+full_sample_job = dg.define_asset_job(
+    JOB_NAME,
+    selection=dg.AssetSelection.assets(*(s.key for s in SOURCES)) | dg.AssetSelection.all(),
+    description="Observes one sample's raw inputs, then materialises every asset from the sections to the evaluation "
+    "(`asign run` selects only the stale and missing ones).",
+)
 observe_inputs_job = dg.define_asset_job(
     OBSERVE_JOB_NAME,
     selection=dg.AssetSelection.assets(*(s.key for s in SOURCES)),

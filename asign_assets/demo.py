@@ -46,7 +46,7 @@ class DemoConfig:
     deformation_um: float = 12.0
     mean_library_size: float = 3000.0
     mirrored: tuple[int, ...] = ()
-    measured_index: int | None = None  # default: the middle section
+    measured_indices: tuple[int, ...] = ()  # the measured sections (default: the middle one)
     seed: int = 0
     jpeg_quality: int = 90
 
@@ -209,9 +209,9 @@ def make_demo_stack(out_dir: str | Path, config: DemoConfig = DemoConfig(), samp
     extent = 2.0 * math.sqrt(cfg.spots_per_section * cell / math.pi)
     tissue = LatentTissue(rng, extent, cfg.n_genes)
     genes = [f"G{i:04d}" for i in range(cfg.n_genes)]
-    measured = cfg.measured_index if cfg.measured_index is not None else cfg.n_sections // 2
-    if not 0 <= measured < cfg.n_sections:
-        raise ValueError(f"measured_index {measured} outside 0..{cfg.n_sections - 1}")
+    measured = set(cfg.measured_indices) or {cfg.n_sections // 2}
+    if not all(0 <= m < cfg.n_sections for m in measured) or len(measured) == cfg.n_sections:
+        raise ValueError(f"measured_indices {sorted(measured)}: each in 0..{cfg.n_sections - 1}, and not all sections")
 
     poses: list[SectionPose] = []
     specs: list[SectionSpec] = []
@@ -253,7 +253,7 @@ def make_demo_stack(out_dir: str | Path, config: DemoConfig = DemoConfig(), samp
         mu = rates * lib[:, None]
         r_disp = 8.0  # negative binomial: gamma-Poisson with shape r
         counts = rng.poisson(rng.gamma(r_disp, mu / r_disp)).astype(np.int64)
-        is_measured = i == measured
+        is_measured = i in measured
         target = out / ("counts" if is_measured else "truth") / f"{name}.tsv.gz"
         target.write_bytes(_counts_tsv(ids, genes, counts))
         specs.append(

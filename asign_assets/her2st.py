@@ -24,13 +24,14 @@ sections one thickness apart in stack order.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from asign_assets.errors import InputError
-from asign_assets.manifest import Manifest, SectionSpec, write_manifest
+from asign_assets.manifest import Manifest, SectionSpec, measured_names, write_manifest
 from asign_assets.readers import join_spots_counts, read_counts, read_spots
 
 LEGACY_PITCH_UM = 200.0
@@ -94,7 +95,7 @@ def manifest_from_her2st(
     data_dir: Path,
     patient: str,
     sections: list[str],
-    measured: str,
+    measured: str | Sequence[str],
     with_truth: bool = False,
     sample_id: str | None = None,
     out: Path | None = None,
@@ -103,14 +104,15 @@ def manifest_from_her2st(
 ) -> tuple[Path, list[str]]:
     """Write a manifest for a HER2ST stack; returns its path and a report of joins.
 
+    ``measured`` names one section or several (every one given is measured).
+
     Section depths come from :func:`her2st_z_um` (the block layout), or are
     ``i * z_step_um`` when that is given; ``z_um`` overrides single sections.
     """
     data_dir = Path(data_dir).expanduser().resolve()
     if not data_dir.is_dir():
         raise InputError(data_dir, "HER2ST data folder not found")
-    if measured not in sections:
-        raise InputError(None, f"measured section {measured!r} is not among the sections {sections}", field="--measured")
+    measured = measured_names(measured, sections)
     if len(set(sections)) != len(sections):
         raise InputError(None, f"duplicate sections in {sections}", field="--sections")
     sample_id = sample_id or f"her2st_{patient}"
@@ -125,7 +127,7 @@ def manifest_from_her2st(
     for i, s in enumerate(sections):
         image, spots, counts = her2st_paths(data_dir, patient, s)
         px = estimate_pixel_size_um(spots)
-        is_measured = s == measured
+        is_measured = s in measured
         if is_measured or with_truth:
             _, _, jr = join_spots_counts(read_spots(spots), read_counts(counts), counts)
             report.append(f"{s}: {jr.summary()}")
@@ -138,7 +140,7 @@ def manifest_from_her2st(
         )
     manifest = Manifest(
         sample_id=sample_id, path=out, spot_diameter_um=LEGACY_DIAMETER_UM, spot_pitch_um=LEGACY_PITCH_UM,
-        sections=tuple(specs), description=f"HER2ST patient {patient}, sections {','.join(sections)}, measured {measured}",
+        sections=tuple(specs), description=f"HER2ST patient {patient}, sections {','.join(sections)}, measured {','.join(measured)}",
     )
     write_manifest(manifest, out)
     return out, report

@@ -63,6 +63,6 @@ def imputed_anndata(inp: StackInputs, preds: Mapping[str, np.ndarray], records: 
         for r in records
     }
     adata.uns["normalisation"] = inp.normalisation
-    adata.uns["asign"] = {"measured_section": next(r.name for r in records if r.measured), "layers": "X = blend of model and propagation; measured spots keep measured values; "
+    adata.uns["asign"] = {"measured_sections": [r.name for r in records if r.measured], "layers": "X = blend of model and propagation; measured spots keep measured values; "
                      "uncertainty = SD of the members' networks and the propagation, scaled per gene to the out-of-fold error (0 at measured spots)"}
     return adata

@@ -1,13 +1,14 @@
 """Sample manifests: one YAML file per sample describing its stack of sections.
 
 A manifest is the only thing a user writes. Paths inside it are relative to the
-manifest file. Exactly one section is ``measured``: its counts are the input. Other
-sections may carry ``truth`` counts, which only the evaluation stage may open.
+manifest file. One or more sections are ``measured``: their counts are the input (the
+model trains on all of them and propagation starts from all of them). Other sections may
+carry ``truth`` counts, which only the evaluation stage may open.
 
 A section may name a Visium source instead of its files (see :mod:`asign_assets.visium`):
 ``visium: <Space Ranger outs/ folder>`` or ``anndata: <scanpy/squidpy .h5ad>``. The source
 gives the spots, the image (with the scale that maps full-resolution spot pixels onto it),
-the pixel size, and the counts: as ``counts`` on the measured section, as ``truth`` on
+the pixel size, and the counts: as ``counts`` on a measured section, as ``truth`` on
 another section that says ``truth: true``. Explicit ``image``, ``spots``, ``counts``,
 ``truth`` (a path) and per-section ``pixel_size_um`` keys win over the source.
 """
@@ -21,6 +22,7 @@ import logging
 import os
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,12 +118,19 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
-    def measured_index(self) -> int:
-        return next(i for i, s in enumerate(self.sections) if s.measured)
+    def measured_indices(self) -> tuple[int, ...]:
+        """Stack positions of the measured sections (at least one), in stack order."""
+        return tuple(i for i, s in enumerate(self.sections) if s.measured)
 
     @property
-    def measured(self) -> SectionSpec:
-        return self.sections[self.measured_index]
+    def measured_sections(self) -> tuple[SectionSpec, ...]:
+        return tuple(self.sections[i] for i in self.measured_indices)
+
+    @property
+    def reference_index(self) -> int:
+        """The measured section every other is registered to and whose lattice virtual spots
+        copy: see :func:`reference_position`."""
+        return reference_position([s.z_um for s in self.sections], [s.measured for s in self.sections])
 
     @property
     def section_names(self) -> list[str]:
@@ -147,6 +156,29 @@ class Manifest:
         outputs. Equal for a user's file and its registered (absolute-path) copy."""
         payload = json.dumps(to_dict(self, relative_to=None), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def reference_position(z_um: list[float], measured: list[bool]) -> int:
+    """Index of the measured section nearest the stack's middle depth (first on a tie).
+
+    Registering every section to it keeps the chains of neighbour registrations short; with
+    one measured section it is that section.
+    """
+    mid = (min(z_um) + max(z_um)) / 2
+    return min((i for i, m in enumerate(measured) if m), key=lambda i: (abs(z_um[i] - mid), i))
+
+
+def measured_names(measured: str | Sequence[str], sections: Sequence[str]) -> list[str]:
+    """The importers' ``--measured``: one name or several, each a section of the stack, in
+    stack order; at least one section stays unmeasured."""
+    given = [measured] if isinstance(measured, str) else list(measured)
+    unknown = [m for m in given if m not in sections]
+    if not given or unknown:
+        raise InputError(None, f"measured section {(unknown or given or [''])[0]!r} is not among the sections {list(sections)}", field="--measured")
+    out = [s for s in sections if s in given]
+    if len(out) == len(sections):
+        raise InputError(None, f"every section {list(sections)} is measured: leave at least one to impute", field="--measured")
+    return out
 
 
 def _require(raw: dict, key: str, src: Path, where: str = "") -> Any:
@@ -259,7 +291,7 @@ def parse_manifest(raw: Any, src: Path, check_files: bool = True) -> Manifest:
         raise InputError(src, "must be a list of sections in stack order", field="sections")
     if len(sections_raw) < 2:
         raise InputError(
-            src, f"a stack needs at least 2 sections (one measured, one to impute); got {len(sections_raw)}",
+            src, f"a stack needs at least 2 sections (one or more measured, one to impute); got {len(sections_raw)}",
             field="sections",
         )
     sections: list[SectionSpec] = []
@@ -325,9 +357,9 @@ def parse_manifest(raw: Any, src: Path, check_files: bool = True) -> Manifest:
                 counts = vis.counts
                 derived.add("counts")
         if measured and counts is None:
-            raise InputError(src, "the measured section needs its counts", field=where + "counts")
+            raise InputError(src, f"measured section {name} needs its counts", field=where + "counts")
         if measured and truth is not None:
-            raise InputError(src, "the measured section's counts are its truth; remove 'truth'", field=where + "truth")
+            raise InputError(src, "a measured section's counts are its truth; remove 'truth'", field=where + "truth")
         sections.append(
             SectionSpec(
                 name=name, z_um=z, image=image, pixel_size_um=px, measured=measured, spots=spots, counts=counts, truth=truth,
@@ -337,15 +369,14 @@ def parse_manifest(raw: Any, src: Path, check_files: bool = True) -> Manifest:
                 derived=frozenset(derived),
             )
         )
-    n_measured = sum(s.measured for s in sections)
-    if n_measured != 1:
-        names = [s.name for s in sections if s.measured]
-        problem = "no section has measured: true" if n_measured == 0 else f"{n_measured} sections are measured ({names}); exactly one must be"
-        raise InputError(src, problem, field="sections[].measured")
+    if not any(s.measured for s in sections):
+        raise InputError(src, "no section has measured: true; at least one section must give its counts", field="sections[].measured")
+    if all(s.measured for s in sections):
+        raise InputError(src, "every section is measured: nothing is left to impute; mark at least one section unmeasured", field="sections[].measured")
     for i, s in enumerate(sections):
         if not s.measured and s.counts is not None:
             raise InputError(
-                src, "only the measured section may give counts; use 'truth' for held-out counts used by evaluation",
+                src, "only a section with measured: true may give counts; use 'truth' for held-out counts used by evaluation",
                 field=f"sections[{i}].counts",
             )
     zs = [s.z_um for s in sections]

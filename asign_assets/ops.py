@@ -12,7 +12,8 @@ The sensor is a thin wrapper around a pure function (:func:`scan_inbox`), testab
 * ``observe_inputs`` (cron ``$ASIGN_OBSERVE_CRON``, default nightly ``0 2 * * *``) observes every sample's raw
   files. Reprocessing itself is declarative: each asset's ``AutomationCondition``
   (:data:`asign_assets.assets.common.REPROCESS`) requests it when its code version or an
-  upstream data version changed; Dagster's automation sensor evaluates them.
+  upstream data version changed, and retries failed or missing assets after the nightly cron
+  tick; Dagster's automation sensor evaluates them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from asign_assets.assets.common import StorageResource, samples_partitions
+from asign_assets.assets.common import NIGHTLY_CRON, StorageResource, samples_partitions
 from asign_assets.errors import AsignError
 from asign_assets.input_digest import sha256_file
 from asign_assets.manifest import Manifest, load_manifest
@@ -35,7 +36,7 @@ JOB_NAME = "full_sample"
 OBSERVE_JOB_NAME = "observe_inputs"
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 DEFAULT_SENSOR_INTERVAL_S = 30
-DEFAULT_OBSERVE_CRON = "0 2 * * *"  # nightly: edited inputs are reprocessed out of working hours
+DEFAULT_OBSERVE_CRON = NIGHTLY_CRON  # edited inputs are reprocessed out of working hours
 
 
 # --------------------------------------------------------------------------- inbox sensor

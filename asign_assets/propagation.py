@@ -49,10 +49,14 @@ class PropagationOperator:
 def propagation_operator(edge_index: Tensor, edge_weight: Tensor | None, num_nodes: int) -> PropagationOperator:
     ei, nw = row_normalised_adjacency(edge_index, edge_weight, num_nodes)
     keep = nw > 0
-    # rows = targets (PyG's to_torch_csr_tensor coalesces, summing duplicate edges)
+    # rows = targets (PyG's to_torch_csr_tensor coalesces, summing duplicate edges). torch 2.13
+    # marks every sparse CSR tensor as beta (a UserWarning on construction); COO, the non-beta
+    # layout, makes ``matrix @ x`` 2.2x slower here (20k nodes, 300k edges, 250 genes).
     rows_cols = torch.stack([ei[1][keep], ei[0][keep]])
-    with warnings.catch_warnings():  # "CSR support is in beta" / invariant-check notices
-        warnings.simplefilter("ignore", UserWarning)
+    # PyG builds the tensor without an explicit invariant choice: opt out explicitly (the
+    # indices are coalesced by construction), which also keeps torch quiet about it
+    with warnings.catch_warnings(), torch.sparse.check_sparse_tensor_invariants(enable=False):
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
         mat = to_torch_csr_tensor(rows_cols, nw[keep], size=num_nodes)
     has_in = mat.crow_indices().diff() > 0
     return PropagationOperator(mat, has_in, num_nodes)

@@ -53,9 +53,14 @@ class CountMatrix:
         return self.X.shape
 
     def subset_spots(self, ids: np.ndarray) -> "CountMatrix":
-        index = {s: i for i, s in enumerate(self.spot_ids)}
-        rows = np.fromiter((index[s] for s in ids), dtype=np.int64, count=len(ids))
-        return CountMatrix(np.asarray(ids, dtype=object), self.genes, self.X[rows], self.source)
+        """The rows of ``ids``, in that order (a polars join of the ids on this matrix's spot ids)."""
+        want = pl.DataFrame({"spot_id": np.asarray(ids).astype(str)})
+        have = pl.DataFrame({"spot_id": self.spot_ids.astype(str), "row": np.arange(len(self.spot_ids), dtype=np.int64)})
+        rows = want.join(have, on="spot_id", how="left", maintain_order="left")["row"]
+        if rows.null_count():
+            missing = want.filter(rows.is_null())["spot_id"].head(5).to_list()
+            raise KeyError(f"{self.source}: spot ids not in the count table: {missing}")
+        return CountMatrix(np.asarray(ids, dtype=object), self.genes, self.X[rows.to_numpy()], self.source)
 
 
 @dataclass(frozen=True)
@@ -143,7 +148,9 @@ def _read_10x_h5(path: Path, normalised: bool = False) -> CountMatrix:
     import scanpy as sc
 
     try:
-        with warnings.catch_warnings():  # the names are made unique right below
+        # scanpy's read_10x_h5 (1.11) names genes by symbol, which repeat, and has no option to
+        # name them by id (read_10x_mtx has var_names=): anndata warns inside it; made unique below.
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Variable names are not unique")
             adata = sc.read_10x_h5(path, gex_only=True)
     except (OSError, KeyError, IndexError, ValueError) as exc:

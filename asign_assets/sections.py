@@ -1,9 +1,10 @@
 """The `sections` stage: validate every input of a sample and lay out its spots.
 
 Everything a later stage needs from the raw files is checked here, before any output
-is written: images decode, spots lie inside their image, the measured section's spots
+is written: images decode, spots lie inside their image, every measured section's spots
 and counts join. Sections without a spot table get a virtual lattice over their tissue
-with the measured section's geometry. Truth counts are never opened here.
+with the reference measured section's geometry (:attr:`Manifest.reference_index`). Truth
+counts are never opened here.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from PIL import Image
 
 from asign_assets import lattice, plausibility, tissue
 from asign_assets.errors import InputError
-from asign_assets.manifest import Manifest, SectionSpec
+from asign_assets.manifest import Manifest, SectionSpec, reference_position
 from asign_assets.readers import CountMatrix, JoinReport, join_spots_counts, read_counts, read_section_spots
 from asign_assets.slide import Slide
 
@@ -52,7 +53,7 @@ class PreparedSections:
     spots: pl.DataFrame
     thumbnails: dict[str, np.ndarray]
     masks: dict[str, np.ndarray]
-    join_report: JoinReport | None
+    join_reports: dict[str, JoinReport]  # per measured section
     lattice: lattice.LatticeGeometry | None
     seconds: float
     plausibility: dict[str, dict[str, float]]
@@ -74,34 +75,40 @@ def _check_spots_in_image(spots: pl.DataFrame, spec: SectionSpec, width: int, he
 
 
 def read_measured(spec: SectionSpec, normalised: bool = False) -> tuple[pl.DataFrame, CountMatrix, JoinReport]:
-    """Spots (in the image's pixel frame) and counts of the measured section, joined on spot id
+    """Spots (in the image's pixel frame) and counts of a measured section, joined on spot id
     (``normalised``: the counts are already normalised, see the manifest's ``checks``)."""
     assert spec.counts is not None
     counts = read_counts(spec.counts, normalised=normalised)
     spots = read_section_spots(spec)
     if spots is None:
-        raise InputError(spec.counts, f"section {spec.name}: the measured section needs a spot table ('spots'), an .h5ad with obsm['spatial'], or a 'visium'/'anndata' source")
+        raise InputError(spec.counts, f"section {spec.name}: a measured section needs a spot table ('spots'), an .h5ad with obsm['spatial'], or a 'visium'/'anndata' source")
     spots, counts, report = join_spots_counts(spots, counts, spec.counts)
     if spots.height < MIN_MEASURED_SPOTS:
         raise InputError(spec.counts, f"section {spec.name}: only {spots.height} measured spots; at least {MIN_MEASURED_SPOTS} are needed to train")
     return spots, counts, report
 
 
+def reference_record(records: list[SectionRecord]) -> SectionRecord:
+    """The measured section the others are registered to (:func:`manifest.reference_position`)."""
+    return records[reference_position([r.z_um for r in records], [r.measured for r in records])]
+
+
 def prepare_sections(manifest: Manifest) -> PreparedSections:
     """Validate inputs and build the spot table, thumbnails and masks (no writing)."""
     t0 = time.perf_counter()
     manifest = manifest.without_truth()
-    m_idx = manifest.measured_index
-    m_spec = manifest.sections[m_idx]
-    m_spots, _counts, report = read_measured(m_spec, manifest.checks.counts_normalised)
+    m_set = set(manifest.measured_indices)
+    measured = {i: read_measured(manifest.sections[i], manifest.checks.counts_normalised) for i in manifest.measured_indices}
+    m_idx = manifest.reference_index
+    m_spec, m_spots = manifest.sections[m_idx], measured[m_idx][0]
 
     records: list[SectionRecord] = []
     frames: list[pl.DataFrame] = []
     thumbs: dict[str, np.ndarray] = {}
     masks: dict[str, np.ndarray] = {}
     geom: lattice.LatticeGeometry | None = None
-    # Measured first, so its lattice geometry is known for the virtual sections.
-    order = [m_idx] + [i for i in range(len(manifest.sections)) if i != m_idx]
+    # Measured first, so the reference's lattice geometry is known for the virtual sections.
+    order = sorted(range(len(manifest.sections)), key=lambda i: (i not in m_set, i))
     per_section: dict[int, tuple] = {}
     for i in order:
         spec = manifest.sections[i]
@@ -111,8 +118,8 @@ def prepare_sections(manifest: Manifest) -> PreparedSections:
         if not mask.any():
             raise InputError(spec.image, f"section {spec.name}: no tissue found in the image (blank or nearly white slide)")
         virtual = False
-        if i == m_idx:
-            spots = m_spots
+        if i in measured:
+            spots = measured[i][0]
         elif (own := read_section_spots(spec)) is not None:
             spots = own
         else:
@@ -148,7 +155,7 @@ def prepare_sections(manifest: Manifest) -> PreparedSections:
                 pl.col("x_px").cast(pl.Float64),
                 pl.col("y_px").cast(pl.Float64),
                 pl.lit(virtual).alias("virtual"),
-                pl.lit(i == m_idx).alias("measured"),
+                pl.lit(i in m_set).alias("measured"),
             )
         )
         thumbs[spec.name] = thumb
@@ -156,14 +163,14 @@ def prepare_sections(manifest: Manifest) -> PreparedSections:
         records.append(
             SectionRecord(
                 name=spec.name, section_index=i, z_um=spec.z_um, pixel_size_um=spec.pixel_size_um,
-                image=str(spec.image), width=width, height=height, measured=i == m_idx,
+                image=str(spec.image), width=width, height=height, measured=i in m_set,
                 thumb_scale=scale, tissue_area_mm2=round(areas[spec.name], 4),
                 n_spots=n, n_virtual=n if virtual else 0, pixel_size_source=spec.pixel_size_source,
             )
         )
     return PreparedSections(
         records=records, spots=pl.concat(frames), thumbnails=thumbs, masks=masks,
-        join_report=report, lattice=geom, seconds=time.perf_counter() - t0, plausibility=figures,
+        join_reports={manifest.sections[i].name: m[2] for i, m in measured.items()}, lattice=geom, seconds=time.perf_counter() - t0, plausibility=figures,
     )
 
 

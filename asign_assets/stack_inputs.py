@@ -49,13 +49,16 @@ def tile_arrays(tiles_root: Any, names: list[str]) -> tuple[np.ndarray, ...]:
     return cat(spot_region), cat(spot_global), cat(region_xy), cat(region_sec), cat(global_xy), cat(global_sec)
 
 
-def measured_rows(spots: pl.DataFrame, spot_ids: list[str]) -> np.ndarray:
-    """Row of each measured spot id in ``spots`` (a join on ``spot_id`` among measured rows).
+def measured_rows(spots: pl.DataFrame, keys: list[str]) -> np.ndarray:
+    """Row of each measured spot ``<section>:<spot_id>`` key (the expression's obs_names) in
+    ``spots``: a join among measured rows, so equal spot ids of different sections stay apart.
 
-    Raises ValueError naming the first ids that the spot table does not hold.
+    Raises ValueError naming the first keys that the spot table does not hold.
     """
-    table = spots.with_row_index("row").filter(pl.col("measured")).select("spot_id", "row")
-    joined = pl.DataFrame({"spot_id": [str(s) for s in spot_ids]}).join(table, on="spot_id", how="left", maintain_order="left")
+    table = spots.with_row_index("row").filter(pl.col("measured")).select(
+        pl.concat_str(pl.col("section"), pl.lit(":"), pl.col("spot_id")).alias("spot_id"), "row",
+    )
+    joined = pl.DataFrame({"spot_id": [str(s) for s in keys]}).join(table, on="spot_id", how="left", maintain_order="left")
     missing = joined.filter(pl.col("row").is_null())["spot_id"].to_list()
     if missing:
         raise ValueError(f"expression spots missing from the spot table: {missing[:5]}")
@@ -72,7 +75,7 @@ class StackInputs:
     region_emb: np.ndarray
     global_emb: np.ndarray
     spots: pl.DataFrame
-    expr: Any  # AnnData of the measured section (asset `expression`)
+    expr: Any  # AnnData of the measured sections (asset `expression`)
     measured_idx: np.ndarray
     y_measured: np.ndarray
 

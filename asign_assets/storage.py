@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -309,6 +310,9 @@ class Storage:
             return p
         if self._cache is None:
             self._cache = Path(tempfile.mkdtemp(prefix="asign-cache-"))
+            # Downloads live as long as this Storage (an asset's step, a viewer session): a
+            # long-running daemon or code server must not fill /tmp with one folder per step.
+            weakref.finalize(self, shutil.rmtree, str(self._cache), True)
         key = hashlib.sha1(uri.encode()).hexdigest()[:12]
         dest = self._cache / key / Path(name).name
         self.download(sample_id, name, dest)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -42,7 +42,10 @@ from asign_assets.slide import Slide
 if TYPE_CHECKING:  # pragma: no cover
     import zarr
 
-__all__ = ["TileParams", "auto_spot_downsample", "write_section_tiles"]
+__all__ = ["TILE_LEVELS", "TileParams", "auto_spot_downsample", "write_section_tiles"]
+
+TileLevel = Literal["spot", "region", "global"]
+TILE_LEVELS: tuple[TileLevel, ...] = ("spot", "region", "global")
 
 
 @dataclass(frozen=True)
@@ -61,35 +64,25 @@ class TileParams:
     def __post_init__(self) -> None:
         if self.spot_size < 1 or self.spot_um_per_px <= 0 or self.batch < 1:
             raise ValueError("spot_size, spot_um_per_px and batch must be positive")
-        if self.spot_downsample < 1 or self.spot_size % self.spot_downsample:
-            raise ValueError(f"spot_size ({self.spot_size}) must be a positive multiple of spot_downsample ({self.spot_downsample})")
-        for size, f, name in ((self.region_size, self.region_downsample, "region"), (self.global_size, self.global_downsample, "global")):
+        for level in TILE_LEVELS:
+            size, f = self._size_and_factor(level)
             if f < 1 or size < 1 or size % f:
-                raise ValueError(f"{name}_size ({size}) must be a positive multiple of {name}_downsample ({f})")
+                raise ValueError(f"{level}_size ({size}) must be a positive multiple of {level}_downsample ({f})")
 
-    @property
-    def spot_stored(self) -> int:
-        return self.spot_size // self.spot_downsample
+    def _size_and_factor(self, level: TileLevel) -> tuple[int, int]:
+        return getattr(self, f"{level}_size"), getattr(self, f"{level}_downsample")
 
-    @property
-    def spot_stored_um_per_px(self) -> float:
-        return self.spot_um_per_px * self.spot_downsample
+    def stored_px(self, level: TileLevel) -> int:
+        """Side of a stored tile of ``level`` in px (its size over its storage factor)."""
+        size, f = self._size_and_factor(level)
+        return size // f
 
-    @property
-    def region_stored(self) -> int:
-        return self.region_size // self.region_downsample
+    def stored_um_per_px(self, level: TileLevel) -> float:
+        return self.spot_um_per_px * self._size_and_factor(level)[1]
 
-    @property
-    def global_stored(self) -> int:
-        return self.global_size // self.global_downsample
-
-    @property
-    def region_tile_um(self) -> float:
-        return self.region_size * self.spot_um_per_px
-
-    @property
-    def global_tile_um(self) -> float:
-        return self.global_size * self.spot_um_per_px
+    def tile_um(self, level: TileLevel) -> float:
+        """Side of a tile of ``level`` on the tissue in um."""
+        return self._size_and_factor(level)[0] * self.spot_um_per_px
 
 
 def auto_spot_downsample(pixel_sizes_um: "list[float] | np.ndarray", params: TileParams = TileParams(), max_downsample: int = 4) -> int:
@@ -179,13 +172,13 @@ def write_section_tiles(
     n = xy.shape[0]
     um = float(pixel_size_um)
 
-    spot_scale = params.spot_stored_um_per_px / um  # own px per stored patch px
-    region_px = params.region_tile_um / um
-    global_px = params.global_tile_um / um
+    spot_scale = params.stored_um_per_px("spot") / um  # own px per stored patch px
+    region_px = params.tile_um("region") / um
+    global_px = params.tile_um("global") / um
     region_rc, spot_region = _grid(xy, region_px)
     global_rc, spot_global = _grid(xy, global_px)
 
-    s, rs, gs = params.spot_stored, params.region_stored, params.global_stored
+    s, rs, gs = (params.stored_px(level) for level in TILE_LEVELS)
     a_spot = _create(group, "spot", (n, s, s, 3), np.uint8, (1, s, s, 3), params.batch)
     a_region = _create(group, "region", (len(region_rc), rs, rs, 3), np.uint8, (1, rs, rs, 3), params.batch)
     a_global = _create(group, "global", (len(global_rc), gs, gs, 3), np.uint8, (1, gs, gs, 3), params.batch)
@@ -222,16 +215,16 @@ def write_section_tiles(
         "spot_um_per_px": params.spot_um_per_px,
         "spot_size": s,
         "spot_downsample": params.spot_downsample,
-        "spot_stored_um_per_px": params.spot_stored_um_per_px,
-        "spot_patch_um": params.spot_size * params.spot_um_per_px,
-        "region_tile_um": params.region_tile_um,
-        "global_tile_um": params.global_tile_um,
+        "spot_stored_um_per_px": params.stored_um_per_px("spot"),
+        "spot_patch_um": params.tile_um("spot"),
+        "region_tile_um": params.tile_um("region"),
+        "global_tile_um": params.tile_um("global"),
         "region_stored_px": rs,
         "global_stored_px": gs,
         "region_downsample": params.region_downsample,
         "global_downsample": params.global_downsample,
-        "region_um_per_px": params.spot_um_per_px * params.region_downsample,
-        "global_um_per_px": params.spot_um_per_px * params.global_downsample,
+        "region_um_per_px": params.stored_um_per_px("region"),
+        "global_um_per_px": params.stored_um_per_px("global"),
         "grid_origin_px": [-0.5, -0.5],
         "params": {k: v for k, v in asdict(params).items()},
     }

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -273,7 +274,7 @@ def resolve_anndata(path: str | Path, explicit_image: bool, pitch_um: float = VI
 
 def manifest_from_visium(
     folders: list[str | Path],
-    measured: str,
+    measured: str | Sequence[str],
     with_truth: bool = False,
     sample_id: str | None = None,
     out: Path | None = None,
@@ -281,11 +282,13 @@ def manifest_from_visium(
 ) -> tuple[Path, list[str]]:
     """Write a manifest of ``visium:`` sections in the given stack order; returns its path and a report.
 
+    ``measured`` names one section or several (every one given is measured).
+
     Section names are the folder names (the parent's for ``outs``). Nothing is computed by
     hand: spots, image, scale and pixel size are resolved from each folder when the
     manifest is loaded. The manifest is validated before it is written.
     """
-    from asign_assets.manifest import SECTION_NAME_RE, parse_manifest, write_manifest
+    from asign_assets.manifest import SECTION_NAME_RE, measured_names, parse_manifest, write_manifest
     from asign_assets.readers import join_spots_counts, read_counts, read_section_spots
 
     if not folders:
@@ -297,18 +300,17 @@ def manifest_from_visium(
             raise InputError(folder, f"section name {name!r} (from the folder name) must be letters, digits, '_', '.', '-'; rename the folder")
     if len(set(names)) != len(names):
         raise InputError(None, f"duplicate section names {names} (from the folder names); rename a folder", field="DIR")
-    if measured not in names:
-        raise InputError(None, f"measured section {measured!r} is not among the sections {names}", field="--measured")
-    sample_id = sample_id or f"visium_{measured}"
+    measured = measured_names(measured, names)
+    sample_id = sample_id or f"visium_{'_'.join(measured)}"
     out = Path(out or Path.cwd() / f"{sample_id}.yaml").expanduser().resolve()
     raw: dict[str, Any] = {
         "sample_id": sample_id,
-        "description": f"Visium sections {','.join(names)}, measured {measured}",
+        "description": f"Visium sections {','.join(names)}, measured {','.join(measured)}",
         "sections": [],
     }
     for i, (name, folder) in enumerate(zip(names, resolved)):
         sec: dict[str, Any] = {"name": name, "z_um": round(i * z_step_um, 6), "visium": os.path.relpath(folder, out.parent)}
-        if name == measured:
+        if name in measured:
             sec["measured"] = True
         elif with_truth:
             sec["truth"] = True

@@ -31,7 +31,7 @@ METHOD_HELP = {
     "asign": "ASIGN: MSAGNet network + cross-layer propagation, blended per gene (the imputed values shown)",
     "asign_network": "ASIGN's network output alone (no label propagation)",
     "asign_propagation": "ASIGN's label propagation alone over the 3D spot graph",
-    "mean": "baseline: every spot gets the measured section's mean profile",
+    "mean": "baseline: every spot gets the measured sections' mean profile",
     "overlap": "baseline (paper's Overlap): propagation over within-section + registration-overlap edges only",
     "similarity": "baseline (paper's Similarity): propagation over within-section + image-similarity edges only",
     "gauss_knn": "baseline: Gaussian-weighted k nearest measured spots in the registered xy (registration only)",

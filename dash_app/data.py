@@ -465,9 +465,13 @@ def read_evaluation(home: str | os.PathLike, sample_id: str):
 
 
 def metrics_table(df) -> tuple[list[str], list[dict]]:
-    """Long (method, section, metric, value) -> one row per section and method, one column per metric."""
+    """Long (method, section, metric, value) -> one row per section and method, one column per metric;
+    a section's distance to the nearest measured section (``dz_nearest_um``) follows its name when present."""
     wide = df.pivot_table(index=["section", "method"], columns="metric", values="value", aggfunc="mean", sort=False)
     wide = wide.reset_index()
+    if "dz_nearest_um" in df.columns:
+        dz = df.dropna(subset=["dz_nearest_um"]).groupby("section", sort=False)["dz_nearest_um"].first()
+        wide.insert(1, "dz_nearest_um", wide["section"].map(dz))
     cols = [str(c) for c in wide.columns]
     wide.columns = cols
     return cols, wide.to_dict("records")

@@ -121,7 +121,7 @@ def volume_figure(vol: Volume, gene: str, values: np.ndarray, z_stretch: float, 
             {
                 "type": "scatter3d",
                 "mode": "markers",
-                "name": "measured section (ST)",
+                "name": "measured sections (ST)" if len(np.unique(vol.section_code[m])) > 1 else "measured section (ST)",
                 "x": typed_array(xyz[m, 0]),
                 "y": typed_array(xyz[m, 1]),
                 "z": typed_array(xyz[m, 2]),

@@ -46,9 +46,12 @@ def test_damaged_digest_cache_is_ignored(tmp_path):
 
 def test_measured_rows_join_and_missing_ids():
     spots = pl.DataFrame({"spot_id": ["a", "b", "c", "a"], "measured": [False, True, True, True], "section": ["S1", "S2", "S2", "S2"]})
-    np.testing.assert_array_equal(measured_rows(spots, ["c", "a", "b"]), [2, 3, 1])  # the measured "a", not S1's
-    with pytest.raises(ValueError, match=r"\['zz'\]"):
-        measured_rows(spots, ["a", "zz"])
+    np.testing.assert_array_equal(measured_rows(spots, ["S2:c", "S2:a", "S2:b"]), [2, 3, 1])  # the measured "a", not S1's
+    with pytest.raises(ValueError, match=r"\['S2:zz'\]"):
+        measured_rows(spots, ["S2:a", "S2:zz"])
+    # two measured sections with the same spot ids stay apart
+    two = pl.DataFrame({"spot_id": ["a", "b", "a", "b"], "measured": [True] * 4, "section": ["S1", "S1", "S3", "S3"]})
+    np.testing.assert_array_equal(measured_rows(two, ["S3:a", "S1:b", "S3:b", "S1:a"]), [2, 1, 3, 0])
 
 
 def test_tile_arrays_number_tiles_across_sections():

@@ -297,13 +297,25 @@ def no_measured(d: Path) -> None:
     _edit_manifest(d, lambda m: _section(m, MEASURED).__setitem__("measured", False))
 
 
-def two_measured(d: Path) -> None:
+def all_measured(d: Path) -> None:
+    def fn(m):
+        for s in m["sections"]:
+            if not s.get("measured"):
+                s["measured"] = True
+                s["counts"] = s.pop("truth")
+
+    _edit_manifest(d, fn)
+
+
+def measured_panels_disjoint(d: Path) -> None:
+    """S01 measured too, but its counts name other genes than S02's."""
     def fn(m):
         s = _section(m, "S01")
         s["measured"] = True
         s["counts"] = s.pop("truth")
 
     _edit_manifest(d, fn)
+    _edit_table(d / "truth" / "S01.tsv.gz", lambda rows: [[rows[0][0]] + [f"X{g}" for g in rows[0][1:]]] + rows[1:])
 
 
 def unknown_key(d: Path) -> None:
@@ -435,7 +447,8 @@ CASES = [
     Case("near_identical_image", near_identical_image, "sections", "S03.jpg", "sections S01 and S03 have near-identical images", plausibility=True),
     # manifests
     Case("no_measured_section", no_measured, "sections", "bad.yaml", "no section has measured: true"),
-    Case("two_measured_sections", two_measured, "sections", "bad.yaml", "2 sections are measured"),
+    Case("every_section_measured", all_measured, "sections", "bad.yaml", "every section is measured"),
+    Case("measured_sections_share_no_genes", measured_panels_disjoint, "expression", "S01.tsv.gz", "the measured sections share only 0 gene names"),
     Case("unknown_manifest_key", unknown_key, "sections", "bad.yaml", "unknown key(s) ['stain']"),
     Case("missing_file", missing_file, "sections", "bad.yaml", "file not found"),
     Case("one_section_stack", one_section, "sections", "bad.yaml", "at least 2 sections"),

@@ -17,7 +17,7 @@ def test_demo_shapes_and_manifest(small_stack):
     assert img.shape == (480, 480, 3) and img.dtype == np.uint8
     # white background at the corners, stained tissue in the middle
     assert img[:10, :10].mean() > 220 and img[200:280, 200:280].mean() < 215
-    c = read_counts(m.measured.counts)
+    c = read_counts(m.measured_sections[0].counts)
     assert c.X.shape[1] == 120 and c.X.shape[0] > 40
     assert float(np.median(np.asarray(c.X.sum(1)).ravel())) > 500
 

@@ -135,3 +135,17 @@ def test_demo_and_viewer_on_s3(tmp_path, monkeypatch):
         gene = truth.var_names[3]
         np.testing.assert_allclose(data.gene_values(home, "demo", gene), np.asarray(truth[:, gene].X).ravel(), rtol=1e-6)
         assert len(vol.spot_id) == truth.n_obs
+
+
+def test_download_cache_is_removed_with_its_storage(remote):
+    _write_dir(remote, "s1", "tiles.zarr", "v1")
+    reader = Storage(remote.root)
+    cache = reader.local_path("s1", "tiles.zarr")
+    assert (cache / "part0.txt").read_text() == "v1-0"
+    folder = reader._cache
+    assert folder is not None and folder.is_dir()
+    del reader
+    import gc
+
+    gc.collect()
+    assert not folder.exists()  # one temporary folder per step would otherwise pile up in /tmp

@@ -5,7 +5,15 @@ import pytest
 import scipy.sparse as sp
 
 from asign_assets.errors import InputError
-from asign_assets.expression import ExpressionParams, build_expression, normalise, normalise_to_genes, select_genes
+from asign_assets.expression import (
+    ExpressionParams,
+    MeasuredCounts,
+    build_expression,
+    build_expression_sections,
+    normalise,
+    normalise_to_genes,
+    select_genes,
+)
 
 
 def test_normalise_hand_example():
@@ -70,3 +78,40 @@ def test_normalise_to_genes_marks_unmeasured_genes_nan():
     out = normalise_to_genes(c, genes, np.array(["g1", "zz", "g3"]), missing="nan")
     assert np.isnan(out[:, 1]).all() and np.isfinite(out[:, [0, 2]]).all()
     np.testing.assert_allclose(out[:, [0, 2]], normalise_to_genes(c, genes, np.array(["g1", "g3"])), rtol=1e-6)
+
+
+def test_several_sections_use_common_genes_each_normalised_on_its_own_panel():
+    a = _counts(n=25, g=8, seed=1).toarray()
+    b = _counts(n=30, g=6, seed=2).toarray()
+    genes_a = np.array([f"g{i}" for i in range(8)])
+    genes_b = np.array(["g7", "g5", "x1", "g1", "g3", "g0"])  # shares g0 g1 g3 g5 g7, in its own order
+    b[:2] = 0  # two spots of B below min_counts
+    b[:2, 0] = 3
+    ids = np.array([f"{i}x1" for i in range(30)])  # the same spot ids in both sections
+    parts = [MeasuredCounts("A", sp.csr_matrix(a), ids[:25], genes_a, "A.tsv"), MeasuredCounts("B", b, ids, genes_b, "B.tsv")]
+    ad, info = build_expression_sections(parts, ExpressionParams(n_genes=5))
+    assert sorted(ad.var_names) == ["g0", "g1", "g3", "g5", "g7"] and info["n_genes_in"] == 5
+    assert ad.n_obs == 25 + 28 and info["n_spots_dropped"] == 2 and info["dropped_spot_ids"] == ["B:0x1", "B:1x1"]
+    assert list(ad.obs_names[:2]) == ["A:0x1", "A:1x1"] and list(ad.obs_names[25:27]) == ["B:2x1", "B:3x1"]
+    assert list(ad.obs["section"].unique()) == ["A", "B"] and ad.obs["spot_id"].iloc[25] == "2x1"
+    assert list(ad.uns["sections"]) == ["A", "B"]
+    # each section normalised on all of its own genes (library = its own total), then the common columns
+    for name, counts, genes, rows in (("A", a, genes_a, slice(0, 25)), ("B", b[2:], genes_b, slice(25, None))):
+        full = normalise(sp.csr_matrix(counts), "log1p_cp10k")
+        cols = [list(genes).index(g) for g in ad.var_names]
+        np.testing.assert_allclose(ad.X[rows], full[:, cols], rtol=1e-6, err_msg=name)
+        np.testing.assert_array_equal(ad.layers["counts"][rows].toarray(), counts[:, cols])
+    # genes are ranked by their mean over the spots of both sections
+    means = np.asarray(ad.X).mean(0)
+    assert np.all(np.diff(means) <= 1e-6)
+
+
+def test_several_sections_with_too_few_common_genes_are_refused():
+    a, b = _counts(g=8, seed=1), _counts(g=8, seed=2)
+    genes_a = np.array([f"g{i}" for i in range(8)])
+    genes_b = np.array([f"g{i}" for i in range(5, 13)])  # 3 in common
+    parts = [MeasuredCounts("A", a, np.arange(30).astype(str), genes_a, "A.tsv"), MeasuredCounts("B", b, np.arange(30).astype(str), genes_b, "B.tsv")]
+    with pytest.raises(InputError, match=r"B.tsv: the measured sections share only 3 gene names \(need at least 4\); panels: A: 8 genes \(A.tsv\), B: 8 genes \(B.tsv\)"):
+        build_expression_sections(parts, ExpressionParams(n_genes=4))
+    ad, _ = build_expression_sections(parts, ExpressionParams(n_genes=3))
+    assert sorted(ad.var_names) == ["g5", "g6", "g7"]

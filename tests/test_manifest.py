@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from asign_assets.errors import InputError
-from asign_assets.manifest import load_manifest, write_manifest
+from asign_assets.manifest import load_manifest, measured_names, reference_position, write_manifest
 
 
 def _write(tmp_path: Path, data: dict) -> Path:
@@ -32,13 +32,41 @@ def _base() -> dict:
 def test_valid_manifest_resolves_paths_relative_to_file(tmp_path):
     m = load_manifest(_write(tmp_path, _base()))
     assert m.sample_id == "s1"
-    assert m.measured.name == "A" and m.measured_index == 0
+    assert [s.name for s in m.measured_sections] == ["A"] and m.measured_indices == (0,) and m.reference_index == 0
     assert m.sections[1].image == (tmp_path / "b.jpg").resolve()
     assert m.sections[1].truth == (tmp_path / "truth.tsv").resolve()
     assert m.sections[2].pixel_size_um == 0.5
     assert m.without_truth().sections[1].truth is None
     # truth does not change the input fingerprint
     assert m.input_fingerprint() == m.without_truth().input_fingerprint()
+
+
+def test_several_measured_sections(tmp_path):
+    data = _base()
+    data["sections"][2].update(measured=True, counts="counts.tsv", spots="spots.tsv")
+    m = load_manifest(_write(tmp_path, data))
+    assert m.measured_indices == (0, 2) and [s.name for s in m.measured_sections] == ["A", "C"]
+    assert all(s.counts == (tmp_path / "counts.tsv").resolve() for s in m.measured_sections)
+    assert m.reference_index == 0  # A (z 0) and C (z 20) are equally far from the middle (10): the first wins
+    m2 = load_manifest(write_manifest(m, tmp_path / "copy.yaml"))
+    assert m2.measured_indices == (0, 2)
+
+
+@pytest.mark.parametrize(
+    "z, measured, ref",
+    [([0, 10, 20, 30, 40], [True, False, False, True, False], 3), ([0, 10, 20], [False, False, True], 2), ([0, 5, 50], [True, True, False], 1)],
+)
+def test_reference_is_the_measured_section_nearest_the_middle(z, measured, ref):
+    assert reference_position(z, measured) == ref
+
+
+def test_measured_names_accepts_several_in_stack_order():
+    assert measured_names(["C6", "C2"], ["C2", "C3", "C6"]) == ["C2", "C6"]
+    assert measured_names("C3", ["C2", "C3"]) == ["C3"]
+    with pytest.raises(InputError, match="'C9' is not among"):
+        measured_names(["C2", "C9"], ["C2", "C3"])
+    with pytest.raises(InputError, match="every section"):
+        measured_names(["C2", "C3"], ["C2", "C3"])
 
 
 def test_round_trip(tmp_path):
@@ -53,7 +81,8 @@ def test_round_trip(tmp_path):
     [
         (lambda d: d["sections"][0].update(image="missing.jpg"), "sections[0].image", "file not found"),
         (lambda d: d["sections"][0].pop("measured"), "measured", "no section has measured"),
-        (lambda d: d["sections"][1].update(measured=True, counts="counts.tsv", truth=None), "measured", "2 sections are measured"),
+        (lambda d: [s.update(measured=True, counts="counts.tsv", truth=None) for s in d["sections"]], "measured", "every section is measured"),
+        (lambda d: d["sections"][1].update(measured=True, truth=None), "sections[1].counts", "measured section B needs its counts"),
         (lambda d: d["sections"][1].update(name="A"), "sections[1].name", "duplicate section name"),
         (lambda d: d.update(colour="red"), "colour", "unknown key"),
         (lambda d: d["sections"][2].update(thickness=5), "sections[2].thickness", "unknown key"),
@@ -61,7 +90,7 @@ def test_round_trip(tmp_path):
         (lambda d: d.pop("spot_pitch_um"), "spot_pitch_um", "required"),
         (lambda d: d.update(pixel_size_um=-1), "pixel_size_um", "positive"),
         (lambda d: d["sections"][0].pop("counts"), "sections[0].counts", "needs its counts"),
-        (lambda d: d["sections"][1].update(counts="counts.tsv"), "sections[1].counts", "only the measured section"),
+        (lambda d: d["sections"][1].update(counts="counts.tsv"), "sections[1].counts", "only a section with measured: true may give counts"),
         (lambda d: d.update(sample_id="../evil"), "sample_id", "must be"),
         (lambda d: d["sections"][2].update(z_um=10), "z_um", "distinct"),
     ],

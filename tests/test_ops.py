@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 from pathlib import Path
@@ -161,7 +162,7 @@ def test_sensor_survives_garbage_cursor(tmp_path, tiny_stack):
 
 
 # --------------------------------------------------------------------------- staleness
-STATE = {"a_value": 1}
+STATE = {"a_value": 1, "fail_b": False}
 
 
 def _fake_assets(c_code_version: str = "1"):
@@ -171,6 +172,8 @@ def _fake_assets(c_code_version: str = "1"):
 
     @dg.asset(partitions_def=samples_partitions, code_version="1", deps=[a], automation_condition=REPROCESS)
     def b() -> dg.MaterializeResult:
+        if STATE["fail_b"]:
+            raise RuntimeError("b failed")
         return dg.MaterializeResult(data_version=dg.DataVersion("b"))
 
     @dg.asset(partitions_def=samples_partitions, code_version=c_code_version, deps=[b], automation_condition=REPROCESS)
@@ -181,7 +184,7 @@ def _fake_assets(c_code_version: str = "1"):
 
 
 def _defs(c_code_version: str = "1") -> dg.Definitions:
-    job = dg.define_asset_job("full_sample", selection=dg.AssetSelection.all(), partitions_def=samples_partitions)
+    job = dg.define_asset_job("full_sample", selection=dg.AssetSelection.all())
     return dg.Definitions(assets=_fake_assets(c_code_version), jobs=[job])
 
 
@@ -205,36 +208,103 @@ def test_automation_requests_code_and_upstream_data_changes_only():
     instance.add_dynamic_partitions("samples", ["p", "q"])
     current = _defs("1")
     assert _run(current, instance, "p") and _run(current, instance, "q")
-    res = dg.evaluate_automation_conditions(defs=current, instance=instance)
+    res = dg.evaluate_automation_conditions(defs=current, instance=instance, asset_selection=dg.AssetSelection.all())
     assert _requested(res) == {}
     assert _run(current, instance, "p", a_value=2, selection=[dg.AssetKey("a")])  # new data version of a for p
     assert _run(current, instance, "q", selection=[dg.AssetKey("a")])  # same data version of a for q
-    res = dg.evaluate_automation_conditions(defs=current, instance=instance, cursor=res.cursor)
+    res = dg.evaluate_automation_conditions(defs=current, instance=instance, asset_selection=dg.AssetSelection.all(), cursor=res.cursor)
     assert _requested(res) == {"b": {"p"}}  # c follows once b has new data, on a later tick
-    res = dg.evaluate_automation_conditions(defs=_defs("2"), instance=instance, cursor=res.cursor)
+    res = dg.evaluate_automation_conditions(defs=_defs("2"), instance=instance, asset_selection=dg.AssetSelection.all(), cursor=res.cursor)
     assert _requested(res).get("c") == {"p", "q"}
 
 
-def test_plan_sample_uses_dagster_stale_status(tmp_path):
-    from asign_assets.freshness import plan_sample
+def test_automation_retries_a_failed_sample_once_after_the_nightly_cron_tick():
+    """REPROCESS: a sample whose run failed is requested again on the first evaluation after
+    NIGHTLY_CRON (02:00 UTC), not before it and not on every tick; a sample that succeeded is not."""
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("samples", ["p", "q"])
+    current = _defs("1")
+    assert _run(current, instance, "q")
+    STATE["fail_b"] = True
+    try:
+        assert not _run(current, instance, "p")
+    finally:
+        STATE["fail_b"] = False
+    day = datetime.datetime(2026, 3, 4, tzinfo=datetime.timezone.utc)
+    res = None
+    for hour, minute, expected in [(1, 0, {}), (1, 59, {}), (2, 1, {"b": {"p"}, "c": {"p"}}), (2, 2, {}), (14, 0, {})]:
+        at = day.replace(hour=hour, minute=minute)
+        res = dg.evaluate_automation_conditions(defs=current, instance=instance, asset_selection=dg.AssetSelection.all(), evaluation_time=at, cursor=res.cursor if res else None)
+        assert _requested(res) == expected, at
+
+
+def test_plan_sample_evaluates_dagster_automation_conditions(tmp_path):
+    """`asign run`'s plan: Dagster's conditions (missing, new upstream data version, new code
+    version) evaluated tick by tick, each run absorbed by the tick after it, plus run config."""
+    from asign_assets.freshness import absorb_run, plan_sample
 
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("samples", ["p"])
     current, store = _defs("1"), Storage(tmp_path)
-    names = lambda d: {k.to_user_string(): why for k, why in d.items()}  # noqa: E731
-    assert names(plan_sample(instance, current, store, "p").run) == {n: "never materialised" for n in "abc"}
-    assert _run(current, instance, "p")
-    plan = plan_sample(instance, current, store, "p")
-    assert plan.run == {} and set(names(plan.skip)) == {"a", "b", "c"}
-    assert set(names(plan_sample(instance, current, store, "p", force=True).run)) == {"a", "b", "c"}
-    assert _run(current, instance, "p", a_value=2, selection=[dg.AssetKey("a")])
-    run = names(plan_sample(instance, current, store, "p").run)
-    assert set(run) == {"b", "c"} and "new dependency data version (a)" in run["b"] and run["c"] == "upstream b will change"
-    assert _run(current, instance, "p", selection=[dg.AssetKey("b"), dg.AssetKey("c")])
-    assert names(plan_sample(instance, _defs("2"), store, "p").run) == {"c": "stale: has a new code version"}
+
+    def plan(defs=current, **kw) -> dict[str, str]:
+        return {k.to_user_string(): why for k, why in plan_sample(instance, defs, store, "p", **kw).run.items()}
+
+    def run(defs=current, **kw) -> None:
+        assert _run(defs, instance, "p", **kw)
+        absorb_run(instance, defs, "p")
+
+    assert plan() == {"a": "never materialised", "b": "never materialised", "c": "never materialised"}
+    run()
+    skipped = plan_sample(instance, current, store, "p")
+    assert skipped.run == {} and {k.to_user_string() for k in skipped.skip} == {"a", "b", "c"}
+    assert set(plan(force=True)) == {"a", "b", "c"}
+    run(a_value=2, selection=[dg.AssetKey("a")])  # a new data version of a: b and c are stale
+    assert plan() == {"b": "stale: new dependency data version", "c": "upstream b will change"}
+    assert plan() == {"b": "stale: new dependency data version", "c": "upstream b will change"}  # until b runs
+    assert _run(current, instance, "p", a_value=3, selection=[dg.AssetKey("a")])  # seen by the plan's own tick: named
+    assert plan() == {"b": "stale: new dependency data version (a)", "c": "upstream b will change"}
+    run(selection=[dg.AssetKey("b"), dg.AssetKey("c")])
+    assert plan() == {}
+    assert plan(_defs("2")) == {"c": "stale: has a new code version"}
+    run(_defs("2"), selection=[dg.AssetKey("c")])
+    assert plan(_defs("2")) == {}
     other = {"ops": {"b": {"config": {"epochs": 3}}}}  # Dagster does not version config; the plan compares it
-    run = names(plan_sample(instance, current, store, "p", run_config=other).run)
-    assert run == {"b": "run config changed ({} -> {'epochs': 3})", "c": "upstream b will change"}
+    assert plan(_defs("2"), run_config=other) == {"b": "run config changed ({} -> {'epochs': 3})", "c": "upstream b will change"}
+
+
+def test_plan_sample_recomputes_outputs_it_has_no_record_to_compare_with(tmp_path):
+    """Outputs made outside `asign run` (the UI, the daemon, an older asign) before the sample's
+    first plan cannot be dated against code or upstream changes: recomputed once, then trusted."""
+    from asign_assets.freshness import FIRST, absorb_run, plan_sample
+
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("samples", ["p"])
+    current, store = _defs("2"), Storage(tmp_path)
+    assert _run(_defs("1"), instance, "p")  # made by code version 1, outside asign run
+    first = plan_sample(instance, current, store, "p")
+    assert {k.to_user_string(): why for k, why in first.run.items()} == {"a": FIRST, "b": FIRST, "c": FIRST}
+    assert _run(current, instance, "p")
+    absorb_run(instance, current, "p")
+    assert plan_sample(instance, current, store, "p").run == {}
+
+
+def test_plan_sample_reruns_a_failed_asset_and_whatever_it_left_missing(tmp_path):
+    from asign_assets.freshness import absorb_run, plan_sample
+
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("samples", ["p"])
+    current, store = _defs("1"), Storage(tmp_path)
+    assert _run(current, instance, "p")
+    absorb_run(instance, current, "p")
+    STATE["fail_b"] = True
+    try:
+        assert not _run(current, instance, "p", a_value=2)
+    finally:
+        STATE["fail_b"] = False
+    absorb_run(instance, current, "p")
+    run = {k.to_user_string(): why for k, why in plan_sample(instance, current, store, "p").run.items()}
+    assert run == {"b": "its last run failed", "c": "its last run failed"}  # Dagster: c was in the failed run, never executed
 
 
 def test_observe_cron_from_env(monkeypatch):
@@ -341,7 +411,7 @@ def test_deploy_instance_yaml_is_valid(monkeypatch):
 
 def test_plan_sample_reruns_an_asset_whose_blocking_check_failed(tmp_path):
     """A failed blocking check (e.g. registration_dice) is not trusted by a later `asign run`."""
-    from asign_assets.freshness import plan_sample
+    from asign_assets.freshness import absorb_run, plan_sample
 
     dice = {"ok": False}
 
@@ -359,8 +429,10 @@ def test_plan_sample_reruns_an_asset_whose_blocking_check_failed(tmp_path):
     instance.add_dynamic_partitions("samples", ["p"])
     job = defs.resolve_job_def("full_sample")
     assert not job.execute_in_process(partition_key="p", instance=instance, raise_on_error=False).success
+    absorb_run(instance, defs, "p")
     run = {k.to_user_string(): why for k, why in plan_sample(instance, defs, Storage(tmp_path), "p").run.items()}
     assert run == {"r": "blocking check good failed last time", "after": "never materialised"}
     dice["ok"] = True
     assert job.execute_in_process(partition_key="p", instance=instance, raise_on_error=False).success
+    absorb_run(instance, defs, "p")
     assert plan_sample(instance, defs, Storage(tmp_path), "p").run == {}

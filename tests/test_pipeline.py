@@ -39,9 +39,9 @@ def test_imputed_volume_follows_scanpy_conventions(materialised_small):
     # measured spots keep their measured values
     expr = ad.read_h5ad(store.local_path(sid, "expression.h5ad"))
     meas = a[a.obs["known"].to_numpy()]
-    assert expr.uns["section"] == "S03"
-    order = [f"S03:{s}" for s in expr.obs_names]
-    np.testing.assert_allclose(np.asarray(a[order].X), np.asarray(expr.X), rtol=1e-6)
+    assert list(expr.uns["sections"]) == ["S03"] and set(expr.obs["section"]) == {"S03"}
+    assert list(expr.obs_names) == [f"S03:{s}" for s in expr.obs["spot_id"]]
+    np.testing.assert_allclose(np.asarray(a[expr.obs_names].X), np.asarray(expr.X), rtol=1e-6)
     assert meas.n_obs == expr.n_obs
     # zarr copy: one gene per chunk so the viewer reads a column lazily
     z = zarr.open_group(str(store.local_path(sid, "imputed_volume.zarr")), mode="r")
@@ -63,7 +63,9 @@ def test_scanpy_spatial_plot_works(materialised_small):
 def test_evaluation_table_and_model_beats_mean(materialised_small):
     store, sid, _ = materialised_small
     ev = pl.read_parquet(store.local_path(sid, "evaluation.parquet"))
-    assert ev.columns == ["method", "section", "metric", "value"]
+    assert ev.columns == ["method", "section", "metric", "value", "dz_nearest_um"]
+    dz = dict(ev.filter(pl.col("section") != "pooled").select("section", "dz_nearest_um").unique().iter_rows())
+    assert dz == {"S01": 80.0, "S02": 40.0, "S04": 40.0}  # demo z step 40 um, S03 measured
     unc = {"unc_spearman", "unc_spearman_all", "coverage_80"}
     assert set(ev["metric"]) == {"mse", "mae", "spot_pcc", "spot_pcc_z", "gene_pcc", "gene_pcc_hvg50", "genes_scored"} | unc
     u = ev.filter(pl.col("metric").is_in(list(unc)))

@@ -217,7 +217,7 @@ def test_her2st_patient_c_passes_and_its_realistic_mistakes_do_not(tmp_path):
         assert f["spots_on_tissue"] >= 0.95 and abs(f["pitch_ratio"] - 1) < 0.1 and 0.8 < f["area_ratio"] < 1.5, (name, f)
         assert f["min_image_difference"] > 5 * pl_.NEAR_IDENTICAL_MAD, (name, f)
 
-    c4 = m.measured
+    (c4,) = m.measured_sections
     sel = pl.read_csv(c4.spots, separator="\t")
     in_um = tmp_path / "C4_um.tsv"
     sel.with_columns(pl.col("pixel_x") * c4.pixel_size_um, pl.col("pixel_y") * c4.pixel_size_um).write_csv(in_um, separator="\t")

@@ -140,7 +140,7 @@ def test_real_her2st_patient_c_import(tmp_path):
 
     path, report = manifest_from_her2st(data, "C", ["C2", "C3", "C4", "C5", "C6"], "C4", with_truth=True, out=tmp_path / "c.yaml")
     m = load_manifest(path)
-    assert m.measured.name == "C4" and m.measured.counts is not None
+    assert m.measured_sections[0].name == "C4" and m.measured_sections[0].counts is not None
     assert all(s.truth is not None for s in m.sections if not s.measured)
     assert 0.6 < m.sections[0].pixel_size_um < 0.85  # about 200 um per 255-290 px
     # depths from the block layout (C3/C4 and C5/C6 are consecutive pairs); overrides win
@@ -150,9 +150,9 @@ def test_real_her2st_patient_c_import(tmp_path):
     with pytest.raises(InputError, match="C9"):
         manifest_from_her2st(data, "C", ["C2", "C3"], "C3", z_um={"C9": 1.0}, out=tmp_path / "c3.yaml")
     assert any("C4:" in line and "dropped" in line for line in report)
-    counts = read_counts(m.measured.counts)
-    spots = read_spots(m.measured.spots)
-    joined, sub, rep = join_spots_counts(spots, counts, m.measured.counts)
+    counts = read_counts(m.measured_sections[0].counts)
+    spots = read_spots(m.measured_sections[0].spots)
+    joined, sub, rep = join_spots_counts(spots, counts, m.measured_sections[0].counts)
     assert 150 < joined.height <= spots.height and sub.X.shape[1] > 10000
     assert rep.n_joined == joined.height
 

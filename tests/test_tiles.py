@@ -110,7 +110,7 @@ def test_tile_params_validation():
     with pytest.raises(ValueError):
         TileParams(region_size=500, region_downsample=3)
     p = TileParams()
-    assert p.region_stored == 128 and p.global_stored == 128 and p.region_tile_um == pytest.approx(409.6)
+    assert p.stored_px("region") == 128 and p.stored_px("global") == 128 and p.tile_um("region") == pytest.approx(409.6)
 
 
 def test_tiles_from_pyramidal_tiff_read_the_matching_levels(tmp_path):

@@ -375,7 +375,7 @@ def test_anndata_is_a_complete_section(tmp_path, asign_home, arrays):
         {"name": "A", "z_um": 0, "anndata": "a.h5ad", "measured": True},
         {"name": "B", "z_um": 10, "visium": "B"},
     ]))
-    A = m.measured
+    (A,) = m.measured_sections
     assert A.counts == A.spots == A.anndata == tmp_path / "a.h5ad"
     assert A.image.is_relative_to(asign_home / "cache" / "anndata-images") and A.image.suffix == ".png"
     assert A.spot_scale == HIRES
@@ -389,7 +389,7 @@ def test_anndata_is_a_complete_section(tmp_path, asign_home, arrays):
     assert A.pixel_size_um == pytest.approx(FULLRES_UM / HIRES, rel=0.01)
     assert A.pixel_size_source.startswith("anndata lattice" if arrays else "anndata spot spacing")
     # loading again reuses the cached PNG; writing back keeps the anndata form
-    assert load_manifest(m.path).measured.image == A.image
+    assert load_manifest(m.path).measured_sections[0].image == A.image
     written = yaml.safe_load(write_manifest(m, tmp_path / "copy.yaml").read_text())["sections"][0]
     assert written == {"name": "A", "z_um": 0.0, "anndata": "a.h5ad", "measured": True}
 
@@ -501,7 +501,7 @@ def test_real_dlpfc_import_and_validate(tmp_path):
     assert r.returncode == 0, r.stderr
     out = Path(r.stdout.strip().splitlines()[-1])
     m = load_manifest(out)
-    assert m.section_names == ["151674", "151673"] and m.measured.name == "151674"
+    assert m.section_names == ["151674", "151673"] and m.measured_sections[0].name == "151674"
     assert m.sections[1].truth == DLPFC / "151673" / "filtered_feature_bc_matrix.h5"
     for spec in m.sections:
         assert spec.image.name == "tissue_lowres_image.png"

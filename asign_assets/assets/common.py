@@ -34,17 +34,31 @@ K8S_GPU_TAGS = {
     )
 }
 
+#: When the automation sensor retries what failed or is missing (UTC, nightly, out of working
+#: hours); also the default cron of the `observe_inputs` schedule (asign_assets.ops).
+NIGHTLY_CRON = "0 2 * * *"
+
 # Declarative reprocessing (evaluated per sample by Dagster's automation sensor): an asset is
 # requested when its code version changed or an upstream data version changed (a source
-# observation that saw an edited file, a re-materialised asset with other content), once every
-# upstream exists and nothing of it is running. New samples come from the `new_samples` sensor.
+# observation that saw an edited file, a re-materialised asset with other content), and when
+# its last execution failed or it is missing and it was not requested or materialised since the
+# last nightly cron tick (a sample whose run failed is retried once a night, at the first
+# evaluation after the tick where nothing upstream is missing or running; never on every tick).
+# New samples come from the `new_samples` sensor.
 REPROCESS = (
-    (dg.AutomationCondition.code_version_changed() | dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed()))
-    .since_last_handled()
+    (
+        (dg.AutomationCondition.code_version_changed() | dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed()))
+        .since_last_handled()
+        .with_label("code or upstream data changed")
+        | (
+            (dg.AutomationCondition.execution_failed() | dg.AutomationCondition.missing())
+            & dg.AutomationCondition.cron_tick_passed(NIGHTLY_CRON).since_last_handled()
+        ).with_label("failed or missing, not retried since the nightly tick")
+    )
     & ~dg.AutomationCondition.any_deps_missing()
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
-).with_label("code or upstream data changed")
+).with_label("code or upstream data changed, or retry")
 
 
 def sample_asset(**kwargs: Any) -> Any:

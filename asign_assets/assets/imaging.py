@@ -38,16 +38,11 @@ class EmbeddingsConfig(dg.Config):
     threads: Optional[int] = 1  # torch intra-op threads (1 avoids oversubscription next to other steps; None: torch's default)
 
 
-@sample_asset(
-    group_name="imaging",
-    code_version="1",
-    kinds={"zarr"},
-    deps=[sections, raw_inputs],
-    description="Spot (224 px), region (512 px grid) and global (1024 px grid) patches of every spot, "
-    "at a common physical scale, in zarr (one chunk per tile). Whole-slide TIFFs are read window by window "
-    "at the matching pyramid level; JPEG/PNG are decoded once.",
-)
+@sample_asset(group_name="imaging", code_version="1", kinds={"zarr"}, deps=[sections, raw_inputs])
 def tiles(context: dg.AssetExecutionContext, config: TilesConfig, storage: StorageResource) -> dg.MaterializeResult:
+    """Spot (224 px), region (512 px grid) and global (1024 px grid) patches of every spot, at a
+    common physical scale, in zarr (one chunk per tile). Whole-slide TIFFs are read window by window
+    at the matching pyramid level; JPEG/PNG are decoded once."""
     import zarr
 
     from asign_assets.slide import Slide
@@ -96,15 +91,10 @@ def tiles(context: dg.AssetExecutionContext, config: TilesConfig, storage: Stora
     )
 
 
-@gpu_asset(
-    group_name="imaging",
-    code_version="1",
-    kinds={"zarr", "torch"},
-    deps=[tiles],
-    description="Features of every spot, region and global tile from the configured encoder, "
-    "standardised within each section (zarr). CNN/TorchScript encoders run in the `gpu` pool.",
-)
+@gpu_asset(group_name="imaging", code_version="1", kinds={"zarr", "torch"}, deps=[tiles])
 def embeddings(context: dg.AssetExecutionContext, config: EmbeddingsConfig, storage: StorageResource, device: DeviceResource) -> dg.MaterializeResult:
+    """Features of every spot, region and global tile from the configured encoder, standardised
+    within each section (zarr). CNN/TorchScript encoders run in the `gpu` pool."""
     import zarr
 
     from asign_assets.encoders import embed_tiles, get_encoder

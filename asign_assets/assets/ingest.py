@@ -1,4 +1,4 @@
-"""Ingest assets: `sections` (validated inputs) and `expression` (measured counts)."""
+"""Ingest assets: `sections` (validated inputs) and `expression` (counts of the measured sections)."""
 
 
 from typing import Literal
@@ -12,7 +12,7 @@ from asign_assets.expression import ExpressionParams, NormMethod
 
 
 class ExpressionConfig(dg.Config):
-    """Gene selection and normalisation of the measured section."""
+    """Gene selection and normalisation of the measured sections (genes all of them measured)."""
 
     n_genes: int = ExpressionParams.n_genes
     selection: Literal["mean", "hvg"] = ExpressionParams.selection
@@ -20,22 +20,18 @@ class ExpressionConfig(dg.Config):
     min_counts: int = ExpressionParams.min_counts
 
 
-@sample_asset(
-    group_name="ingest",
-    code_version="2",
-    kinds={"parquet", "png"},
-    deps=[raw_inputs],
-    description="Validated inputs of a sample: every section's image, tissue mask, thumbnail and spots "
-    "(virtual lattice where a section has no spot table). Fails, writing nothing, on bad input.",
-)
+@sample_asset(group_name="ingest", code_version="2", kinds={"parquet", "png"}, deps=[raw_inputs])
 def sections(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
+    """Validated inputs of a sample: every section's image, tissue mask, thumbnail and spots
+    (virtual lattice where a section has no spot table). Fails, writing nothing, on bad input."""
     store, sid = sample_io(context, storage)
     with StageMonitor().run() as mon:
         manifest = load_manifest_for(context, store)
         prep = sections_lib.prepare_sections(manifest)
-        jr = prep.join_report
-        if jr is not None and jr.n_joined < jr.n_spots:
-            context.log.warning(f"{manifest.measured.counts}: {jr.summary()}")
+        for spec in manifest.measured_sections:
+            jr = prep.join_reports[spec.name]
+            if jr.n_joined < jr.n_spots:
+                context.log.warning(f"{spec.counts}: {jr.summary()}")
         for r in prep.records:
             log_progress(
                 context,
@@ -56,8 +52,8 @@ def sections(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.
         "sections": dg.MetadataValue.md(md_table(rows, ".2f")),
         "n_sections": len(prep.records),
         "n_spots": prep.spots.height,
-        "measured_section": manifest.measured.name,
-        "join_report": prep.join_report.summary() if prep.join_report else "",
+        "measured_sections": ", ".join(s.name for s in manifest.measured_sections),
+        "join_report": "; ".join(f"{name}: {jr.summary()}" for name, jr in prep.join_reports.items()),
         "path": path_meta(store, sid, "sections"),
         **mon.metadata(),
     }
@@ -66,27 +62,25 @@ def sections(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.
     return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(version))
 
 
-@sample_asset(
-    group_name="ingest",
-    code_version="1",
-    kinds={"anndata"},
-    deps=[sections, raw_inputs],
-    description="The measured section's counts: low-library spots dropped, top genes selected, normalised (AnnData).",
-)
+@sample_asset(group_name="ingest", code_version="2", kinds={"anndata"}, deps=[sections, raw_inputs])
 def expression(context: dg.AssetExecutionContext, config: ExpressionConfig, storage: StorageResource) -> dg.MaterializeResult:
-    from asign_assets.expression import build_expression
+    """The measured sections' counts: low-library spots dropped, top genes (among those every
+    measured section has) selected over all measured spots, normalised (AnnData; obs_names
+    ``<section>:<spot_id>``)."""
+    from asign_assets.expression import MeasuredCounts, build_expression_sections
 
     store, sid = sample_io(context, storage)
     with StageMonitor().run() as mon:
         manifest = load_manifest_for(context, store)
         spots_df = sections_lib.load_spots(store.local_path(sid, "sections"))
-        spec = manifest.measured
-        _spots, counts, _report = sections_lib.read_measured(spec, manifest.checks.counts_normalised)
-        measured_ids = spots_df.filter(spots_df["measured"])["spot_id"].to_list()
-        counts = counts.subset_spots(measured_ids)
+        parts = []
+        for spec in manifest.measured_sections:
+            _spots, counts, _report = sections_lib.read_measured(spec, manifest.checks.counts_normalised)
+            ids = spots_df.filter((spots_df["section"] == spec.name) & spots_df["measured"])["spot_id"].to_list()
+            counts = counts.subset_spots(ids)
+            parts.append(MeasuredCounts(spec.name, counts.X, counts.spot_ids, counts.genes, str(spec.counts)))
         params = ExpressionParams(n_genes=config.n_genes, selection=config.selection, normalisation=config.normalisation, min_counts=config.min_counts)
-        adata, info = build_expression(counts.X, counts.spot_ids, counts.genes, params, source=str(spec.counts))
-        adata.uns["section"] = spec.name
+        adata, info = build_expression_sections(parts, params)
         with store.write(sid, "expression.h5ad") as tmp:
             adata.write_h5ad(tmp)
         version = digest_arrays(adata.X, extra={"genes": list(adata.var_names), "params": params.__dict__})

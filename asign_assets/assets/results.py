@@ -40,7 +40,7 @@ class ModelConfig(dg.Config):
     code_version="1",
     kinds={"torch"},
     deps=[graph_3d, embeddings, tiles, expression, registrations],
-    description="MSAGNet + Cross-Layer Imputation trained on the measured section with random known masks; "
+    description="MSAGNet + Cross-Layer Imputation trained on the measured sections with random known masks; "
     "checkpoint, config and training curves. Runs in the `gpu` pool; requests a GPU on Kubernetes.",
 )
 def model(context: dg.AssetExecutionContext, config: ModelConfig, storage: StorageResource, device: DeviceResource) -> dg.MaterializeResult:
@@ -87,7 +87,7 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, storage: Stora
 
 @gpu_asset(
     group_name="results",
-    code_version="2",
+    code_version="3",
     kinds={"anndata", "zarr"},
     deps=[model, graph_3d, embeddings, tiles, expression, registrations, sections, raw_inputs],
     description="The imputed 3D volume: every spot of every section (AnnData .h5ad and .zarr, one gene per zarr chunk), "
@@ -126,18 +126,19 @@ def imputed_volume(context: dg.AssetExecutionContext, storage: StorageResource, 
 
 @sample_asset(
     group_name="results",
-    code_version="2",
+    code_version="3",
     kinds={"parquet"},
     deps=[imputed_volume, graph_3d, embeddings, tiles, expression, registrations, raw_inputs, raw_truth],
     check_specs=[dg.AssetCheckSpec(EVAL_CHECK, asset="evaluation", description="ASIGN's pooled gene_pcc is at least every baseline's.")],
     description="Held-out metrics (mse, mae, spot_pcc, spot_pcc_z, gene_pcc, gene_pcc_hvg50) of ASIGN and the baselines "
-    "(mean, overlap, similarity, gauss_knn, image_2d) on sections with truth, ASIGN's uncertainty metrics "
+    "(mean, overlap, similarity, gauss_knn, image_2d) on unmeasured sections with truth, each with its distance to the "
+    "nearest measured section (dz_nearest_um), ASIGN's uncertainty metrics "
     "(unc_spearman, unc_spearman_all, coverage_80) and per-gene PCC (evaluation_genes.parquet). The only asset that reads truth.",
 )
 def evaluation(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
     import anndata as ad
 
-    from asign_assets.evaluation import evaluate_sample
+    from asign_assets.evaluation import evaluate_sample, section_rows
     from asign_assets.metrics import markdown_table
 
     store, sid = sample_io(context, storage)
@@ -173,11 +174,14 @@ def evaluation(context: dg.AssetExecutionContext, storage: StorageResource) -> d
     unc_md = md_table(unc.pivot(on="metric", index="section", values="value").to_dicts()) if unc.height else "_no uncertainty layer_"
     log_progress(context, "pooled metrics:\n" + md + "\nuncertainty (asign):\n" + unc_md)
     scored = table.filter((pl.col("metric") == "genes_scored") & (pl.col("method") == "asign")) if table.height else table
+    per_section = section_rows(table) if table.height else []
+    per_md = md_table(per_section, ".4g") if per_section else ""
     scored_md = md_table([{"section": r["section"], "genes_scored": int(r["value"])} for r in scored.iter_rows(named=True)]) if scored.height else ""
     return dg.MaterializeResult(
         metadata={
             "pooled": dg.MetadataValue.md(md),
             "uncertainty": dg.MetadataValue.md(unc_md),
+            "sections": dg.MetadataValue.md(per_md or "_none_"),  # asign per section, with dz_nearest_um
             "evaluated_spots": int(len(ev.rows)),
             "genes_scored": dg.MetadataValue.md(scored_md or "_none_"),
             "path": path_meta(store, sid, "evaluation.parquet"),

@@ -5,8 +5,9 @@ Their data versions are content digests of the registered manifest's files
 everything downstream stale, and a truth edit makes only `evaluation` stale.
 """
 
+import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +41,24 @@ def _observe(context: dg.OpExecutionContext, store: Storage, version_of: Callabl
     cache.save()
     if cache.hashed:
         context.log.info(f"hashed {len(cache.hashed)} changed or new file(s): {', '.join(p.name for p in cache.hashed[:8])}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", dg.BetaWarning)  # beta API used on purpose (see assets/__init__)
+    with _beta_sources():
         return dg.DataVersionsByPartition(versions)
 
 
+@contextlib.contextmanager
+def _beta_sources() -> Iterator[None]:
+    """Silences only the beta notices of `observable_source_asset` and `DataVersionsByPartition`:
+    Dagster 1.13 has no stable API for a source asset with observed per-partition data versions."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"(Function `observable_source_asset`|Class `DataVersionsByPartition`) is currently in beta", dg.BetaWarning)
+        yield
+
+
 def _source(name: str, description: str, version_of: Callable[[Manifest, FileDigestCache], str]) -> Any:
-    @dg.observable_source_asset(name=name, partitions_def=samples_partitions, group_name="ingest", description=description)
+    with _beta_sources():
+        decorator = dg.observable_source_asset(name=name, partitions_def=samples_partitions, group_name="ingest", description=description)
+
+    @decorator
     def observe(context: dg.OpExecutionContext, storage: StorageResource) -> dg.DataVersionsByPartition:
         return _observe(context, storage.get(), version_of)
 

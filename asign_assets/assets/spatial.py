@@ -20,7 +20,7 @@ DICE_CHECK = "registration_dice"
 
 
 class RegistrationConfig(dg.Config):
-    """Mask registration to the measured section (rigid multi-start, flips, neighbour chains)."""
+    """Mask registration to the reference measured section (rigid multi-start, flips, neighbour chains)."""
 
     working_um_per_px: float = RegistrationParams.working_um_per_px
     n_angles: int = 16  # fewer starts than the library default (36): enough for stacks of serial sections
@@ -49,7 +49,7 @@ class GraphConfig(dg.Config):
     deps=[sections],
     check_specs=[dg.AssetCheckSpec(DICE_CHECK, asset="registrations", blocking=True,
                                    description="Every section's tissue Dice after registration is at least 0.85.")],
-    description="Every section aligned to the measured section (SimpleITK), spots in a common 3D frame (um), "
+    description="Every section aligned to the reference measured section (the one nearest the stack's middle; SimpleITK), spots in a common 3D frame (um), "
     "per-section QC and an overlay PNG. Blocking check: Dice after registration >= 0.85.",
 )
 def registrations(context: dg.AssetExecutionContext, config: RegistrationConfig, storage: StorageResource) -> dg.MaterializeResult:
@@ -60,7 +60,7 @@ def registrations(context: dg.AssetExecutionContext, config: RegistrationConfig,
         sec_dir = store.local_path(sid, "sections")
         records = sections_lib.load_records(sec_dir)
         spots = sections_lib.load_spots(sec_dir)
-        ref = next(r.section_index for r in records if r.measured)
+        ref = sections_lib.reference_record(records).section_index
         masks = [sections_lib.load_mask(sec_dir, r.name) for r in records]
         mask_um = [r.pixel_size_um / r.thumb_scale for r in records]
         params = RegistrationParams(

@@ -55,7 +55,7 @@ def expression_volume(context: dg.AssetExecutionContext, config: VolumeConfig, s
         sec_dir = store.local_path(sid, "sections")
         records = sections_lib.load_records(sec_dir)
         code = obs["section"].cat.codes.to_numpy()  # categories are in record order (build_volume)
-        ref = next(i for i, r in enumerate(records) if r.measured)
+        ref = sections_lib.reference_record(records).section_index
         pitch = spot_pitch_um(xyz[code == ref, :2])
         grid = make_grid(xyz, [r.z_um for r in records], pitch, params)
         tdir = store.local_path(sid, "registrations") / "transforms"
