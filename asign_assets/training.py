@@ -446,9 +446,18 @@ def _propagate(op: PropagationOperator, y: Tensor, known: Tensor, basis: tuple[T
 
 
 def _graph_pitch(graph: Data, measured_idx: Tensor) -> float:
-    """Lattice pitch of the measured spots in the graph's common frame (1.0 without positions)."""
+    """Lattice pitch of the measured spots in the graph's common frame (1.0 without positions):
+    the median of each measured section's own pitch, since spots of two registered sections
+    pooled together lie closer than either lattice."""
     pos = getattr(graph, "pos", None)
-    return 1.0 if pos is None else lattice_pitch(pos[measured_idx, :2].double().numpy())
+    if pos is None:
+        return 1.0
+    xy = pos[measured_idx, :2].double().numpy()
+    section = getattr(graph, "section", None)
+    if section is None:
+        return lattice_pitch(xy)
+    sec = section[measured_idx].numpy()
+    return float(np.median([lattice_pitch(xy[sec == s]) for s in np.unique(sec)]))
 
 
 def _aux(prop: Tensor, known: Tensor, base: Tensor | None, params: TrainParams) -> Tensor | None:

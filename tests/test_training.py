@@ -339,3 +339,19 @@ def test_shifted_regime_learns_from_displaced_copies(stack):
     ev = (g.section != 1).numpy()
     assert gene_pcc(out["blend"][ev], y.numpy()[ev]) > 0.6
     assert res.params.regime == "shifted" and len(res.curves) >= 1
+
+
+def test_graph_pitch_is_one_sections_lattice_with_several_measured_sections():
+    """Two measured sections registered with a small offset: pooled, their spots lie ~15 um
+    apart; the pitch that blocks and dz edges use must stay the 100 um lattice."""
+    from torch_geometric.data import Data
+
+    from asign_assets.training import _graph_pitch, lattice_pitch
+
+    g = np.stack(np.meshgrid(np.arange(8.0), np.arange(8.0)), -1).reshape(-1, 2) * 100.0
+    xy = np.concatenate([g, g + 15.0])
+    section = torch.tensor([0] * len(g) + [1] * len(g))
+    graph = Data(pos=torch.tensor(np.c_[xy, np.zeros(len(xy))]), section=section, num_nodes=len(xy))
+    measured = torch.arange(len(xy))
+    assert lattice_pitch(xy) == pytest.approx(np.hypot(15, 15))  # what pooling gave
+    assert _graph_pitch(graph, measured) == pytest.approx(100.0)
