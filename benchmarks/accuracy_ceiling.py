@@ -247,7 +247,7 @@ def main() -> None:
     ap.add_argument("--dlpfc", type=Path, default=ROOT / ".." / "shared" / "data" / "dlpfc")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/asign_patient_c_cache"), help="benchmarks/patient_c_eval.py cache")
     ap.add_argument("--dlpfc-work", type=Path, help="work folder of benchmarks/dlpfc_eval.py --work (optional)")
-    ap.add_argument("--config", default="programmes+denoise", help="accuracy_report configuration to compare with")
+    ap.add_argument("--config", default="stop10", help="accuracy_report configuration to compare with")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "accuracy_ceiling.md")
     args = ap.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)

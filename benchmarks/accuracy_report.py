@@ -392,7 +392,7 @@ def report(results: dict[str, pl.DataFrame], times: dict[str, pl.DataFrame], pre
         "",
         dz_blend_table(results[final]),
         "",
-        "## Item 5: several measured sections (library level)",
+        "## Item 5: several measured sections (library chain; the pipeline accepts them too)",
         "",
         "`train_model`/`impute` take measured spots from any number of sections; the benchmark stacks the",
         "measured sections' counts over their common genes and normalises them together. Distances use the",
@@ -437,7 +437,7 @@ def main() -> None:
                     help="hand-written discussion appended to the report")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "accuracy.md")
     ap.add_argument("--dlpfc-work", type=Path, help="work folder of benchmarks/dlpfc_eval.py --work (inputs reused)")
-    ap.add_argument("--dlpfc-configs", nargs="*", default=["before", "regime", "denoise", "programmes", FINAL, "all"])
+    ap.add_argument("--dlpfc-configs", nargs="*", default=["before", "regime", "denoise", "programmes", "programmes+denoise", "all", FINAL, "stop10+ens2", "shifted", "shifted+stop10"])
     ap.add_argument("--item4", action="store_true", help="measure the nuclear features (benchmarks/nuclei_features.py)")
     ap.add_argument("--multi", action="store_true", help="item 5: C2+C6 measured vs C4 alone")
     args = ap.parse_args()
