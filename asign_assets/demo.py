@@ -162,8 +162,9 @@ def _lattice(cfg: DemoConfig, frame_um: float, rng: np.random.Generator) -> np.n
     return xy + rng.uniform(0, pitch, size=2)
 
 
-def _render(tissue: LatentTissue, canon_xyz: np.ndarray, inside: np.ndarray, rng: np.random.Generator, px_um: float) -> np.ndarray:
-    """Beer-Lambert H&E rendering from tissue-type weights and random nuclei."""
+def _render(tissue: LatentTissue, canon_xyz: np.ndarray, inside: np.ndarray, rng: np.random.Generator, px_um: float, stain: float = 1.0) -> np.ndarray:
+    """Beer-Lambert H&E rendering from tissue-type weights and random nuclei; ``stain`` scales
+    the optical density (slides stained in different batches are lighter or darker)."""
     h, w = inside.shape
     # In row blocks: the [h, w, k, n_freq] intermediates of a 3000 px image would be ~3.5 GB.
     weights = np.concatenate([tissue.type_weights(canon_xyz[r : r + 256]) for r in range(0, h, 256)])  # [h, w, k]
@@ -177,7 +178,7 @@ def _render(tissue: LatentTissue, canon_xyz: np.ndarray, inside: np.ndarray, rng
     eosin = eosin * (1 - 0.8 * (adipose > 0.5) * (rng.random((h, w)) < 0.7))
     eosin = ndimage.gaussian_filter(eosin.astype(np.float32), 1.0)
     haem = inside * (0.08 + 0.9 * nuclei)
-    od = haem[..., None] * _H_OD + eosin[..., None] * _E_OD
+    od = stain * (haem[..., None] * _H_OD + eosin[..., None] * _E_OD)
     rgb = 245.0 * np.exp(-od) + rng.normal(0, 3.0, size=(h, w, 3))
     # A faint background gradient and a little dust, as on real slides.
     yy = np.linspace(0, 1, h)[:, None, None]
@@ -233,7 +234,11 @@ def make_demo_stack(out_dir: str | Path, config: DemoConfig = DemoConfig(), samp
         canon = _to_canonical(own_xy, pose, cfg.deformation_um, extent)
         canon_xyz = np.concatenate([canon, np.full(canon.shape[:-1] + (1,), z)], axis=-1)
         inside = tissue.inside(canon_xyz)
-        rgb = _render(tissue, canon_xyz, inside, rng, px)
+        # Stain strength from its own stream, so poses and counts stay those of the seed. Without
+        # it, two of many sections with similar poses gave near-identical images, which the
+        # inputs check rightly refuses (real serial sections differ by 10+ grey levels).
+        stain = float(np.random.default_rng([cfg.seed, 0x57A1, i]).uniform(0.8, 1.2))
+        rgb = _render(tissue, canon_xyz, inside, rng, px, stain)
         img_path = out / "images" / f"{name}.jpg"
         Image.fromarray(rgb).save(img_path, quality=cfg.jpeg_quality)
 
