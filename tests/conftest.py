@@ -21,22 +21,28 @@ def her2st_or_skip() -> Path:
 def patient_c_run(tmp_path_factory):
     """HER2ST patient C (C2..C6, C4 measured, truth on the others) through the whole asset
     graph once per session: (storage, sample id, in-process result). Skips without the data."""
-    import dagster as dg
-
-    from asign_assets.definitions import build_definitions
     from asign_assets.her2st import manifest_from_her2st
     from asign_assets.manifest import load_manifest
-    from asign_assets.storage import Storage
 
     data = her2st_or_skip()
     tmp = tmp_path_factory.mktemp("patient_c")
     path, _ = manifest_from_her2st(data, "C", ["C2", "C3", "C4", "C5", "C6"], "C4", with_truth=True, out=tmp / "c.yaml")
-    manifest = load_manifest(path)
-    store = Storage(tmp / "home")
+    return run_full_sample(load_manifest(path), tmp / "home")
+
+
+def run_full_sample(manifest, home):
+    """Register ``manifest`` under ``home`` and run the whole asset graph in process:
+    (storage, sample id, Dagster result)."""
+    import dagster as dg
+
+    from asign_assets.definitions import build_definitions
+    from asign_assets.storage import Storage
+
+    store = Storage(home)
     store.register(manifest)
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("samples", [manifest.sample_id])
-    defs = build_definitions(storage_root=str(tmp / "home"), device="cpu")
+    defs = build_definitions(storage_root=str(home), device="cpu")
     result = defs.resolve_job_def("full_sample").execute_in_process(partition_key=manifest.sample_id, instance=instance, raise_on_error=False)
     return store, manifest.sample_id, result
 

@@ -31,13 +31,9 @@ def test_patient_c_two_measured_sections_beat_one(patient_c_run, tmp_path, monke
     import io
     from pathlib import Path
 
-    import dagster as dg
-
     from asign_assets.cli import main
-    from asign_assets.definitions import build_definitions
     from asign_assets.manifest import load_manifest
-    from asign_assets.storage import Storage
-    from conftest import her2st_or_skip
+    from conftest import her2st_or_skip, run_full_sample
 
     data = her2st_or_skip()
     buf = io.StringIO()
@@ -47,12 +43,7 @@ def test_patient_c_two_measured_sections_beat_one(patient_c_run, tmp_path, monke
     assert rc == 0
     manifest = load_manifest(Path(buf.getvalue().strip().splitlines()[-1]))
     assert [s.name for s in manifest.measured_sections] == ["C2", "C6"]
-    store = Storage(tmp_path / "home")
-    store.register(manifest)
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("samples", [manifest.sample_id])
-    defs = build_definitions(storage_root=str(tmp_path / "home"), device="cpu")
-    result = defs.resolve_job_def("full_sample").execute_in_process(partition_key=manifest.sample_id, instance=instance, raise_on_error=False)
+    store, _, result = run_full_sample(manifest, tmp_path / "home")
     assert result.success
 
     def per_section(st, sid) -> dict[str, tuple[float, float]]:
