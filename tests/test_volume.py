@@ -7,6 +7,7 @@ import pytest
 import SimpleITK as sitk
 import zarr
 
+from asign_assets.assets.volume import MIN_AGREEMENT
 from asign_assets.volume import (
     VolumeGrid,
     VolumeParams,
@@ -186,7 +187,7 @@ def test_expression_volume_asset(materialised_small):
     assert o.attrs["unit"] == a.uns["normalisation"]["normalisation"] == "log1p_cp10k"
     assert [s["name"] for s in o.attrs["sections"]] == list(a.obs["section"].cat.categories)
     r = spot_agreement(o.levels[0][:], o.grid, a.obsm["spatial_3d"], np.asarray(a.X))
-    assert np.nanmedian(r) >= 0.9
+    assert np.nanmedian(r) >= MIN_AGREEMENT
     checks = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
               for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
     assert checks["volume_reproduces_spots"] is True

@@ -14,7 +14,10 @@ from asign_assets.assets.spatial import registrations
 from asign_assets.volume import VolumeParams
 
 AGREEMENT_CHECK = "volume_reproduces_spots"
-MIN_AGREEMENT = 0.9
+# A voxel at half-pitch spacing mixes up to ~20% of the neighbouring spots into a spot's value
+# (Gaussian, sigma 0.3 pitch), so rough fields agree less: small synthetic stacks score 0.88-0.91,
+# HER2ST patient C 0.975. A gridding bug (swapped axes, a wrong section plane) scores near 0.
+MIN_AGREEMENT = 0.85
 
 
 class VolumeConfig(dg.Config):
