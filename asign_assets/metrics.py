@@ -58,9 +58,12 @@ def rowwise_pcc(a, b):
     a = a - a.mean(axis=-1, keepdims=True)
     b = b - b.mean(axis=-1, keepdims=True)
     num = (a * b).sum(axis=-1)
-    den = ((a * a).sum(axis=-1) * (b * b).sum(axis=-1)) ** 0.5
+    prod = (a * a).sum(axis=-1) * (b * b).sum(axis=-1)
     scale = max(1.0, abs(num).max().item()) if num.shape[0] else 1.0
-    ok = den > _EPS * scale
+    ok = prod > (_EPS * scale) ** 2
+    # 1e-30 under the root (float32 holds it; it moves a kept row's root by < 1e-6): a constant
+    # row (prod 0) must not give 0/0 in torch's backward of sqrt, which would NaN every gradient
+    den = (prod + 1e-30) ** 0.5
     r = num / (den + ~ok)
     r[~ok] = 0.0
     return r

@@ -118,3 +118,19 @@ def test_uncertainty_metrics_ignore_nan_truth_and_measure_ranking_and_coverage()
     pooled = tab.filter((tab["section"] == "pooled") & (tab["metric"] == "coverage_80"))["value"][0]
     per = tab.filter((tab["section"] != "pooled") & (tab["metric"] == "coverage_80"))["value"].mean()
     assert pooled == pytest.approx(per)
+
+
+def test_rowwise_pcc_gradient_is_finite_for_a_constant_target_row():
+    """Training's loss calls rowwise_pcc on tensors: a gene constant over the loss spots (all
+    zero in a sparse Visium batch) scores 0 and must not turn every gradient into NaN."""
+    import torch
+
+    from asign_assets.metrics import rowwise_pcc
+
+    pred = torch.randn(5, 30, requires_grad=True)
+    y = torch.randn(5, 30)
+    y[2] = 1.0
+    r = rowwise_pcc(pred, y)
+    assert float(r[2]) == 0.0
+    r.mean().backward()
+    assert torch.isfinite(pred.grad).all() and float(pred.grad[0].abs().sum()) > 0
