@@ -204,6 +204,54 @@ def test_receptive_pruning_keeps_outputs(stack, blocks):
     torch.testing.assert_close(part, full, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_node_pruning_keeps_outputs_and_aligns_aux(stack, blocks):
+    """Validation's subgraph: a few output spots keep their predictions (with per-node aux
+    inputs, which must follow the kept nodes) after dropping the nodes no kept edge touches."""
+    from asign_assets.msagnet import MSAGNet
+    from asign_assets.training import _forward, _make_sub, _prune_nodes, _receptive
+
+    g, emb, remb, gemb, y, meas = stack
+    torch.manual_seed(1)
+    n = int(g.num_nodes)
+    sub = _make_sub(g, torch.arange(n), remb.shape[0], gemb.shape[0])
+    G = y.shape[1]
+    model = MSAGNet(emb.shape[1], G, 16, 2, blocks, aux_dim=G + 1, region_dim=remb.shape[1], global_dim=gemb.shape[1]).eval()
+    torch.nn.init.normal_(model.head_spot[1].weight)
+    xs, xr, xg = ModelInputs(g, emb, remb, gemb, y[meas], meas).standardised()
+    aux = torch.randn(n, G + 1)
+    out_local = meas[::7]
+    rec = _receptive(sub, out_local, blocks)
+    pruned, out_new, keep = _prune_nodes(rec, out_local)
+    assert pruned.nodes.numel() < n  # a real reduction on this stack
+    torch.testing.assert_close(pruned.nodes[out_new], sub.nodes[out_local], rtol=0, atol=0)
+    with torch.no_grad():
+        ref = _forward(model, rec, xs, xr, xg, aux, None, CPU, out_local)["spot"]
+        got = _forward(model, pruned, xs, xr, xg, aux[keep], None, CPU, out_new)["spot"]
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_parallel_members_equal_sequential_members(stack, ensemble_trained):
+    """Members trained in worker processes are the members trained one after another."""
+    from asign_assets.training import available_cores, member_workers
+
+    g, emb, remb, gemb, y, meas = stack
+    seq, _ = ensemble_trained
+    assert member_workers(replace(ENS, workers=2), 3, 10, CPU) == 2 and member_workers(ENS, 1, 10**6, CPU) == 1
+    assert member_workers(ENS, 3, 100, CPU) == 1  # small neighbourhoods stay in process
+    assert member_workers(ENS, 3, 10**6, CPU) == min(available_cores(), 3)
+    assert member_workers(ENS, 3, 10**6, torch.device("cuda")) == 1  # one accelerator: members in turn
+    par = train_model(ModelInputs(g, emb, remb, gemb, y[meas], meas), replace(ENS, workers=2), CPU)
+    for a, b in zip([seq.model_state] + [m["model_state"] for m in seq.extra_members],
+                    [par.model_state] + [m["model_state"] for m in par.extra_members]):
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
+    assert par.member_best_epochs == seq.member_best_epochs
+    assert par.config["member_processes"] == 2 and seq.config["member_processes"] == 1
+    for key in ("model", "blend", "sigma"):
+        torch.testing.assert_close(par.calibration[key], seq.calibration[key], rtol=0, atol=0)
+
+
 def test_uncertainty_scaled_to_out_of_fold_error_and_zero_at_known_spots():
     from asign_assets.training import residual_sigma, uncertainty_from_spread
 

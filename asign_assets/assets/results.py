@@ -32,6 +32,7 @@ class ModelConfig(dg.Config):
     ridge_rank: Optional[int] = None  # image ridge targets: -1 rank by leave-one-out PCC, 0 raw, r > 0 fixed
     mask: Literal["preset", "random", "blocked"] = "preset"  # known masks / validation folds ("preset": the preset's)
     regime: Literal["preset", "in_section", "shifted"] = "preset"  # labels from the section itself or a shifted copy (training.TrainParams.regime)
+    workers: Optional[int] = None  # processes the ensemble members train in (None/0: one per core on CPU for large stacks; 1: this process)
 
 
 @gpu_asset(
@@ -71,6 +72,7 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, storage: Stora
             "device": str(dev),
             "epochs_run": len(result.curves),
             "ensemble_members": len(members),
+            "member_processes": int(result.config.get("member_processes", 1)),
             "best_epoch": int(result.best_epoch),
             "best_val_gene_pcc": float(last.get("val_gene_pcc", float("nan"))),
             "train_seconds": float(round(result.seconds, 2)),
