@@ -60,9 +60,9 @@ neighbourhood, not with the stack. Low-rank sources propagate as their r basis c
 (7.3k nodes, 250 genes, r = 7) one propagation went from 0.52 s to a few ms, and the ridge
 rank search (one design SVD, GCV in the SVD basis) from ~16 s to ~3 s. What remains is
 epochs x members x one forward/backward over the measured section's neighbourhood. On CPU,
-members of neighbourhoods of at least ``PARALLEL_MIN_NODES`` spots train in parallel worker
-processes, one per core (:func:`member_workers`; same states as one after another): on the
-100k benchmark (25.5k-spot neighbourhood, 3 members, 2 cores) 362 -> 238 s. Validation
+members of neighbourhoods of at least ``PARALLEL_MIN_NODES`` spots train at once in worker
+processes (:func:`member_workers`; the same states as one after another): on the 100k
+benchmark (25.5k-spot neighbourhood, 3 members, 2 cores) 362 -> ~240 s. Validation
 runs on the validation spots' own pruned subgraph (:func:`_prune_nodes`).
 
 Inference: ALL measured spots are known; propagation runs over the whole graph (sparse),
@@ -155,8 +155,9 @@ class TrainParams:
     # ridge's leave-one-out per-gene PCC on the measured spots (baselines.choose_ridge_rank)
     ridge_rank: int = -1
     # ensemble members trained in this many worker processes (identical results, members are
-    # seeded alike); 0: automatic, one per available core on CPU for neighbourhoods of at least
-    # ``PARALLEL_MIN_NODES`` spots (below that, starting a process costs more than it saves)
+    # seeded alike); 0: automatic (member_workers: all members at once on a multi-core CPU for
+    # neighbourhoods of at least PARALLEL_MIN_NODES spots; below that a process start costs
+    # more than it saves); 1: in this process
     workers: int = 0
 
 
@@ -755,17 +756,21 @@ PARALLEL_MIN_NODES = 5000
 def member_workers(params: TrainParams, n_members: int, n_nodes: int, device: torch.device) -> int:
     """Processes to train ``n_members`` members in (1: in this process).
 
-    Automatic (``params.workers == 0``): one per available CPU core, on CPU only (one
-    accelerator is not shared by processes here) and only for neighbourhoods of at least
-    :data:`PARALLEL_MIN_NODES` spots.
+    Automatic (``params.workers == 0``), on CPU only (one accelerator is not shared by
+    processes here), with at least two cores and for neighbourhoods of at least
+    :data:`PARALLEL_MIN_NODES` spots: every member at once, up to two per core. Members are
+    single-threaded and stop at different epochs, so with 3 members on 2 cores, running
+    all three (the system shares the cores) beats two then one, where the last member runs
+    alone on one core: 3 members of the 100k benchmark, 2 cores, 253 s against 281 s.
     """
     if n_members <= 1:
         return 1
     if params.workers > 0:
         return min(params.workers, n_members)
-    if device.type != "cpu" or n_nodes < PARALLEL_MIN_NODES:
+    cores = available_cores()
+    if device.type != "cpu" or n_nodes < PARALLEL_MIN_NODES or cores < 2:
         return 1
-    return max(1, min(available_cores(), n_members))
+    return min(n_members, 2 * cores)
 
 
 def available_cores() -> int:

@@ -239,7 +239,7 @@ def test_parallel_members_equal_sequential_members(stack, ensemble_trained):
     seq, _ = ensemble_trained
     assert member_workers(replace(ENS, workers=2), 3, 10, CPU) == 2 and member_workers(ENS, 1, 10**6, CPU) == 1
     assert member_workers(ENS, 3, 100, CPU) == 1  # small neighbourhoods stay in process
-    assert member_workers(ENS, 3, 10**6, CPU) == min(available_cores(), 3)
+    assert member_workers(ENS, 3, 10**6, CPU) == (3 if available_cores() >= 2 else 1)
     assert member_workers(ENS, 3, 10**6, torch.device("cuda")) == 1  # one accelerator: members in turn
     par = train_model(ModelInputs(g, emb, remb, gemb, y[meas], meas), replace(ENS, workers=2), CPU)
     for a, b in zip([seq.model_state] + [m["model_state"] for m in seq.extra_members],
