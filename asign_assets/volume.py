@@ -230,12 +230,12 @@ def spot_agreement(volume: np.ndarray, grid: VolumeGrid, xyz_um: np.ndarray, val
 def spearman_columns(a: np.ndarray, b: np.ndarray, block: int = 16) -> np.ndarray:
     """Spearman correlation of each column of ``a`` with the same column of ``b`` (NaN:
     constant), ``block`` columns at a time (ranks of a 100k x 250 matrix would take ~1 GB)."""
-    from scipy.stats import rankdata
+    from asign_assets.metrics import average_ranks
 
     out = np.empty(np.shape(a)[1])
     for g0 in range(0, len(out), block):
-        ra = rankdata(np.asarray(a[:, g0 : g0 + block]), axis=0)
-        rb = rankdata(np.asarray(b[:, g0 : g0 + block]), axis=0)
+        ra = average_ranks(np.asarray(a[:, g0 : g0 + block]), axis=0)
+        rb = average_ranks(np.asarray(b[:, g0 : g0 + block]), axis=0)
         ra -= ra.mean(0)
         rb -= rb.mean(0)
         den = np.sqrt((ra * ra).sum(0) * (rb * rb).sum(0))
