@@ -107,13 +107,19 @@ def _quantiles(x: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
         pos = q * (n - 1)
         lo = int(np.floor(pos))
         ks.append((lo, min(lo + 1, n - 1), pos - lo))
-    if x.device.type == "cpu":  # introselect (O(n)) beats a full sort several-fold
-        part = np.partition(x.contiguous().numpy(), sorted({k for lo, hi, _ in ks for k in (lo, hi)}), axis=-1)
-        s = torch.from_numpy(part)
+    if x.device.type == "cpu":  # numpy's SIMD sort: ~8x np.partition's introselect, ~20x torch.sort
+        s = torch.from_numpy(np.sort(x.contiguous().numpy(), axis=-1))
     else:
         s, _ = torch.sort(x, dim=-1)
     out = [torch.lerp(s[..., lo], s[..., hi], torch.tensor(w, dtype=s.dtype)) if w else s[..., lo] for lo, hi, w in ks]
     return torch.stack(out)
+
+
+def _std(y: torch.Tensor, keepdim: bool = False) -> torch.Tensor:
+    """Unbiased std over the last dim as a centred sum of squares: ``Tensor.std`` equals it
+    to float rounding but was most of the encoder's CPU time (~6x slower on [256, 3136])."""
+    d = y - y.mean(-1, keepdim=True)
+    return (d * d).sum(-1, keepdim=keepdim).div_(y.shape[-1] - 1).sqrt_()
 
 
 def _sobel_laplace(zp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -182,7 +188,7 @@ class HistologyEncoder:
         n = x.shape[0]
         feats: list[torch.Tensor] = []
         flat = x.flatten(2)
-        feats += [flat.mean(-1), flat.std(-1)]
+        feats += [flat.mean(-1), _std(flat)]
         # Colour deconvolution exactly as skimage.color.rgb2hed.
         od = torch.log(x.clamp_min(1e-6)) / float(np.log(1e-6))  # [N,3,h,w]
         hed = torch.einsum("nchw,cd->ndhw", od, self._m).clamp_min(0)
@@ -191,7 +197,7 @@ class HistologyEncoder:
         sub = hflat[..., ::step]  # quantiles on a regular subsample of ~2k pixels (speed)
         q = _quantiles(sub, (0.1, 0.5, 0.9))  # [3,N,3], as torch.quantile (linear) but one sort
         for c in range(3):
-            feats += [hflat[:, c].mean(-1, keepdim=True), hflat[:, c].std(-1, keepdim=True), q[:, :, c].T]
+            feats += [hflat[:, c].mean(-1, keepdim=True), _std(hflat[:, c], keepdim=True), q[:, :, c].T]
         od_sum = -torch.log(x.clamp_min(1.0 / 255.0)).sum(1)  # [N,h,w]
         feats.append((od_sum > 0.15).float().flatten(1).mean(-1, keepdim=True))
         h = hed[:, :1]
@@ -210,14 +216,14 @@ class HistologyEncoder:
                 gx, gy, lp = _sobel_laplace(zp)  # slicing, not 1-channel conv2d (much faster on CPU)
                 g = torch.sqrt(gx * gx + gy * gy + 1e-12).flatten(1)
                 lp = lp.abs().flatten(1)
-                feats += [g.mean(-1, keepdim=True), g.std(-1, keepdim=True), lp.mean(-1, keepdim=True), z.flatten(1).std(-1, keepdim=True)]
+                feats += [g.mean(-1, keepdim=True), _std(g, keepdim=True), lp.mean(-1, keepdim=True), _std(z.flatten(1), keepdim=True)]
         for img in (lum, h):
             for lag in (1, 4):
                 a = img[..., :, :-lag].flatten(1)
                 b = img[..., :, lag:].flatten(1)
                 a = a - a.mean(-1, keepdim=True)
                 b = b - b.mean(-1, keepdim=True)
-                r = (a * b).mean(-1) / (a.std(-1) * b.std(-1) + 1e-6)
+                r = (a * b).mean(-1) / (_std(a) * _std(b) + 1e-6)
                 feats.append(r.unsqueeze(-1))
         hf = h.flatten(1)
         feats += [(hf > t).float().mean(-1, keepdim=True) for t in self.H_LEVELS]
