@@ -25,24 +25,29 @@ Anything outside the image is padded with white.
 Patches are read as windows from a :class:`asign_assets.slide.Slide` (batch by batch, at
 the pyramid level matching each patch's stored resolution), so a whole-slide TIFF is
 never held in memory; a JPEG is decoded once and windows are slices of it.
+:func:`write_stack_tiles` does a stack's sections on a few threads, one decoded image per thread.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from asign_assets.errors import InputError
+from asign_assets.parallel import map_sections
 from asign_assets.slide import Slide
 
 if TYPE_CHECKING:  # pragma: no cover
     import zarr
 
-__all__ = ["TILE_LEVELS", "TileParams", "auto_spot_downsample", "write_section_tiles"]
+__all__ = ["TILE_LEVELS", "TileParams", "SectionImage", "auto_spot_downsample", "write_section_tiles", "write_stack_tiles"]
 
 TileLevel = Literal["spot", "region", "global"]
 TILE_LEVELS: tuple[TileLevel, ...] = ("spot", "region", "global")
@@ -231,3 +236,60 @@ def write_section_tiles(
     group.attrs.update(meta)
     meta["seconds"] = round(time.perf_counter() - t0, 3)
     return meta
+
+
+@dataclass(frozen=True)
+class SectionImage:
+    """One section to tile: its group name, image file, spot centres [N, 2] (own px) and um/px."""
+
+    name: str
+    image: Path
+    xy_px: np.ndarray
+    pixel_size_um: float
+
+
+def write_stack_tiles(
+    root: "zarr.Group",
+    sections: Sequence[SectionImage],
+    params: TileParams = TileParams(),
+    workers: int = 1,
+    on_section: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """:func:`write_section_tiles` for every section into ``root/<name>``, ``workers`` sections at
+    a time (threads, see :mod:`asign_assets.parallel`); each section's image is opened,
+    tiled and closed by one worker, so at most ``workers`` decoded images are held at once.
+
+    The arrays are the same bytes whatever ``workers`` is. Returns one row per section
+    (input order): section, spots, pyramid_levels, region/global tile counts, started_s
+    (after the call) and seconds (its own wall time); ``on_section`` gets each row in the
+    calling thread as its section finishes. A failure (e.g. an ``InputError`` naming the
+    image) stops the sections not yet started and is re-raised.
+    """
+    groups = [root.create_group(sec.name) for sec in sections]  # in order, from this thread
+
+    def one(i: int) -> tuple[dict, int]:
+        sec = sections[i]
+        with Slide(sec.image) as slide:
+            meta = write_section_tiles(slide, sec.xy_px, sec.pixel_size_um, groups[i], params, source=str(sec.image))
+            levels = len(slide.levels)
+        gc.collect()  # the decoded image goes now, before this worker opens its next one
+        return meta, levels
+
+    rows: list[dict] = [{} for _ in sections]
+
+    def done(i: int, result: tuple[dict, int], started: float, seconds: float) -> None:
+        meta, levels = result
+        rows[i] = {
+            "section": sections[i].name,
+            "spots": int(meta["n_spots"]),
+            "pyramid_levels": levels,
+            "region_tiles": int(meta["n_region"]),
+            "global_tiles": int(meta["n_global"]),
+            "started_s": round(started, 2),
+            "seconds": round(seconds, 2),
+        }
+        if on_section is not None:
+            on_section(rows[i])
+
+    map_sections(one, range(len(sections)), workers, on_result=done)
+    return rows
