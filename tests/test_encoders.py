@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import zarr
-from skimage.color import rgb2hed
+from skimage.color import hed_from_rgb, rgb2hed
 
 from asign_assets.encoders import (
     IMAGENET_MEAN,
@@ -143,3 +143,79 @@ def test_embed_tiles_writes_standardised_features(tmp_path):
     np.testing.assert_allclose(raw["A/spot"][:], enc.encode(tiles["A/spot"][:]), rtol=1e-5, atol=1e-6)
     with pytest.raises(InputError, match="no tiles"):
         embed_tiles(tiles, out, ["A", "Z"], enc)
+
+
+def test_histology_fast_statistics_equal_plain_torch_formulas():
+    """The centred-sum std and the numpy-sort quantiles give what ``Tensor.std`` and
+    ``torch.quantile`` give, on H&E-like tiles and on a near-constant bright tile (where a
+    one-pass variance would lose digits)."""
+    from asign_assets.encoders import _quantiles, _std
+
+    rng = np.random.default_rng(3)
+    y = torch.from_numpy(np.r_[rng.uniform(0, 1, (5, 3136)), 0.9 + rng.normal(0, 1e-3, (1, 3136))].astype(np.float32))
+    np.testing.assert_allclose(_std(y), y.std(-1), rtol=1e-5)
+    assert _std(y, keepdim=True).shape == (6, 1)
+    qs = (0.1, 0.5, 0.9)
+    np.testing.assert_allclose(_quantiles(y, qs), torch.quantile(y, torch.tensor(qs), dim=-1), rtol=1e-6)
+
+    enc = HistologyEncoder(CPU)
+    tiles = np.concatenate([_tiles(n=8, size=56, seed=1), np.full((1, 56, 56, 3), (250, 248, 251), np.uint8)])
+    f = enc.encode(tiles)
+    col = {n: i for i, n in enumerate(enc.feature_names)}
+    x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255.0
+    od = torch.log(x.clamp_min(1e-6)) / float(np.log(1e-6))
+    hed = torch.einsum("nchw,cd->ndhw", od, torch.tensor(hed_from_rgb, dtype=torch.float32)).clamp_min(0)
+    lum = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+    ref = {
+        **{f"rgb_std_{c}": x[:, i].flatten(1).std(-1) for i, c in enumerate("rgb")},
+        **{f"{c}_std": hed[:, i].flatten(1).std(-1) for i, c in enumerate("hed")},
+        **{f"{c}_p{int(q * 100)}": torch.quantile(hed[:, i].flatten(1), q, dim=-1) for i, c in enumerate("hed") for q in qs},
+        "lum_s1_std": lum.flatten(1).std(-1),
+        "lum_s2_std": F.avg_pool2d(lum, 2).flatten(1).std(-1),
+        "h_s4_std": F.avg_pool2d(hed[:, :1] * 4.0, 4).flatten(1).std(-1),
+    }
+    for lag in (1, 4):
+        a, b = lum[..., :, :-lag].flatten(1), lum[..., :, lag:].flatten(1)
+        a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
+        ref[f"lum_acorr_{lag}"] = (a * b).mean(-1) / (a.std(-1) * b.std(-1) + 1e-6)
+    for name, r in ref.items():
+        np.testing.assert_allclose(f[:, col[name]], r.numpy(), rtol=1e-5, atol=1e-7, err_msg=name)
+    assert f[1:-1, col["h_std"]].min() > 0.01  # the tiles are not degenerate
+    assert f[-1, col["rgb_std_r"]] == 0 and f[-1, col["h_std"]] == 0  # a constant tile: exactly 0, as Tensor.std
+
+
+def test_embed_tiles_on_worker_threads_equal_sequential_bytes(tmp_path):
+    tiles = zarr.open_group(str(tmp_path / "tiles.zarr"), mode="w")
+    for k, name in enumerate("ABC"):
+        _write_tiles(tiles, name, k + 1)
+    enc = HistologyEncoder(CPU)
+    metas = {}
+    for workers in (1, 3):
+        out = zarr.open_group(str(tmp_path / f"w{workers}.zarr"), mode="w")
+        seen = []
+        metas[workers] = embed_tiles(tiles, out, ["C", "A", "B"], enc, batch_size=5, workers=workers, on_section=lambda s, r: seen.append(s))
+        assert sorted(seen) == ["A", "B", "C"]
+    files = {w: {str(p.relative_to(tmp_path / f"w{w}.zarr")): p.read_bytes() for p in sorted((tmp_path / f"w{w}.zarr").rglob("*")) if p.is_file()} for w in (1, 3)}
+    assert len(files[1]) >= 9 and files[1] == files[3]
+    assert list(metas[3]["sections"]) == ["C", "A", "B"]  # input order, not completion order
+    assert {s: (m["n_spot"], m["n_region"]) for s, m in metas[1]["sections"].items()} == {s: (m["n_spot"], m["n_region"]) for s, m in metas[3]["sections"].items()}
+    assert all(m["started_s"] >= 0 and m["seconds"] > 0 for m in metas[3]["sections"].values())
+
+
+def test_embed_tiles_worker_error_surfaces_unchanged(tmp_path):
+    """An encoder failing on one section's tiles stops the stage with its own error."""
+    tiles = zarr.open_group(str(tmp_path / "tiles.zarr"), mode="w")
+    for k, name in enumerate("AB"):
+        _write_tiles(tiles, name, k + 1)
+    enc = HistologyEncoder(CPU)
+    bad_first = tiles["B/spot"][:1]
+
+    class Picky(HistologyEncoder):
+        def encode(self, t):
+            if np.array_equal(t[:1], bad_first):
+                raise InputError("model.pt", "refuses section B")
+            return enc.encode(t)
+
+    out = zarr.open_group(str(tmp_path / "emb.zarr"), mode="w")
+    with pytest.raises(InputError, match="model.pt.*refuses section B"):
+        embed_tiles(tiles, out, ["A", "B"], Picky(CPU), batch_size=64, workers=2)
