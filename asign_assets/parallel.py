@@ -1,21 +1,26 @@
-"""Sections processed concurrently on a few worker threads (the `tiles` and `embeddings` stages).
+"""Sections processed concurrently in a few worker processes (the `tiles` and `embeddings` stages).
 
-Threads, not processes: a section's work is Pillow decoding and resizing, numpy sorts, torch
-ops and zarr codecs, which all release the GIL, so two threads keep two cores busy without
-pickling tiles or images between processes, and a daemonic worker (Celery prefork) can run
-them too. Each worker handles one section at a time, so at most ``workers`` sections (e.g.
-decoded section images) are in memory at once.
+Processes, not threads: most of a section's tiling time is zarr's chunk pipeline, which runs
+as Python coroutines on ONE event-loop thread per process (with the GIL), so threads in one
+process queue behind it; worker processes each have their own loop and GIL. They are
+*spawned* (a forked child would inherit zarr's loop without its thread, and torch's state),
+so ``fn`` and the items must pickle (module-level functions, ``functools.partial``), and
+errors cross back pickled (:class:`asign_assets.errors.InputError` does). A daemonic process
+(a Celery prefork worker) cannot have children: there the sections run one by one. Each
+worker handles one section at a time, so at most ``workers`` sections (e.g. decoded section
+images) are in memory at once.
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from typing import TypeVar
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from typing import Any, TypeVar
 
-__all__ = ["MAX_AUTO_WORKERS", "available_cpus", "resolve_workers", "map_sections"]
+__all__ = ["MAX_AUTO_WORKERS", "available_cpus", "can_start_workers", "local_group_path", "resolve_workers", "map_sections"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -31,13 +36,26 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def can_start_workers() -> bool:
+    """False in a daemonic process (Celery prefork, multiprocessing pools), which may not have children."""
+    return not mp.current_process().daemon
+
+
 def resolve_workers(workers: int | None, n_items: int) -> int:
-    """``workers`` threads for ``n_items`` sections: ``None`` or 0 is automatic
-    (min(available CPUs, sections, MAX_AUTO_WORKERS)); never more than the sections; at least 1."""
+    """``workers`` processes for ``n_items`` sections: ``None`` or 0 is automatic
+    (min(available CPUs, sections, MAX_AUTO_WORKERS)); never more than the sections; at
+    least 1; 1 where this process cannot start workers (see :func:`can_start_workers`)."""
     if workers is not None and workers < 0:
         raise ValueError(f"workers must be >= 0 (0 or None: automatic), got {workers}")
     want = workers or min(available_cpus(), MAX_AUTO_WORKERS)
-    return max(1, min(want, n_items))
+    return max(1, min(want, n_items)) if can_start_workers() else 1
+
+
+def _timed(fn: Callable[[Any], Any], x: Any) -> tuple[Any, float, float]:
+    """``fn(x)``, its start on the system-wide monotonic clock (comparable across processes) and its seconds."""
+    t0 = time.monotonic()
+    r = fn(x)
+    return r, t0, time.monotonic() - t0
 
 
 def map_sections(
@@ -46,42 +64,35 @@ def map_sections(
     workers: int = 1,
     on_result: Callable[[int, R, float, float], None] | None = None,
 ) -> list[R]:
-    """``[fn(x) for x in items]`` on ``workers`` threads, results in input order.
+    """``[fn(x) for x in items]`` in ``workers`` spawned processes, results in input order.
 
-    ``on_result(index, result, started_s, seconds)`` runs in the calling thread as each item
-    finishes (completion order), e.g. to log progress: the item started ``started_s`` after
-    this call and took ``seconds`` of wall time (with workers > 1 the items overlap, so their
-    seconds add up to more than the call's wall time).
-    The first failure cancels the items not yet started, waits for the running ones and is
-    re-raised unchanged (the earliest failed item in input order), so an ``InputError``
-    naming a file reaches the caller exactly as in a sequential loop. ``workers=1`` runs in
-    the calling thread.
+    ``on_result(index, result, started_s, seconds)`` runs in the calling process as each
+    item finishes (completion order), e.g. to log progress: the item started ``started_s``
+    after this call and took ``seconds`` of wall time (with workers > 1 items overlap, so
+    their seconds add up to more than the call's wall time). The first failure cancels the
+    items not yet started, waits for the running ones and is re-raised (the earliest failed
+    item in input order), so an ``InputError`` naming a file reaches the caller as in a
+    sequential loop. ``workers=1``, one item, or a daemonic caller: a loop in this process.
     """
-
-    t_call = time.perf_counter()
-
-    def timed(x: T) -> tuple[R, float, float]:
-        t0 = time.perf_counter()
-        r = fn(x)
-        return r, t0 - t_call, time.perf_counter() - t0
-
-    if workers <= 1 or len(items) <= 1:
+    t_call = time.monotonic()
+    if workers <= 1 or len(items) <= 1 or not can_start_workers():
         out = []
         for i, x in enumerate(items):
-            r, started, dt = timed(x)
+            r, t0, dt = _timed(fn, x)
             if on_result is not None:
-                on_result(i, r, started, dt)
+                on_result(i, r, t0 - t_call, dt)
             out.append(r)
         return out
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="asign-section") as pool:
-        futures: list[Future[tuple[R, float, float]]] = [pool.submit(timed, x) for x in items]
+    with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=mp.get_context("spawn")) as pool:
+        futures: list[Future[tuple[R, float, float]]] = [pool.submit(_timed, fn, x) for x in items]
         index = {f: i for i, f in enumerate(futures)}
         try:
             for f in as_completed(futures):
                 if f.exception() is not None:
                     break
                 if on_result is not None:
-                    on_result(index[f], *f.result())
+                    r, t0, dt = f.result()
+                    on_result(index[f], r, t0 - t_call, dt)
         finally:  # on a failure (or Ctrl-C): drop the items not started; leaving `with` waits for the running ones
             for f in futures:
                 f.cancel()
@@ -89,3 +100,12 @@ def map_sections(
         if not f.cancelled() and f.exception() is not None:
             raise f.exception()  # type: ignore[misc]
     return [f.result()[0] for f in futures]
+
+
+def local_group_path(group: Any) -> str | None:
+    """Filesystem path of a zarr group in a local store (where a worker process reopens it),
+    or None for other stores (memory, remote), whose sections then run in this process."""
+    root = getattr(group.store, "root", None)
+    if root is None or not os.path.isdir(root):
+        return None
+    return os.path.join(str(root), group.path) if group.path else str(root)

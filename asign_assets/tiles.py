@@ -25,7 +25,7 @@ Anything outside the image is padded with white.
 Patches are read as windows from a :class:`asign_assets.slide.Slide` (batch by batch, at
 the pyramid level matching each patch's stored resolution), so a whole-slide TIFF is
 never held in memory; a JPEG is decoded once and windows are slices of it.
-:func:`write_stack_tiles` does a stack's sections on a few threads, one decoded image per thread.
+:func:`write_stack_tiles` does a stack's sections in a few worker processes, one decoded image each.
 """
 
 from __future__ import annotations
@@ -35,13 +35,14 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from asign_assets.errors import InputError
-from asign_assets.parallel import map_sections
+from asign_assets.parallel import local_group_path, map_sections
 from asign_assets.slide import Slide
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -248,6 +249,19 @@ class SectionImage:
     pixel_size_um: float
 
 
+def _tile_section(root: "str | zarr.Group", params: TileParams, sec: SectionImage) -> tuple[dict, int]:
+    """One section into ``root/<name>`` (a group path when run in a worker process), image
+    opened and closed here; returns its metadata and the image's pyramid level count."""
+    import zarr
+
+    group = (zarr.open_group(root, mode="r+") if isinstance(root, str) else root)[sec.name]
+    with Slide(sec.image) as slide:
+        meta = write_section_tiles(slide, sec.xy_px, sec.pixel_size_um, group, params, source=str(sec.image))
+        levels = len(slide.levels)
+    gc.collect()  # the decoded image goes now, before this worker opens its next one
+    return meta, levels
+
+
 def write_stack_tiles(
     root: "zarr.Group",
     sections: Sequence[SectionImage],
@@ -256,25 +270,19 @@ def write_stack_tiles(
     on_section: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """:func:`write_section_tiles` for every section into ``root/<name>``, ``workers`` sections at
-    a time (threads, see :mod:`asign_assets.parallel`); each section's image is opened,
-    tiled and closed by one worker, so at most ``workers`` decoded images are held at once.
+    a time (worker processes, see :mod:`asign_assets.parallel`; a root outside the local
+    filesystem runs here); each section's image is opened, tiled and closed by one worker, so
+    at most ``workers`` decoded images are held at once.
 
-    The arrays are the same bytes whatever ``workers`` is. Returns one row per section
+    The files are the same bytes whatever ``workers`` is. Returns one row per section
     (input order): section, spots, pyramid_levels, region/global tile counts, started_s
     (after the call) and seconds (its own wall time); ``on_section`` gets each row in the
-    calling thread as its section finishes. A failure (e.g. an ``InputError`` naming the
+    calling process as its section finishes. A failure (e.g. an ``InputError`` naming the
     image) stops the sections not yet started and is re-raised.
     """
-    groups = [root.create_group(sec.name) for sec in sections]  # in order, from this thread
-
-    def one(i: int) -> tuple[dict, int]:
-        sec = sections[i]
-        with Slide(sec.image) as slide:
-            meta = write_section_tiles(slide, sec.xy_px, sec.pixel_size_um, groups[i], params, source=str(sec.image))
-            levels = len(slide.levels)
-        gc.collect()  # the decoded image goes now, before this worker opens its next one
-        return meta, levels
-
+    for sec in sections:  # in order, from this process; workers only fill them
+        root.create_group(sec.name)
+    where = local_group_path(root) if workers > 1 else None
     rows: list[dict] = [{} for _ in sections]
 
     def done(i: int, result: tuple[dict, int], started: float, seconds: float) -> None:
@@ -291,5 +299,5 @@ def write_stack_tiles(
         if on_section is not None:
             on_section(rows[i])
 
-    map_sections(one, range(len(sections)), workers, on_result=done)
+    map_sections(partial(_tile_section, where or root, params), list(sections), workers if where else 1, on_result=done)
     return rows
