@@ -9,7 +9,9 @@ exported model (e.g. a pathology foundation model) from a local file.
 from __future__ import annotations
 
 import hashlib
+import pickle
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 from skimage.color import hed_from_rgb
 
 from asign_assets.errors import InputError
-from asign_assets.parallel import map_sections
+from asign_assets.parallel import local_group_path, map_sections
 
 if TYPE_CHECKING:  # pragma: no cover
     import zarr
@@ -327,6 +329,41 @@ def _standardise(f: np.ndarray) -> np.ndarray:
     return ((f - mu) / sd).astype(np.float32)
 
 
+def _embed_section(
+    tiles_root: "str | zarr.Group", out_root: "str | zarr.Group", encoder: Encoder, batch_size: int, standardise: bool, threads: int, sec: str
+) -> dict:
+    """One section's three levels encoded into a new group ``out_root/<sec>`` (roots are
+    paths in a worker process, which runs torch on ``threads`` intra-op threads)."""
+    import zarr
+
+    if isinstance(tiles_root, str):
+        torch.set_num_threads(threads)
+        tiles_root, out_root = zarr.open_group(tiles_root, mode="r"), zarr.open_group(out_root, mode="r+")
+    src = tiles_root[sec]
+    feats: dict[str, np.ndarray] = {}
+    for level in LEVELS:
+        arr = src[level]
+        n = arr.shape[0]
+        out = np.zeros((n, encoder.dim), dtype=np.float32)
+        for b0 in range(0, n, batch_size):
+            b1 = min(n, b0 + batch_size)
+            out[b0:b1] = encoder.encode(np.asarray(arr[b0:b1]))
+        feats[level] = _standardise(out) if standardise else out
+    grp = out_root.require_group(sec)
+    for level, f in feats.items():
+        a = grp.create_array(level, shape=f.shape, dtype=np.float32, chunks=(max(1, min(f.shape[0], 4096)), max(1, f.shape[1])), overwrite=True)
+        a[...] = f
+    return {f"n_{level}": int(f.shape[0]) for level, f in feats.items()}
+
+
+def _picklable(obj: object) -> bool:
+    try:
+        pickle.dumps(obj)
+    except Exception:  # TorchScript modules, open handles: whatever cannot travel to a worker
+        return False
+    return True
+
+
 def embed_tiles(
     tiles_root: "zarr.Group",
     out_root: "zarr.Group",
@@ -341,35 +378,23 @@ def embed_tiles(
 
     With ``standardise`` each feature is z-scored within each section and level, which
     removes per-section staining/scanner offsets before cross-section similarity.
-    ``workers`` sections are encoded at once on threads (:mod:`asign_assets.parallel`;
-    torch's intra-op threads are per worker); the features are the same bytes whatever
-    ``workers`` is. ``on_section(name, row)`` gets each section's row in the calling thread
-    as it finishes; ``started_s``/``seconds`` in a row are its start after the call and its
-    own wall time (overlapping when ``workers`` > 1).
+    ``workers`` sections are encoded at once in worker processes (:mod:`asign_assets.parallel`),
+    each with this process's torch thread count; only for a CPU encoder that pickles and
+    local zarr roots (else one by one here). The features are the same bytes whatever
+    ``workers`` is. ``on_section(name, row)`` gets each section's row in the calling
+    process; ``started_s``/``seconds`` in a row are its start after the call and its own
+    wall time (overlapping when ``workers`` > 1).
     """
     missing = [s for s in sections if s not in tiles_root or any(lv not in tiles_root[s] for lv in LEVELS)]
     if missing:
         raise InputError("tiles.zarr", f"no tiles for section(s) {missing}")
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    groups = [out_root.require_group(sec) for sec in sections]  # in order, from this thread
-
-    def one(i: int) -> dict:
-        src = tiles_root[sections[i]]
-        feats: dict[str, np.ndarray] = {}
-        for level in LEVELS:
-            arr = src[level]
-            n = arr.shape[0]
-            out = np.zeros((n, encoder.dim), dtype=np.float32)
-            for b0 in range(0, n, batch_size):
-                b1 = min(n, b0 + batch_size)
-                out[b0:b1] = encoder.encode(np.asarray(arr[b0:b1]))
-            feats[level] = _standardise(out) if standardise else out
-        for level, f in feats.items():
-            a = groups[i].create_array(level, shape=f.shape, dtype=np.float32, chunks=(max(1, min(f.shape[0], 4096)), max(1, f.shape[1])), overwrite=True)
-            a[...] = f
-        return {f"n_{level}": int(f.shape[0]) for level, f in feats.items()}
-
+    src, dst = (local_group_path(tiles_root), local_group_path(out_root)) if workers > 1 else (None, None)
+    on_cpu = getattr(encoder, "device", torch.device("cpu")).type == "cpu"
+    if not (src and dst and on_cpu and _picklable(encoder)):
+        workers, src, dst = 1, None, None
+    fn = partial(_embed_section, src or tiles_root, dst or out_root, encoder, batch_size, standardise, torch.get_num_threads())
     per_section: dict[str, dict] = {}
 
     def done(i: int, counts: dict, started: float, seconds: float) -> None:
@@ -377,7 +402,7 @@ def embed_tiles(
         if on_section is not None:
             on_section(sections[i], per_section[sections[i]])
 
-    map_sections(one, range(len(sections)), workers, on_result=done)
+    map_sections(fn, sections, workers, on_result=done)
     out_root.attrs.update(
         {
             "encoder": encoder.name,

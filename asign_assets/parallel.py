@@ -1,26 +1,29 @@
 """Sections processed concurrently in a few worker processes (the `tiles` and `embeddings` stages).
 
-Processes, not threads: most of a section's tiling time is zarr's chunk pipeline, which runs
-as Python coroutines on ONE event-loop thread per process (with the GIL), so threads in one
-process queue behind it; worker processes each have their own loop and GIL. They are
-*spawned* (a forked child would inherit zarr's loop without its thread, and torch's state),
-so ``fn`` and the items must pickle (module-level functions, ``functools.partial``), and
-errors cross back pickled (:class:`asign_assets.errors.InputError` does). A daemonic process
-(a Celery prefork worker) cannot have children: there the sections run one by one. Each
-worker handles one section at a time, so at most ``workers`` sections (e.g. decoded section
-images) are in memory at once.
+Processes, not threads: measured on one section of the 100k benchmark, zarr's chunk
+pipeline keeps its own event-loop thread busy for 1.2 of the 2.5 s a section's tiles take
+(Python coroutines, with the GIL), and there is one such loop per process, so threads in one
+process queue behind it; worker processes each have their own loop and GIL. Workers are
+:mod:`asign_assets.process_jobs` processes (``python -m``: the caller's ``__main__`` is not
+re-run, no fork after torch started threads, and a daemonic Celery worker may start them).
+Sections are dealt round-robin into ``workers`` jobs, each doing its sections one after
+another, so a worker's start-up (importing torch and the package, ~2-3 s) is paid once per
+worker, not per section, and at most ``workers`` sections (e.g. decoded section images) are
+in memory at once. ``fn`` and the items must pickle (module-level functions,
+``functools.partial``).
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
+import pickle
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from typing import Any, TypeVar
 
-__all__ = ["MAX_AUTO_WORKERS", "available_cpus", "can_start_workers", "local_group_path", "resolve_workers", "map_sections"]
+from asign_assets.errors import InputError
+
+__all__ = ["MAX_AUTO_WORKERS", "available_cpus", "local_group_path", "resolve_workers", "map_sections"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -36,26 +39,35 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def can_start_workers() -> bool:
-    """False in a daemonic process (Celery prefork, multiprocessing pools), which may not have children."""
-    return not mp.current_process().daemon
-
-
 def resolve_workers(workers: int | None, n_items: int) -> int:
     """``workers`` processes for ``n_items`` sections: ``None`` or 0 is automatic
-    (min(available CPUs, sections, MAX_AUTO_WORKERS)); never more than the sections; at
-    least 1; 1 where this process cannot start workers (see :func:`can_start_workers`)."""
+    (min(available CPUs, sections, MAX_AUTO_WORKERS)); never more than the sections; at least 1."""
     if workers is not None and workers < 0:
         raise ValueError(f"workers must be >= 0 (0 or None: automatic), got {workers}")
     want = workers or min(available_cpus(), MAX_AUTO_WORKERS)
-    return max(1, min(want, n_items)) if can_start_workers() else 1
+    return max(1, min(want, n_items))
 
 
-def _timed(fn: Callable[[Any], Any], x: Any) -> tuple[Any, float, float]:
-    """``fn(x)``, its start on the system-wide monotonic clock (comparable across processes) and its seconds."""
+def _run(fn: Callable[[Any], Any], i: int, x: Any) -> tuple[int, Any, InputError | None, float, float]:
+    """``fn(x)`` as (index, result, InputError or None, start on the system-wide monotonic clock, seconds)."""
     t0 = time.monotonic()
-    r = fn(x)
-    return r, t0, time.monotonic() - t0
+    try:
+        r, err = fn(x), None
+    except InputError as exc:  # a user's bad input travels back as a value; anything else fails the job
+        r, err = None, exc
+    return i, r, err, t0, time.monotonic() - t0
+
+
+def _job(payload: bytes) -> bytes:
+    """A worker's share of the sections (``process_jobs`` entry point), one after another,
+    stopping at the first bad input."""
+    fn, pairs = pickle.loads(payload)
+    out = []
+    for i, x in pairs:
+        out.append(_run(fn, i, x))
+        if out[-1][2] is not None:
+            break
+    return pickle.dumps(out)
 
 
 def map_sections(
@@ -64,42 +76,40 @@ def map_sections(
     workers: int = 1,
     on_result: Callable[[int, R, float, float], None] | None = None,
 ) -> list[R]:
-    """``[fn(x) for x in items]`` in ``workers`` spawned processes, results in input order.
+    """``[fn(x) for x in items]`` in ``workers`` worker processes, results in input order.
 
-    ``on_result(index, result, started_s, seconds)`` runs in the calling process as each
-    item finishes (completion order), e.g. to log progress: the item started ``started_s``
-    after this call and took ``seconds`` of wall time (with workers > 1 items overlap, so
-    their seconds add up to more than the call's wall time). The first failure cancels the
-    items not yet started, waits for the running ones and is re-raised (the earliest failed
-    item in input order), so an ``InputError`` naming a file reaches the caller as in a
-    sequential loop. ``workers=1``, one item, or a daemonic caller: a loop in this process.
+    ``on_result(index, result, started_s, seconds)`` runs in the calling process for each
+    item (in this process as each finishes; with workers, in start order once all are
+    done): the item started ``started_s`` after this call and took ``seconds`` of wall time
+    (with workers > 1 items overlap, so their seconds add up to more than the call's wall
+    time). An ``InputError`` from an item is re-raised here unchanged (the earliest item in
+    input order that failed) after the workers stopped; other failures raise
+    ``process_jobs.JobError`` with the worker's stderr. ``workers=1`` or one item: a loop in
+    this process.
     """
     t_call = time.monotonic()
-    if workers <= 1 or len(items) <= 1 or not can_start_workers():
+    if workers <= 1 or len(items) <= 1:
         out = []
         for i, x in enumerate(items):
-            r, t0, dt = _timed(fn, x)
+            _, r, err, t0, dt = _run(fn, i, x)
+            if err is not None:
+                raise err
             if on_result is not None:
                 on_result(i, r, t0 - t_call, dt)
             out.append(r)
         return out
-    with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=mp.get_context("spawn")) as pool:
-        futures: list[Future[tuple[R, float, float]]] = [pool.submit(_timed, fn, x) for x in items]
-        index = {f: i for i, f in enumerate(futures)}
-        try:
-            for f in as_completed(futures):
-                if f.exception() is not None:
-                    break
-                if on_result is not None:
-                    r, t0, dt = f.result()
-                    on_result(index[f], r, t0 - t_call, dt)
-        finally:  # on a failure (or Ctrl-C): drop the items not started; leaving `with` waits for the running ones
-            for f in futures:
-                f.cancel()
-    for f in futures:
-        if not f.cancelled() and f.exception() is not None:
-            raise f.exception()  # type: ignore[misc]
-    return [f.result()[0] for f in futures]
+    from asign_assets.process_jobs import run_in_processes
+
+    n_jobs = min(workers, len(items))
+    payloads = [pickle.dumps((fn, [(i, items[i]) for i in range(k, len(items), n_jobs)])) for k in range(n_jobs)]
+    done = sorted((row for o in run_in_processes("asign_assets.parallel:_job", payloads, n_jobs) for row in pickle.loads(o)), key=lambda row: row[0])
+    errors = [err for _, _, err, _, _ in done if err is not None]
+    if errors:
+        raise errors[0]
+    if on_result is not None:
+        for i, r, _, t0, dt in sorted(done, key=lambda row: row[3]):
+            on_result(i, r, t0 - t_call, dt)
+    return [r for _, r, _, _, _ in done]
 
 
 def local_group_path(group: Any) -> str | None:

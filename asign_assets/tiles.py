@@ -250,11 +250,11 @@ class SectionImage:
 
 
 def _tile_section(root: "str | zarr.Group", params: TileParams, sec: SectionImage) -> tuple[dict, int]:
-    """One section into ``root/<name>`` (a group path when run in a worker process), image
-    opened and closed here; returns its metadata and the image's pyramid level count."""
+    """One section into a new group ``root/<name>`` (``root`` is a path in a worker process),
+    its image opened and closed here; returns its metadata and the image's pyramid level count."""
     import zarr
 
-    group = (zarr.open_group(root, mode="r+") if isinstance(root, str) else root)[sec.name]
+    group = (zarr.open_group(root, mode="r+") if isinstance(root, str) else root).create_group(sec.name)
     with Slide(sec.image) as slide:
         meta = write_section_tiles(slide, sec.xy_px, sec.pixel_size_um, group, params, source=str(sec.image))
         levels = len(slide.levels)
@@ -277,11 +277,9 @@ def write_stack_tiles(
     The files are the same bytes whatever ``workers`` is. Returns one row per section
     (input order): section, spots, pyramid_levels, region/global tile counts, started_s
     (after the call) and seconds (its own wall time); ``on_section`` gets each row in the
-    calling process as its section finishes. A failure (e.g. an ``InputError`` naming the
-    image) stops the sections not yet started and is re-raised.
+    calling process (see :func:`asign_assets.parallel.map_sections` for when). An
+    ``InputError`` (e.g. naming an image) is re-raised unchanged.
     """
-    for sec in sections:  # in order, from this process; workers only fill them
-        root.create_group(sec.name)
     where = local_group_path(root) if workers > 1 else None
     rows: list[dict] = [{} for _ in sections]
 

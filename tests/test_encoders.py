@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -184,11 +187,16 @@ def test_histology_fast_statistics_equal_plain_torch_formulas():
     assert f[-1, col["rgb_std_r"]] == 0 and f[-1, col["h_std"]] == 0  # a constant tile: exactly 0, as Tensor.std
 
 
-def test_embed_tiles_on_worker_threads_equal_sequential_bytes(tmp_path):
+def test_embed_tiles_in_worker_processes_equal_sequential_bytes(tmp_path, monkeypatch):
     tiles = zarr.open_group(str(tmp_path / "tiles.zarr"), mode="w")
     for k, name in enumerate("ABC"):
         _write_tiles(tiles, name, k + 1)
     enc = HistologyEncoder(CPU)
+    import asign_assets.process_jobs as PJ
+
+    pool_calls = []
+    run = PJ.run_in_processes
+    monkeypatch.setattr(PJ, "run_in_processes", lambda func, payloads, workers: pool_calls.append(workers) or run(func, payloads, workers))
     metas = {}
     for workers in (1, 3):
         out = zarr.open_group(str(tmp_path / f"w{workers}.zarr"), mode="w")
@@ -196,26 +204,29 @@ def test_embed_tiles_on_worker_threads_equal_sequential_bytes(tmp_path):
         metas[workers] = embed_tiles(tiles, out, ["C", "A", "B"], enc, batch_size=5, workers=workers, on_section=lambda s, r: seen.append(s))
         assert sorted(seen) == ["A", "B", "C"]
     files = {w: {str(p.relative_to(tmp_path / f"w{w}.zarr")): p.read_bytes() for p in sorted((tmp_path / f"w{w}.zarr").rglob("*")) if p.is_file()} for w in (1, 3)}
-    assert len(files[1]) >= 9 and files[1] == files[3]
+    assert pool_calls == [3] and len(files[1]) >= 9 and files[1] == files[3]
     assert list(metas[3]["sections"]) == ["C", "A", "B"]  # input order, not completion order
     assert {s: (m["n_spot"], m["n_region"]) for s, m in metas[1]["sections"].items()} == {s: (m["n_spot"], m["n_region"]) for s, m in metas[3]["sections"].items()}
     assert all(m["started_s"] >= 0 and m["seconds"] > 0 for m in metas[3]["sections"].values())
 
 
-def test_embed_tiles_worker_error_surfaces_unchanged(tmp_path):
-    """An encoder failing on one section's tiles stops the stage with its own error."""
+class _RefusesBlankTiles(HistologyEncoder):
+    """Fails like a user's model that rejects an input (module level: it travels to workers)."""
+
+    def encode(self, tiles):
+        if (np.asarray(tiles) == 255).all(axis=(1, 2, 3)).any():
+            raise InputError("model.pt", "refuses blank tiles")
+        return super().encode(tiles)
+
+
+def test_embed_tiles_worker_error_surfaces_unchanged(tmp_path, monkeypatch):
+    """An encoder failing on one section's tiles in a worker stops the stage with its own error."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH", "")]))
     tiles = zarr.open_group(str(tmp_path / "tiles.zarr"), mode="w")
     for k, name in enumerate("AB"):
         _write_tiles(tiles, name, k + 1)
-    enc = HistologyEncoder(CPU)
-    bad_first = tiles["B/spot"][:1]
-
-    class Picky(HistologyEncoder):
-        def encode(self, t):
-            if np.array_equal(t[:1], bad_first):
-                raise InputError("model.pt", "refuses section B")
-            return enc.encode(t)
-
+    tiles["B/spot"][3] = 255
     out = zarr.open_group(str(tmp_path / "emb.zarr"), mode="w")
-    with pytest.raises(InputError, match="model.pt.*refuses section B"):
-        embed_tiles(tiles, out, ["A", "B"], Picky(CPU), batch_size=64, workers=2)
+    with pytest.raises(InputError) as err:
+        embed_tiles(tiles, out, ["A", "B"], _RefusesBlankTiles(CPU), batch_size=64, workers=2)
+    assert str(err.value) == "model.pt: refuses blank tiles"

@@ -1,12 +1,42 @@
+"""Sections in worker processes (asign_assets.parallel): order, timings, errors."""
+
 from __future__ import annotations
 
-import threading
+import os
 import time
+from functools import partial
+from pathlib import Path
 
 import pytest
 
 from asign_assets.errors import InputError
 from asign_assets.parallel import MAX_AUTO_WORKERS, available_cpus, map_sections, resolve_workers
+from asign_assets.process_jobs import JobError
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def tests_on_path(monkeypatch):
+    """Worker processes import the functions below from this module."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+
+
+def _square_in(pause: float, x: int) -> tuple[int, int]:
+    time.sleep(pause)
+    return x * x, os.getpid()
+
+
+def _check(x: int) -> int:
+    if x == 3:
+        raise InputError(f"S{x}.jpg", "cannot be decoded", field="image")
+    if x == 5:
+        raise InputError(f"S{x}.jpg", "also bad")
+    return x
+
+
+def _crash(x: int) -> int:
+    raise RuntimeError(f"bug on item {x}")
 
 
 def test_resolve_workers_automatic_and_bounded():
@@ -17,36 +47,24 @@ def test_resolve_workers_automatic_and_bounded():
         resolve_workers(-1, 5)
 
 
-def test_map_sections_keeps_input_order_and_uses_the_threads():
-    threads, lock = set(), threading.Lock()
-    finished = []
-
-    def slow_square(x: int) -> int:
-        with lock:
-            threads.add(threading.get_ident())
-        time.sleep(0.05 * (4 - x))  # later items finish first
-        return x * x
-
-    out = map_sections(slow_square, [0, 1, 2, 3], workers=4, on_result=lambda i, r, started, s: finished.append((i, r, s)))
-    assert out == [0, 1, 4, 9]
-    assert [i for i, _, _ in finished] == [3, 2, 1, 0]  # completion order, reported from the calling thread
-    assert all(r == i * i and s >= 0.04 for i, r, s in finished)
-    assert len(threads) == 4 and threading.get_ident() not in threads
-    assert map_sections(slow_square, [2, 3], workers=1) == [4, 9]
+def test_map_sections_in_worker_processes_keeps_input_order(tests_on_path):
+    seen = []
+    t0 = time.monotonic()
+    out = map_sections(partial(_square_in, 0.3), list(range(5)), workers=2, on_result=lambda i, r, started, s: seen.append((i, started, s)))
+    wall = time.monotonic() - t0
+    assert [r for r, _ in out] == [0, 1, 4, 9, 16]
+    pids = {pid for _, pid in out}
+    assert len(pids) == 2 and os.getpid() not in pids  # two workers, each doing its share
+    assert sorted(i for i, _, _ in seen) == [0, 1, 2, 3, 4]
+    assert all(0 <= started < wall and 0.29 < s < wall for _, started, s in seen)
+    assert map_sections(partial(_square_in, 0.0), [2, 3], workers=1)[1] == (9, os.getpid())
 
 
-def test_map_sections_error_stops_unstarted_items_and_is_reraised_unchanged():
-    started = []
-    lock = threading.Lock()
-
-    def work(x: int) -> int:
-        with lock:
-            started.append(x)
-        if x == 1:
-            raise InputError(f"S{x}.jpg", "cannot be decoded")
-        time.sleep(0.2)
-        return x
-
-    with pytest.raises(InputError, match=r"S1\.jpg.*cannot be decoded"):
-        map_sections(work, list(range(8)), workers=2)
-    assert 1 in started and len(started) <= 4  # the failure cancelled the items still queued
+def test_map_sections_reraises_the_first_input_error_unchanged(tests_on_path):
+    with pytest.raises(InputError) as err:
+        map_sections(_check, list(range(8)), workers=3)
+    assert err.value.source == "S3.jpg" and err.value.field == "image" and str(err.value) == "S3.jpg: field 'image': cannot be decoded"
+    with pytest.raises(InputError, match="S3.jpg"):  # the same in this process
+        map_sections(_check, list(range(8)), workers=1)
+    with pytest.raises(JobError, match="bug on item"):  # a bug is not dressed up as bad input
+        map_sections(_crash, [1, 2], workers=2)

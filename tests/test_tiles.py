@@ -171,8 +171,13 @@ def _stack_images(tmp_path, n=3):
     return out
 
 
-def test_stack_tiles_on_worker_threads_equal_sequential_bytes(tmp_path):
+def test_stack_tiles_in_worker_processes_equal_sequential_bytes(tmp_path, monkeypatch):
+    import asign_assets.process_jobs as PJ
     from asign_assets.tiles import write_stack_tiles
+
+    pool_calls = []
+    run = PJ.run_in_processes
+    monkeypatch.setattr(PJ, "run_in_processes", lambda func, payloads, workers: pool_calls.append(workers) or run(func, payloads, workers))
 
     jobs = _stack_images(tmp_path)
     params = TileParams(spot_size=32, spot_um_per_px=1.0, region_size=64, global_size=128, region_downsample=2, global_downsample=4, batch=16)
@@ -182,7 +187,7 @@ def test_stack_tiles_on_worker_threads_equal_sequential_bytes(tmp_path):
         seen = []
         rows[workers] = write_stack_tiles(root, jobs, params, workers, on_section=seen.append)
         done[workers] = sorted(r["section"] for r in seen)
-    assert done[1] == done[3] == ["S0", "S1", "S2"]
+    assert pool_calls == [3] and done[1] == done[3] == ["S0", "S1", "S2"]
     seq, par = _tree(tmp_path / "w1.zarr"), _tree(tmp_path / "w3.zarr")
     assert len(seq) > 10 and seq.keys() == par.keys()
     assert all(seq[k] == par[k] for k in seq), [k for k in seq if seq[k] != par[k]]

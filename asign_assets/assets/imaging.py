@@ -26,7 +26,7 @@ class TilesConfig(dg.Config):
     region_downsample: int = TileParams.region_downsample
     global_downsample: int = TileParams.global_downsample
     spot_downsample: Optional[int] = None  # None: automatic (never store patches finer than the finest scan)
-    workers: Optional[int] = None  # sections tiled at once (threads, one decoded image each); None: min(CPUs, sections, 4); 1: one by one
+    workers: Optional[int] = None  # sections tiled at once (worker processes, one decoded image each); None: min(CPUs, sections, 4); 1: one by one
 
 
 class EmbeddingsConfig(dg.Config):
@@ -35,8 +35,8 @@ class EmbeddingsConfig(dg.Config):
     encoder: str = "histology"
     batch_size: int = 256
     standardise: bool = True
-    threads: Optional[int] = 1  # torch intra-op threads per worker (1 avoids oversubscription next to other steps; None: torch's default)
-    workers: Optional[int] = None  # sections encoded at once (threads); None: min(CPUs, sections, 4); 1: one by one
+    threads: Optional[int] = 1  # torch intra-op threads, in each worker (1 avoids oversubscription next to other steps; None: torch's default)
+    workers: Optional[int] = None  # sections encoded at once (worker processes; CPU encoders that pickle); None: min(CPUs, sections, 4); 1: one by one
 
 
 @sample_asset(group_name="imaging", code_version="1", kinds={"zarr"}, deps=[sections, raw_inputs])
