@@ -383,7 +383,7 @@ def embed_tiles(
     local zarr roots (else one by one here). The features are the same bytes whatever
     ``workers`` is. ``on_section(name, row)`` gets each section's row in the calling
     process; ``started_s``/``seconds`` in a row are its start after the call and its own
-    wall time (overlapping when ``workers`` > 1).
+    wall time (overlapping when ``workers`` > 1); ``workers`` in the result is the number used.
     """
     missing = [s for s in sections if s not in tiles_root or any(lv not in tiles_root[s] for lv in LEVELS)]
     if missing:
@@ -417,5 +417,6 @@ def embed_tiles(
         "version": encoder.version,
         "dim": int(encoder.dim),
         "standardised": bool(standardise),
+        "workers": workers,
         "sections": {sec: per_section[sec] for sec in sections},
     }

@@ -206,6 +206,12 @@ def test_embed_tiles_in_worker_processes_equal_sequential_bytes(tmp_path, monkey
     files = {w: {str(p.relative_to(tmp_path / f"w{w}.zarr")): p.read_bytes() for p in sorted((tmp_path / f"w{w}.zarr").rglob("*")) if p.is_file()} for w in (1, 3)}
     assert pool_calls == [3] and len(files[1]) >= 9 and files[1] == files[3]
     assert list(metas[3]["sections"]) == ["C", "A", "B"]  # input order, not completion order
+    assert metas[1]["workers"] == 1 and metas[3]["workers"] == 3
+    # a TorchScript model does not travel to workers: encoded here, one section at a time
+    torch.jit.script(_Tiny().eval()).save(str(tmp_path / "tiny.pt"))
+    ts = get_encoder(f"torchscript:{tmp_path / 'tiny.pt'}", CPU, input_size=24)
+    meta = embed_tiles(tiles, zarr.open_group(str(tmp_path / "ts.zarr"), mode="w"), ["A", "B"], ts, workers=3, standardise=False)
+    assert meta["workers"] == 1 and pool_calls == [3]
     assert {s: (m["n_spot"], m["n_region"]) for s, m in metas[1]["sections"].items()} == {s: (m["n_spot"], m["n_region"]) for s, m in metas[3]["sections"].items()}
     assert all(m["started_s"] >= 0 and m["seconds"] > 0 for m in metas[3]["sections"].values())
 

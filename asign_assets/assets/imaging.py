@@ -134,7 +134,7 @@ def embeddings(context: dg.AssetExecutionContext, config: EmbeddingsConfig, stor
             "encoder": f"{encoder.name} v{encoder.version}",
             "dim": int(encoder.dim),
             "device": str(dev),
-            "workers": workers,
+            "workers": meta["workers"],  # 1 where the encoder cannot go to worker processes (GPU, TorchScript)
             "encoding_seconds": round(wall, 2),  # wall time; the sections' seconds add up to more when they overlap
             "sections": dg.MetadataValue.md(md_table(rows, ".2f")) if rows else "",
             "path": path_meta(store, sid, "embeddings.zarr"),
