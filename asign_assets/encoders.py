@@ -22,6 +22,7 @@ from skimage.color import hed_from_rgb
 
 from asign_assets.errors import InputError
 from asign_assets.parallel import local_group_path, map_sections
+from asign_assets.tiles import zarr_batched
 
 if TYPE_CHECKING:  # pragma: no cover
     import zarr
@@ -347,7 +348,9 @@ def _embed_section(
         out = np.zeros((n, encoder.dim), dtype=np.float32)
         for b0 in range(0, n, batch_size):
             b1 = min(n, b0 + batch_size)
-            out[b0:b1] = encoder.encode(np.asarray(arr[b0:b1]))
+            with zarr_batched():
+                tiles = np.asarray(arr[b0:b1])
+            out[b0:b1] = encoder.encode(tiles)
         feats[level] = _standardise(out) if standardise else out
     grp = out_root.require_group(sec)
     for level, f in feats.items():

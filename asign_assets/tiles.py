@@ -249,13 +249,25 @@ class SectionImage:
     pixel_size_um: float
 
 
+#: Chunks zarr encodes/decodes per batch. Its default (1) spends a fifth of a section's tiling
+#: in per-chunk coroutine overhead (one chunk per tile); the bytes written are the same.
+ZARR_CODEC_BATCH = 64
+
+
+def zarr_batched() -> Any:
+    """Context in which zarr reads and writes chunks :data:`ZARR_CODEC_BATCH` at a time."""
+    import zarr
+
+    return zarr.config.set({"codec_pipeline.batch_size": ZARR_CODEC_BATCH})
+
+
 def _tile_section(root: "str | zarr.Group", params: TileParams, sec: SectionImage) -> tuple[dict, int]:
     """One section into a new group ``root/<name>`` (``root`` is a path in a worker process),
     its image opened and closed here; returns its metadata and the image's pyramid level count."""
     import zarr
 
     group = (zarr.open_group(root, mode="r+") if isinstance(root, str) else root).create_group(sec.name)
-    with Slide(sec.image) as slide:
+    with Slide(sec.image) as slide, zarr_batched():
         meta = write_section_tiles(slide, sec.xy_px, sec.pixel_size_um, group, params, source=str(sec.image))
         levels = len(slide.levels)
     gc.collect()  # the decoded image goes now, before this worker opens its next one
