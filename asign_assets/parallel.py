@@ -3,7 +3,7 @@
 Processes, not threads: zarr runs a process's chunk pipeline as Python coroutines on ONE
 event-loop thread (busy 1.2 of the 2.5 s a 100k-benchmark section's tiles take), so threads
 in one process queue behind it: 20 sections tiled in 62 s on one thread and 64 s on two,
-but in 22 s instead of 40 s in two processes, each with its own loop and GIL (encoding alone
+but in 20.5 s instead of 40 s in two processes, each with its own loop and GIL (encoding alone
 scales with threads too, 130 -> 85 s, as torch and numpy release the GIL). Workers are
 :mod:`asign_assets.process_jobs` processes (``python -m``: the caller's ``__main__`` is not
 re-run, no fork after torch started threads, and a daemonic Celery worker may start them).
