@@ -215,3 +215,37 @@ def test_stack_tiles_worker_error_is_input_error_and_nothing_is_written(tmp_path
             write_stack_tiles(zarr.open_group(str(tmp), mode="w"), jobs, SMALL, workers=2)
     assert str(bad.image) in str(err.value)
     assert not store.exists("s1", "tiles.zarr")
+
+
+def test_tiles_and_embeddings_assets_with_workers_match_one_by_one(tmp_path):
+    """Through Dagster: `workers: 2` writes the same tiles.zarr and embeddings.zarr bytes as
+    `workers: 1`, and the metadata says how many workers ran and when each section started."""
+    import dagster as dg
+
+    from asign_assets import assets as A
+    from asign_assets.definitions import build_definitions
+    from asign_assets.demo import DemoConfig, make_demo_stack
+    from asign_assets.manifest import load_manifest
+    from asign_assets.storage import Storage
+
+    stack = make_demo_stack(tmp_path / "stack", DemoConfig(n_sections=3, spots_per_section=40, image_px=300, n_genes=20), sample_id="par")
+    trees, metas = {}, {}
+    for workers in (1, 2):
+        home = tmp_path / f"home{workers}"
+        Storage(home).register(load_manifest(stack.manifest_path))
+        instance = dg.DagsterInstance.ephemeral()
+        instance.add_dynamic_partitions("samples", ["par"])
+        cfg = {"ops": {"tiles": {"config": {"workers": workers}}, "embeddings": {"config": {"workers": workers}}}}
+        result = dg.materialize([A.sections, A.tiles, A.embeddings], partition_key="par", instance=instance,
+                                resources=build_definitions(storage_root=str(home), device="cpu").resources, run_config=cfg)
+        assert result.success
+        trees[workers] = {name: _tree(home / "samples" / "par" / name) for name in ("tiles.zarr", "embeddings.zarr")}
+        metas[workers] = {node: result.asset_materializations_for_node(node)[0].metadata for node in ("tiles", "embeddings")}
+    for name in ("tiles.zarr", "embeddings.zarr"):
+        assert trees[1][name] == trees[2][name], name
+    for node, wall in (("tiles", "tiling_seconds"), ("embeddings", "encoding_seconds")):
+        m = metas[2][node]
+        assert m["workers"].value == 2 and m[wall].value > 0
+        table = m["sections"].value.splitlines()
+        assert "started_s" in table[0] and "seconds" in table[0] and len(table) == 2 + 3
+        assert metas[1][node]["workers"].value == 1
