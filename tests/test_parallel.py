@@ -68,3 +68,25 @@ def test_map_sections_reraises_the_first_input_error_unchanged(tests_on_path):
         map_sections(_check, list(range(8)), workers=1)
     with pytest.raises(JobError, match="bug on item"):  # a bug is not dressed up as bad input
         map_sections(_crash, [1, 2], workers=2)
+
+
+def _in_daemon(q) -> None:
+    import multiprocessing as mp
+
+    out = map_sections(partial(_square_in, 0.0), [1, 2, 3], workers=2)
+    q.put((mp.current_process().daemon, os.getpid(), out))
+
+
+def test_map_sections_works_in_a_daemonic_process(tests_on_path):
+    """A Celery prefork worker is daemonic: multiprocessing may not start children there, but
+    process_jobs' plain subprocesses may, so sections still run in workers."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_in_daemon, args=(q,), daemon=True)
+    p.start()
+    daemon, pid, out = q.get(timeout=120)
+    p.join(timeout=30)
+    assert daemon and [r for r, _ in out] == [1, 4, 9]
+    assert pid not in {w for _, w in out} and len({w for _, w in out}) == 2
