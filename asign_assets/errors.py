@@ -25,6 +25,10 @@ class InputError(AsignError, ValueError):
             where = f"{where}: field '{field}'"
         super().__init__(f"{where}: {problem}")
 
+    def __reduce__(self) -> tuple:
+        """Pickle by the constructor's arguments, so the error crosses a process pool intact."""
+        return (type(self), (self.source, self.problem, self.field))
+
 
 class RegistrationError(AsignError):
     """Registration could not align a section well enough to be trusted."""

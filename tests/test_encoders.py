@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import zarr
-from skimage.color import rgb2hed
+from skimage.color import hed_from_rgb, rgb2hed
 
 from asign_assets.encoders import (
     IMAGENET_MEAN,
@@ -143,3 +146,93 @@ def test_embed_tiles_writes_standardised_features(tmp_path):
     np.testing.assert_allclose(raw["A/spot"][:], enc.encode(tiles["A/spot"][:]), rtol=1e-5, atol=1e-6)
     with pytest.raises(InputError, match="no tiles"):
         embed_tiles(tiles, out, ["A", "Z"], enc)
+
+
+def test_histology_fast_statistics_equal_plain_torch_formulas():
+    """The centred-sum std and the numpy-sort quantiles give what ``Tensor.std`` and
+    ``torch.quantile`` give, on H&E-like tiles and on a near-constant bright tile (where a
+    one-pass variance would lose digits)."""
+    from asign_assets.encoders import _quantiles, _std
+
+    rng = np.random.default_rng(3)
+    y = torch.from_numpy(np.r_[rng.uniform(0, 1, (5, 3136)), 0.9 + rng.normal(0, 1e-3, (1, 3136))].astype(np.float32))
+    np.testing.assert_allclose(_std(y), y.std(-1), rtol=1e-5)
+    assert _std(y, keepdim=True).shape == (6, 1)
+    qs = (0.1, 0.5, 0.9)
+    np.testing.assert_allclose(_quantiles(y, qs), torch.quantile(y, torch.tensor(qs), dim=-1), rtol=1e-6)
+
+    enc = HistologyEncoder(CPU)
+    tiles = np.concatenate([_tiles(n=8, size=56, seed=1), np.full((1, 56, 56, 3), (250, 248, 251), np.uint8)])
+    f = enc.encode(tiles)
+    col = {n: i for i, n in enumerate(enc.feature_names)}
+    x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255.0
+    od = torch.log(x.clamp_min(1e-6)) / float(np.log(1e-6))
+    hed = torch.einsum("nchw,cd->ndhw", od, torch.tensor(hed_from_rgb, dtype=torch.float32)).clamp_min(0)
+    lum = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+    ref = {
+        **{f"rgb_std_{c}": x[:, i].flatten(1).std(-1) for i, c in enumerate("rgb")},
+        **{f"{c}_std": hed[:, i].flatten(1).std(-1) for i, c in enumerate("hed")},
+        **{f"{c}_p{int(q * 100)}": torch.quantile(hed[:, i].flatten(1), q, dim=-1) for i, c in enumerate("hed") for q in qs},
+        "lum_s1_std": lum.flatten(1).std(-1),
+        "lum_s2_std": F.avg_pool2d(lum, 2).flatten(1).std(-1),
+        "h_s4_std": F.avg_pool2d(hed[:, :1] * 4.0, 4).flatten(1).std(-1),
+    }
+    for lag in (1, 4):
+        a, b = lum[..., :, :-lag].flatten(1), lum[..., :, lag:].flatten(1)
+        a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
+        ref[f"lum_acorr_{lag}"] = (a * b).mean(-1) / (a.std(-1) * b.std(-1) + 1e-6)
+    for name, r in ref.items():
+        np.testing.assert_allclose(f[:, col[name]], r.numpy(), rtol=1e-5, atol=1e-7, err_msg=name)
+    assert f[1:-1, col["h_std"]].min() > 0.01  # the tiles are not degenerate
+    assert f[-1, col["rgb_std_r"]] == 0 and f[-1, col["h_std"]] == 0  # a constant tile: exactly 0, as Tensor.std
+
+
+def test_embed_tiles_in_worker_processes_equal_sequential_bytes(tmp_path, monkeypatch):
+    tiles = zarr.open_group(str(tmp_path / "tiles.zarr"), mode="w")
+    for k, name in enumerate("ABC"):
+        _write_tiles(tiles, name, k + 1)
+    enc = HistologyEncoder(CPU)
+    import asign_assets.process_jobs as PJ
+
+    pool_calls = []
+    run = PJ.run_in_processes
+    monkeypatch.setattr(PJ, "run_in_processes", lambda func, payloads, workers: pool_calls.append(workers) or run(func, payloads, workers))
+    metas = {}
+    for workers in (1, 3):
+        out = zarr.open_group(str(tmp_path / f"w{workers}.zarr"), mode="w")
+        seen = []
+        metas[workers] = embed_tiles(tiles, out, ["C", "A", "B"], enc, batch_size=5, workers=workers, on_section=lambda s, r: seen.append(s))
+        assert sorted(seen) == ["A", "B", "C"]
+    files = {w: {str(p.relative_to(tmp_path / f"w{w}.zarr")): p.read_bytes() for p in sorted((tmp_path / f"w{w}.zarr").rglob("*")) if p.is_file()} for w in (1, 3)}
+    assert pool_calls == [3] and len(files[1]) >= 9 and files[1] == files[3]
+    assert list(metas[3]["sections"]) == ["C", "A", "B"]  # input order, not completion order
+    assert metas[1]["workers"] == 1 and metas[3]["workers"] == 3
+    # a TorchScript model does not travel to workers: encoded here, one section at a time
+    torch.jit.script(_Tiny().eval()).save(str(tmp_path / "tiny.pt"))
+    ts = get_encoder(f"torchscript:{tmp_path / 'tiny.pt'}", CPU, input_size=24)
+    meta = embed_tiles(tiles, zarr.open_group(str(tmp_path / "ts.zarr"), mode="w"), ["A", "B"], ts, workers=3, standardise=False)
+    assert meta["workers"] == 1 and pool_calls == [3]
+    assert {s: (m["n_spot"], m["n_region"]) for s, m in metas[1]["sections"].items()} == {s: (m["n_spot"], m["n_region"]) for s, m in metas[3]["sections"].items()}
+    assert all(m["started_s"] >= 0 and m["seconds"] > 0 for m in metas[3]["sections"].values())
+
+
+class _RefusesBlankTiles(HistologyEncoder):
+    """Fails like a user's model that rejects an input (module level: it travels to workers)."""
+
+    def encode(self, tiles):
+        if (np.asarray(tiles) == 255).all(axis=(1, 2, 3)).any():
+            raise InputError("model.pt", "refuses blank tiles")
+        return super().encode(tiles)
+
+
+def test_embed_tiles_worker_error_surfaces_unchanged(tmp_path, monkeypatch):
+    """An encoder failing on one section's tiles in a worker stops the stage with its own error."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH", "")]))
+    tiles = zarr.open_group(str(tmp_path / "tiles.zarr"), mode="w")
+    for k, name in enumerate("AB"):
+        _write_tiles(tiles, name, k + 1)
+    tiles["B/spot"][3] = 255
+    out = zarr.open_group(str(tmp_path / "emb.zarr"), mode="w")
+    with pytest.raises(InputError) as err:
+        embed_tiles(tiles, out, ["A", "B"], _RefusesBlankTiles(CPU), batch_size=64, workers=2)
+    assert str(err.value) == "model.pt: refuses blank tiles"

@@ -144,3 +144,108 @@ def test_tiles_from_pyramidal_tiff_read_the_matching_levels(tmp_path):
         for t, (r, c) in enumerate(rc):
             np.testing.assert_array_equal(g[name][t], levels[lv][r * 32 : (r + 1) * 32, c * 32 : (c + 1) * 32])
     assert meta["n_spots"] == 2
+
+
+def _tree(path) -> dict[str, bytes]:
+    """Every file under a zarr store, by relative path (metadata and chunk bytes)."""
+    from pathlib import Path
+
+    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(Path(path).rglob("*")) if f.is_file()}
+
+
+def _stack_images(tmp_path, n=3):
+    """``n`` PNG sections at 0.7 um/px (patches are resampled, not cropped), spots near the edges too."""
+    from PIL import Image
+
+    from asign_assets.tiles import SectionImage
+
+    out = []
+    for k in range(n):
+        rng = np.random.default_rng(k)
+        img = _coded_image(300 + 20 * k, 400)
+        img[..., 2] = rng.integers(0, 256, img.shape[:2], dtype=np.uint8)
+        path = tmp_path / f"S{k}.png"
+        Image.fromarray(img).save(path)
+        xy = np.c_[rng.uniform(0, 399, 40 + k), rng.uniform(0, 299, 40 + k)]
+        out.append(SectionImage(f"S{k}", path, xy, 0.7))
+    return out
+
+
+def test_stack_tiles_in_worker_processes_equal_sequential_bytes(tmp_path, monkeypatch):
+    import asign_assets.process_jobs as PJ
+    from asign_assets.tiles import write_stack_tiles
+
+    pool_calls = []
+    run = PJ.run_in_processes
+    monkeypatch.setattr(PJ, "run_in_processes", lambda func, payloads, workers: pool_calls.append(workers) or run(func, payloads, workers))
+
+    jobs = _stack_images(tmp_path)
+    params = TileParams(spot_size=32, spot_um_per_px=1.0, region_size=64, global_size=128, region_downsample=2, global_downsample=4, batch=16)
+    rows, done = {}, {}
+    for workers in (1, 3):
+        root = zarr.open_group(str(tmp_path / f"w{workers}.zarr"), mode="w")
+        seen = []
+        rows[workers] = write_stack_tiles(root, jobs, params, workers, on_section=seen.append)
+        done[workers] = sorted(r["section"] for r in seen)
+    assert pool_calls == [3] and done[1] == done[3] == ["S0", "S1", "S2"]
+    seq, par = _tree(tmp_path / "w1.zarr"), _tree(tmp_path / "w3.zarr")
+    assert len(seq) > 10 and seq.keys() == par.keys()
+    assert all(seq[k] == par[k] for k in seq), [k for k in seq if seq[k] != par[k]]
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("seconds", "started_s")} for r in rs]  # noqa: E731
+    assert strip(rows[1]) == strip(rows[3])
+    assert [r["spots"] for r in rows[3]] == [40, 41, 42] and all(r["seconds"] >= 0 and r["started_s"] >= 0 for r in rows[3])
+
+
+@pytest.mark.parametrize("problem", ["spots outside", "not an image"])
+def test_stack_tiles_worker_error_is_input_error_and_nothing_is_written(tmp_path, problem):
+    import dataclasses
+
+    from asign_assets.storage import Storage
+    from asign_assets.tiles import write_stack_tiles
+
+    jobs = _stack_images(tmp_path)
+    bad = jobs[1]
+    if problem == "spots outside":
+        jobs[1] = dataclasses.replace(bad, xy_px=np.r_[bad.xy_px, [[395.0, 380.0]]])
+    else:
+        bad.image.write_bytes(b"this is not a PNG")
+    store = Storage(tmp_path / "home")
+    with pytest.raises(InputError) as err:
+        with store.write("s1", "tiles.zarr") as tmp:
+            write_stack_tiles(zarr.open_group(str(tmp), mode="w"), jobs, SMALL, workers=2)
+    assert str(bad.image) in str(err.value)
+    assert not store.exists("s1", "tiles.zarr")
+
+
+def test_tiles_and_embeddings_assets_with_workers_match_one_by_one(tmp_path):
+    """Through Dagster: `workers: 2` writes the same tiles.zarr and embeddings.zarr bytes as
+    `workers: 1`, and the metadata says how many workers ran and when each section started."""
+    import dagster as dg
+
+    from asign_assets import assets as A
+    from asign_assets.definitions import build_definitions
+    from asign_assets.demo import DemoConfig, make_demo_stack
+    from asign_assets.manifest import load_manifest
+    from asign_assets.storage import Storage
+
+    stack = make_demo_stack(tmp_path / "stack", DemoConfig(n_sections=3, spots_per_section=40, image_px=300, n_genes=20), sample_id="par")
+    trees, metas = {}, {}
+    for workers in (1, 2):
+        home = tmp_path / f"home{workers}"
+        Storage(home).register(load_manifest(stack.manifest_path))
+        instance = dg.DagsterInstance.ephemeral()
+        instance.add_dynamic_partitions("samples", ["par"])
+        cfg = {"ops": {"tiles": {"config": {"workers": workers}}, "embeddings": {"config": {"workers": workers}}}}
+        result = dg.materialize([A.sections, A.tiles, A.embeddings], partition_key="par", instance=instance,
+                                resources=build_definitions(storage_root=str(home), device="cpu").resources, run_config=cfg)
+        assert result.success
+        trees[workers] = {name: _tree(home / "samples" / "par" / name) for name in ("tiles.zarr", "embeddings.zarr")}
+        metas[workers] = {node: result.asset_materializations_for_node(node)[0].metadata for node in ("tiles", "embeddings")}
+    for name in ("tiles.zarr", "embeddings.zarr"):
+        assert trees[1][name] == trees[2][name], name
+    for node, wall in (("tiles", "tiling_seconds"), ("embeddings", "encoding_seconds")):
+        m = metas[2][node]
+        assert m["workers"].value == 2 and m[wall].value > 0
+        table = m["sections"].value.splitlines()
+        assert "started_s" in table[0] and "seconds" in table[0] and len(table) == 2 + 3
+        assert metas[1][node]["workers"].value == 1

@@ -1,7 +1,6 @@
 """Imaging assets: `tiles` (multi-resolution patches) and `embeddings` (encoder features)."""
 
 import dataclasses
-import gc
 import time
 
 from typing import Optional
@@ -27,6 +26,7 @@ class TilesConfig(dg.Config):
     region_downsample: int = TileParams.region_downsample
     global_downsample: int = TileParams.global_downsample
     spot_downsample: Optional[int] = None  # None: automatic (never store patches finer than the finest scan)
+    workers: Optional[int] = None  # sections tiled at once (worker processes, one decoded image each); None: min(CPUs, sections, 4); 1: one by one
 
 
 class EmbeddingsConfig(dg.Config):
@@ -35,7 +35,8 @@ class EmbeddingsConfig(dg.Config):
     encoder: str = "histology"
     batch_size: int = 256
     standardise: bool = True
-    threads: Optional[int] = 1  # torch intra-op threads (1 avoids oversubscription next to other steps; None: torch's default)
+    threads: Optional[int] = 1  # torch intra-op threads, in each worker (1 avoids oversubscription next to other steps; None: torch's default)
+    workers: Optional[int] = None  # sections encoded at once (worker processes; CPU encoders that pickle); None: min(CPUs, sections, 4); 1: one by one
 
 
 @sample_asset(group_name="imaging", code_version="1", kinds={"zarr"}, deps=[sections, raw_inputs])
@@ -45,40 +46,41 @@ def tiles(context: dg.AssetExecutionContext, config: TilesConfig, storage: Stora
     at the matching pyramid level; JPEG/PNG are decoded once."""
     import zarr
 
-    from asign_assets.slide import Slide
-    from asign_assets.tiles import auto_spot_downsample, write_section_tiles
+    from asign_assets.parallel import resolve_workers
+    from asign_assets.tiles import SectionImage, auto_spot_downsample, write_stack_tiles
 
     store, sid = sample_io(context, storage)
     base = TileParams(
         spot_size=config.spot_size, spot_um_per_px=config.spot_um_per_px, region_size=config.region_size,
         global_size=config.global_size, region_downsample=config.region_downsample, global_downsample=config.global_downsample,
     )
-    rows = []
     with StageMonitor().run() as mon:
         sec_dir = store.local_path(sid, "sections")
         records = sections_lib.load_records(sec_dir)
         spots = sections_lib.load_spots(sec_dir)
         factor = config.spot_downsample or auto_spot_downsample([r.pixel_size_um for r in records], base)
         params = dataclasses.replace(base, spot_downsample=factor)
+        jobs = []
+        for rec in records:
+            sub = spots.filter(spots["section"] == rec.name)
+            jobs.append(SectionImage(rec.name, rec.image, np.stack([sub["x_px"].to_numpy(), sub["y_px"].to_numpy()], 1), rec.pixel_size_um))
+        workers = resolve_workers(config.workers, len(jobs))
+        t0 = time.perf_counter()
         with store.write(sid, "tiles.zarr") as tmp:
             root = zarr.open_group(str(tmp), mode="w")
             root.attrs["params"] = params.__dict__
             root.attrs["sections"] = [r.name for r in records]
-            for rec in records:
-                t0 = time.perf_counter()
-                sub = spots.filter(spots["section"] == rec.name)
-                xy = np.stack([sub["x_px"].to_numpy(), sub["y_px"].to_numpy()], 1)
-                with Slide(rec.image) as slide:  # at most one decoded JPEG/PNG in memory at a time
-                    meta = write_section_tiles(slide, xy, rec.pixel_size_um, root.create_group(rec.name), params, source=str(rec.image))
-                    levels = len(slide.levels)
-                gc.collect()
-                dt = time.perf_counter() - t0
-                rows.append({"section": rec.name, "spots": len(xy), "pyramid_levels": levels, "region_tiles": meta.get("n_region", ""), "global_tiles": meta.get("n_global", ""), "seconds": round(dt, 2)})
-                log_progress(context, f"section {rec.name}: {len(xy)} spot patches in {dt:.1f} s")
+            rows = write_stack_tiles(
+                root, jobs, params, workers,
+                on_section=lambda r: log_progress(context, f"section {r['section']}: {r['spots']} spot patches in {r['seconds']:.1f} s"),
+            )
+        wall = time.perf_counter() - t0
     version = digest_arrays(spots["x_px"].to_numpy(), spots["y_px"].to_numpy(), extra={"params": params.__dict__, "images": [(r.image, r.width, r.height) for r in records]})
     return dg.MaterializeResult(
         metadata={
             "sections": dg.MetadataValue.md(md_table(rows, ".2f")),
+            "workers": workers,
+            "tiling_seconds": round(wall, 2),  # wall time; the sections' seconds add up to more when they overlap
             "n_spots": int(spots.height),
             "spot_um_per_px": params.spot_um_per_px,
             "spot_downsample": params.spot_downsample,
@@ -98,6 +100,7 @@ def embeddings(context: dg.AssetExecutionContext, config: EmbeddingsConfig, stor
     import zarr
 
     from asign_assets.encoders import embed_tiles, get_encoder
+    from asign_assets.parallel import resolve_workers
 
     store, sid = sample_io(context, storage)
     dev = device.torch_device()
@@ -111,9 +114,15 @@ def embeddings(context: dg.AssetExecutionContext, config: EmbeddingsConfig, stor
             encoder = get_encoder(config.encoder, dev)
             tiles_root = zarr.open_group(str(store.local_path(sid, "tiles.zarr")), mode="r")
             names = list(tiles_root.attrs["sections"])
+            workers = resolve_workers(config.workers, len(names))
+            t0 = time.perf_counter()
             with store.write(sid, "embeddings.zarr") as tmp:
                 out = zarr.open_group(str(tmp), mode="w")
-                meta = embed_tiles(tiles_root, out, names, encoder, batch_size=config.batch_size, standardise=config.standardise)
+                meta = embed_tiles(
+                    tiles_root, out, names, encoder, batch_size=config.batch_size, standardise=config.standardise, workers=workers,
+                    on_section=lambda name, row: log_progress(context, f"section {name}: {row['n_spot']} spots encoded in {row['seconds']:.1f} s"),
+                )
+                wall = time.perf_counter() - t0
                 version = digest_arrays(*[np.asarray(out[f"{n}/spot"][:]) for n in names], extra={"encoder": config.encoder})
     finally:
         torch.set_num_threads(old_threads)
@@ -125,6 +134,8 @@ def embeddings(context: dg.AssetExecutionContext, config: EmbeddingsConfig, stor
             "encoder": f"{encoder.name} v{encoder.version}",
             "dim": int(encoder.dim),
             "device": str(dev),
+            "workers": meta["workers"],  # 1 where the encoder cannot go to worker processes (GPU, TorchScript)
+            "encoding_seconds": round(wall, 2),  # wall time; the sections' seconds add up to more when they overlap
             "sections": dg.MetadataValue.md(md_table(rows, ".2f")) if rows else "",
             "path": path_meta(store, sid, "embeddings.zarr"),
             **mon.metadata(),
