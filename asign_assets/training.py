@@ -97,6 +97,7 @@ from asign_assets.graph import GraphParams, shifted_copy
 from asign_assets.lowrank import choose_rank
 from asign_assets.metrics import rowwise_pcc, standardise
 from asign_assets.msagnet import CrossLayerImputation, MSAGNet
+from asign_assets.parallel import available_cpus
 from asign_assets.propagation import PropagationOperator, label_propagation, propagation_operator
 
 
@@ -767,16 +768,10 @@ def member_workers(params: TrainParams, n_members: int, n_nodes: int, device: to
         return 1
     if params.workers > 0:
         return min(params.workers, n_members)
-    cores = available_cores()
+    cores = available_cpus()
     if device.type != "cpu" or n_nodes < PARALLEL_MIN_NODES or cores < 2:
         return 1
     return min(n_members, 2 * cores)
-
-
-def available_cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _to_bytes(obj: Any) -> bytes:
@@ -806,7 +801,7 @@ def _train_members(pp: _Prepared, params: TrainParams, folds: list[Tensor], devi
     seeds = [params.seed + i for i in range(len(folds))]
     if n_workers <= 1:
         return [_train_member(pp, params, sd, f, device) for sd, f in zip(seeds, folds)]
-    threads = params.threads if params.threads > 0 else max(1, available_cores() // n_workers)
+    threads = params.threads if params.threads > 0 else max(1, available_cpus() // n_workers)
     with tempfile.TemporaryDirectory(prefix="asign-members-") as tmp:
         prepared = Path(tmp) / "prepared.pt"
         torch.save(replace(pp, op=None), prepared)  # the CSR operator is rebuilt in the worker

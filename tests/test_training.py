@@ -233,13 +233,14 @@ def test_node_pruning_keeps_outputs_and_aligns_aux(stack, blocks):
 
 def test_parallel_members_equal_sequential_members(stack, ensemble_trained):
     """Members trained in worker processes are the members trained one after another."""
-    from asign_assets.training import available_cores, member_workers
+    from asign_assets.parallel import available_cpus
+    from asign_assets.training import member_workers
 
     g, emb, remb, gemb, y, meas = stack
     seq, _ = ensemble_trained
     assert member_workers(replace(ENS, workers=2), 3, 10, CPU) == 2 and member_workers(ENS, 1, 10**6, CPU) == 1
     assert member_workers(ENS, 3, 100, CPU) == 1  # small neighbourhoods stay in process
-    assert member_workers(ENS, 3, 10**6, CPU) == (3 if available_cores() >= 2 else 1)
+    assert member_workers(ENS, 3, 10**6, CPU) == (3 if available_cpus() >= 2 else 1)
     assert member_workers(ENS, 3, 10**6, torch.device("cuda")) == 1  # one accelerator: members in turn
     par = train_model(ModelInputs(g, emb, remb, gemb, y[meas], meas), replace(ENS, workers=2), CPU)
     for a, b in zip([seq.model_state] + [m["model_state"] for m in seq.extra_members],
