@@ -129,8 +129,18 @@ def _dagster_reason(result: dg.AutomationResult, sample_id: str) -> str:
     return UPSTREAM
 
 
+#: Op config keys that change how a step runs, never what it writes (worker processes give
+#: the same bytes or states as one by one, tests/test_parallel.py, test_training.py).
+EXECUTION_ONLY = frozenset({"workers"})
+
+
 def _op_config(run_config: Mapping | None, name: str) -> dict:
-    return dict(((run_config or {}).get("ops") or {}).get(name) or {})
+    op = dict(((run_config or {}).get("ops") or {}).get(name) or {})
+    if isinstance(op.get("config"), Mapping):
+        op["config"] = {k: v for k, v in op["config"].items() if k not in EXECUTION_ONLY}
+        if not op["config"]:
+            del op["config"]
+    return op
 
 
 def _config_change(instance: dg.DagsterInstance, key: dg.AssetKey, sample_id: str, run_config: Mapping | None) -> str | None:

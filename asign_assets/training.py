@@ -764,6 +764,8 @@ def member_workers(params: TrainParams, n_members: int, n_nodes: int, device: to
     all three (the system shares the cores) beats two then one, where the last member runs
     alone on one core: 3 members of the 100k benchmark, 2 cores, 253 s against 281 s.
     """
+    if params.workers < 0:
+        raise ValueError(f"workers must be >= 0 (0: automatic), got {params.workers}")
     if n_members <= 1:
         return 1
     if params.workers > 0:

@@ -138,6 +138,15 @@ def test_second_unchanged_run_skips_everything(run_env):
     assert _rerun(stack, home) == set()
 
 
+def test_changed_workers_rerun_nothing(run_env):
+    """`workers` changes how tiles, embeddings and model run, not what they write."""
+    stack, home, _ = run_env
+    before = _latest_ids(home)
+    cfg = {"ops": {"model": {"config": {"epochs": 20, "workers": 2}}, "tiles": {"config": {"workers": 1}}, "embeddings": {"config": {"workers": 2}}}}
+    materialise_sample(str(stack / "manifest.yaml"), device="cpu", run_config=cfg)
+    assert _latest_ids(home) == before
+
+
 def test_touched_counts_file_changes_nothing(run_env):
     stack, home, _ = run_env
     counts = next((stack / "counts").iterdir())

@@ -242,6 +242,8 @@ def test_parallel_members_equal_sequential_members(stack, ensemble_trained):
     assert member_workers(ENS, 3, 100, CPU) == 1  # small neighbourhoods stay in process
     assert member_workers(ENS, 3, 10**6, CPU) == (3 if available_cpus() >= 2 else 1)
     assert member_workers(ENS, 3, 10**6, torch.device("cuda")) == 1  # one accelerator: members in turn
+    with pytest.raises(ValueError, match="workers"):
+        member_workers(replace(ENS, workers=-1), 3, 10**6, CPU)
     par = train_model(ModelInputs(g, emb, remb, gemb, y[meas], meas), replace(ENS, workers=2), CPU)
     for a, b in zip([seq.model_state] + [m["model_state"] for m in seq.extra_members],
                     [par.model_state] + [m["model_state"] for m in par.extra_members]):
