@@ -23,7 +23,8 @@ from asign_assets.definitions import build_definitions
 from asign_assets.freshness import OUTPUTS
 from asign_assets.storage import Storage
 
-EPOCHS = {"ops": {"model": {"config": {"epochs": 20}}}}
+# sections tiled in this process, where the recording patches below see the images opened
+EPOCHS = {"ops": {"model": {"config": {"epochs": 20}}, "tiles": {"config": {"workers": 1}}}}
 OWNER = {out: asset for asset, outs in OUTPUTS.items() for out in outs}
 OWNER.update({"evaluation_genes.parquet": "evaluation", "evaluation_truth.zarr": "evaluation"})
 
