@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from skimage.color import hed_from_rgb
 
 from asign_assets.errors import InputError
-from asign_assets.parallel import local_group_path, map_sections
+from asign_assets.parallel import local_group_path, map_in_processes
 from asign_assets.tiles import zarr_batched
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -405,7 +405,7 @@ def embed_tiles(
         if on_section is not None:
             on_section(sections[i], per_section[sections[i]])
 
-    map_sections(fn, sections, workers, on_result=done)
+    map_in_processes(fn, sections, workers, on_result=done)
     out_root.attrs.update(
         {
             "encoder": encoder.name,

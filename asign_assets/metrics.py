@@ -153,14 +153,6 @@ def _ranks_finite(x: np.ndarray, ok: np.ndarray) -> np.ndarray:
     return average_ranks(np.where(ok, x, np.nan), axis=0)
 
 
-def pearson_1d(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two vectors (0 where either is constant)."""
-    a = np.asarray(a, np.float64) - np.mean(a)
-    b = np.asarray(b, np.float64) - np.mean(b)
-    den = float(np.sqrt((a @ a) * (b @ b)))
-    return float(a @ b) / den if den > _EPS else 0.0
-
-
 def unc_spearman(unc: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> float:
     """Mean over genes of the Spearman correlation (across spots with finite truth) of
     uncertainty and absolute error."""
@@ -187,7 +179,7 @@ def unc_spearman_all(unc: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> fl
     if ok.sum() < 2:
         return float("nan")
     err = np.abs(np.asarray(pred, np.float64)[ok] - truth[ok])
-    return pearson_1d(average_ranks(np.asarray(unc, np.float64)[ok]), average_ranks(err))
+    return float(rowwise_pcc(average_ranks(np.asarray(unc, np.float64)[ok])[None], average_ranks(err)[None])[0])
 
 
 def coverage_80(unc: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> float:

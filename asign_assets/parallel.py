@@ -1,4 +1,5 @@
-"""Sections processed concurrently in a few worker processes (the `tiles` and `embeddings` stages).
+"""Independent pieces of a stage processed concurrently in a few worker processes: the
+sections of `tiles` and `embeddings`, the ensemble members of `model`.
 
 Processes, not threads: zarr runs a process's chunk pipeline as Python coroutines on ONE
 event-loop thread (busy 1.2 of the 2.5 s a 100k-benchmark section's tiles take), so threads
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 
 from asign_assets.errors import InputError
 
-__all__ = ["MAX_AUTO_WORKERS", "available_cpus", "local_group_path", "resolve_workers", "map_sections"]
+__all__ = ["MAX_AUTO_WORKERS", "available_cpus", "local_group_path", "resolve_workers", "map_in_processes"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -71,7 +72,7 @@ def _job(payload: bytes) -> bytes:
     return pickle.dumps(out)
 
 
-def map_sections(
+def map_in_processes(
     fn: Callable[[T], R],
     items: Sequence[T],
     workers: int = 1,

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from asign_assets.errors import InputError
-from asign_assets.parallel import local_group_path, map_sections
+from asign_assets.parallel import local_group_path, map_in_processes
 from asign_assets.slide import Slide
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -289,7 +289,7 @@ def write_stack_tiles(
     The files are the same bytes whatever ``workers`` is. Returns one row per section
     (input order): section, spots, pyramid_levels, region/global tile counts, started_s
     (after the call) and seconds (its own wall time); ``on_section`` gets each row in the
-    calling process (see :func:`asign_assets.parallel.map_sections` for when). An
+    calling process (see :func:`asign_assets.parallel.map_in_processes` for when). An
     ``InputError`` (e.g. naming an image) is re-raised unchanged.
     """
     where = local_group_path(root) if workers > 1 else None
@@ -309,5 +309,5 @@ def write_stack_tiles(
         if on_section is not None:
             on_section(rows[i])
 
-    map_sections(partial(_tile_section, where or root, params), list(sections), workers if where else 1, on_result=done)
+    map_in_processes(partial(_tile_section, where or root, params), list(sections), workers if where else 1, on_result=done)
     return rows

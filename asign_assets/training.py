@@ -80,7 +80,6 @@ smaller than errors on other sections, so the intervals are too narrow there.
 from __future__ import annotations
 
 import contextlib
-import io
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -776,41 +775,30 @@ def member_workers(params: TrainParams, n_members: int, n_nodes: int, device: to
     return min(n_members, 2 * cores)
 
 
-def _to_bytes(obj: Any) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-def _member_job(payload: bytes) -> bytes:
-    """One member in a worker process (:mod:`asign_assets.process_jobs`): the shared
-    preparation is read from the file the job names, the CSR operator rebuilt from it."""
-    job = torch.load(io.BytesIO(payload), weights_only=False)
-    pp = torch.load(job["prepared"], weights_only=False)
-    dev = torch.device(job["device"])
+def _member_job(pp: _Prepared, params: TrainParams, device: str, threads: int, seed_fold: tuple[int, Tensor]) -> dict[str, Any]:
+    """One member in a worker process: the CSR operator (left out of the pickled
+    preparation) is rebuilt from the subgraph, as :func:`_prepare` built it."""
+    seed, fold = seed_fold
+    dev = torch.device(device)
     pp = replace(pp, op=propagation_operator(pp.sub.edge_index.to(dev), pp.sub.edge_weight.to(dev), pp.sub.nodes.numel()))
-    with _deterministic(job["seed"], job["threads"]):
-        return _to_bytes(_train_member(pp, job["params"], job["seed"], job["val_pos"], dev))
+    with _deterministic(seed, threads):
+        return _train_member(pp, params, seed, fold, dev)
 
 
 def _train_members(pp: _Prepared, params: TrainParams, folds: list[Tensor], device: torch.device, n_workers: int) -> list[dict[str, Any]]:
-    """Every member, in this process or in ``n_workers`` worker processes (the same seeds,
-    masks and single-threaded kernels either way, so the same states)."""
-    import tempfile
+    """Every member, in this process or in ``n_workers`` worker processes
+    (:func:`asign_assets.parallel.map_in_processes`; the same seeds, masks and
+    single-threaded kernels either way, so the same states)."""
+    from functools import partial
 
-    from asign_assets.process_jobs import run_in_processes
+    from asign_assets.parallel import map_in_processes
 
     seeds = [params.seed + i for i in range(len(folds))]
     if n_workers <= 1:
         return [_train_member(pp, params, sd, f, device) for sd, f in zip(seeds, folds)]
     threads = params.threads if params.threads > 0 else max(1, available_cpus() // n_workers)
-    with tempfile.TemporaryDirectory(prefix="asign-members-") as tmp:
-        prepared = Path(tmp) / "prepared.pt"
-        torch.save(replace(pp, op=None), prepared)  # the CSR operator is rebuilt in the worker
-        jobs = [_to_bytes({"prepared": str(prepared), "params": params, "seed": sd, "val_pos": f, "device": str(device), "threads": threads})
-                for sd, f in zip(seeds, folds)]
-        outs = run_in_processes("asign_assets.training:_member_job", jobs, n_workers)
-    return [torch.load(io.BytesIO(o), weights_only=False) for o in outs]
+    job = partial(_member_job, replace(pp, op=None), params, str(device), threads)
+    return map_in_processes(job, list(zip(seeds, folds)), n_workers)
 
 
 def fit_calibration(pred: Tensor, y: Tensor, shrink: float = 20.0) -> Tensor:
