@@ -79,7 +79,7 @@ def _interrupted() -> bool:
 
 
 def _kept_line(storage, sample_id: str) -> str:
-    from asign_assets.storage import PROVENANCE
+    from asign_assets.storage.store import PROVENANCE
 
     kept: list[str] = []
     if storage.is_local:
@@ -122,7 +122,7 @@ def _set_home(home: str | None) -> str:
     """ASIGN_HOME from the flag or the environment, exported with ASIGN_DEVICE (default auto) for
     the resources' ``dg.EnvVar``s; DAGSTER_HOME defaults under it and gets a dagster.yaml
     (telemetry off) when it has none."""
-    from asign_assets.storage import default_home
+    from asign_assets.storage.store import default_home
 
     if home:
         os.environ["ASIGN_HOME"] = str(Path(home).expanduser().resolve()) if "://" not in home else home
@@ -176,12 +176,12 @@ def materialise_sample(
     """
     import dagster as dg
 
-    from asign_assets.console import asset_line, cli_run_config, summary_table
+    from asign_assets.pipeline.console import asset_line, cli_run_config, summary_table
     from asign_assets.definitions import build_definitions
-    from asign_assets.freshness import absorb_run, plan_sample
-    from asign_assets.manifest import load_manifest
-    from asign_assets.ops import OBSERVE_JOB_NAME
-    from asign_assets.storage import Storage
+    from asign_assets.pipeline.freshness import absorb_run, plan_sample
+    from asign_assets.ingest.manifest import load_manifest
+    from asign_assets.pipeline.sensors import OBSERVE_JOB_NAME
+    from asign_assets.storage.store import Storage
 
     storage = Storage()
     candidate = Path(manifest_or_id).expanduser()
@@ -237,8 +237,8 @@ def materialise_sample(
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from asign_assets.demo import DemoConfig, make_demo_stack
-    from asign_assets.storage import default_local_state
+    from asign_assets.importers.demo import DemoConfig, make_demo_stack
+    from asign_assets.storage.store import default_local_state
 
     home = _set_home(args.home)
     out = Path(args.out) if args.out else Path(default_local_state()) / "demo-data" / args.sample_id
@@ -275,7 +275,7 @@ def _names(values: list[str]) -> list[str]:
 
 
 def cmd_import_her2st(args: argparse.Namespace) -> None:
-    from asign_assets.her2st import manifest_from_her2st
+    from asign_assets.importers.her2st import manifest_from_her2st
 
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     out = Path(args.out) if args.out else Path.cwd() / f"{args.sample_id or 'her2st_' + args.patient}.yaml"
@@ -290,7 +290,7 @@ def cmd_import_her2st(args: argparse.Namespace) -> None:
 
 
 def cmd_import_visium(args: argparse.Namespace) -> None:
-    from asign_assets.visium import manifest_from_visium
+    from asign_assets.importers.visium import manifest_from_visium
 
     path, report = manifest_from_visium(
         args.dirs, measured=_names(args.measured), with_truth=args.with_truth, sample_id=args.sample_id,
@@ -310,8 +310,8 @@ def cmd_register(args: argparse.Namespace) -> None:
     """Register a manifest and add its partition, for runs launched elsewhere (`dagster job execute`)."""
     import dagster as dg
 
-    from asign_assets.manifest import load_manifest
-    from asign_assets.storage import Storage
+    from asign_assets.ingest.manifest import load_manifest
+    from asign_assets.storage.store import Storage
 
     _set_home(args.home)
     manifest = load_manifest(args.manifest)
@@ -322,8 +322,8 @@ def cmd_register(args: argparse.Namespace) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
-    from asign_assets.manifest import load_manifest
-    from asign_assets.sections import prepare_sections
+    from asign_assets.ingest.manifest import load_manifest
+    from asign_assets.ingest.sections import prepare_sections
 
     manifest = load_manifest(args.manifest)
     prep = prepare_sections(manifest)
@@ -368,7 +368,7 @@ UI_STOP_TIMEOUT_S = 10.0
 
 def run_children(cmds: list[list[str]], stop_timeout: float = UI_STOP_TIMEOUT_S) -> int:
     """Run ``cmds`` in their own sessions until SIGINT/SIGTERM/SIGHUP or one exits; stop all."""
-    from asign_assets.proctree import ChildGroup
+    from asign_assets.runtime.proctree import ChildGroup
 
     group = ChildGroup()
     stopping = threading.Event()
@@ -441,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--patient", required=True, help="patient letter, e.g. C")
     h.add_argument("--sections", required=True, help="comma-separated sections in stack order, e.g. C2,C3,C4,C5,C6")
     importer(h, "the section(s) whose counts are the input", "her2st_<patient>", None,
-             "uniform distance between consecutive sections (default: the block layout, see asign_assets/her2st.py)")
+             "uniform distance between consecutive sections (default: the block layout, see asign_assets/importers/her2st.py)")
     h.add_argument("--z", help="per-section depth overrides in um, e.g. C3=116,C4=132")
     h.set_defaults(func=cmd_import_her2st)
 

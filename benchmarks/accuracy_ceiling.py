@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from asign_assets.expression import ExpressionParams, normalise_to_genes  # noqa: E402
-from asign_assets.metrics import gene_pcc_finite  # noqa: E402
+from asign_assets.ingest.expression import ExpressionParams, normalise_to_genes  # noqa: E402
+from asign_assets.evaluation.metrics import gene_pcc_finite  # noqa: E402
 
 CEILINGS = ("noise", "same_knn", "same_image", "same_image_blocked", "same_both")
 FOLDS = 5
@@ -130,7 +130,7 @@ def section_row(counts: sp.csr_matrix, genes_all: np.ndarray, genes: np.ndarray,
 def patient_c_rows(data: Path, cache: Path) -> pl.DataFrame:
     import patient_c_eval as pce
 
-    from asign_assets.her2st import LEGACY_PITCH_UM
+    from asign_assets.importers.her2st import LEGACY_PITCH_UM
 
     prep = pce.prepare(data, cache)
     secs = {s["name"]: s for s in prep["sections"]}
@@ -158,8 +158,8 @@ def dlpfc_rows(work: Path, data: Path) -> pl.DataFrame:
     import anndata as ad
     import zarr
 
-    from asign_assets.readers import read_counts
-    from asign_assets.visium import VISIUM_PITCH_UM
+    from asign_assets.readers.tables import read_counts
+    from asign_assets.importers.visium import VISIUM_PITCH_UM
 
     rows = []
     for home in sorted(work.glob("home_*")):

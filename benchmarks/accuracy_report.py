@@ -46,9 +46,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import patient_c_eval as pce  # noqa: E402
 
-from asign_assets.graph import GraphParams  # noqa: E402
-from asign_assets.her2st import DEPTH_GAP_UM, SECTION_THICKNESS_UM, her2st_z_um  # noqa: E402
-from asign_assets.training import params_for  # noqa: E402
+from asign_assets.graph.build import GraphParams  # noqa: E402
+from asign_assets.importers.her2st import DEPTH_GAP_UM, SECTION_THICKNESS_UM, her2st_z_um  # noqa: E402
+from asign_assets.model.training import params_for  # noqa: E402
 
 # the previous early stopping (patience 20, any gain counts); the ablation rows before the cost
 # configurations (stop10 = the current defaults) were measured with it
@@ -168,13 +168,13 @@ def run_dlpfc(work: Path, name: str, force: bool) -> pl.DataFrame | None:
     pipeline's, so the depth configuration differs only in the dz edge feature: the two
     sections are 10 um apart). Truth is read by the evaluation asset's own reader.
     """
-    from asign_assets.evaluation import BASELINES as PIPE_BASELINES
-    from asign_assets.evaluation import truth_matrix
-    from asign_assets.stack_inputs import StackInputs
-    from asign_assets.baselines import run_baselines
-    from asign_assets.metrics import evaluate_sections, hvg_indices
-    from asign_assets.storage import Storage
-    from asign_assets.training import ModelInputs, impute, train_model
+    from asign_assets.evaluation.sample import BASELINES as PIPE_BASELINES
+    from asign_assets.evaluation.sample import truth_matrix
+    from asign_assets.storage.stack_inputs import StackInputs
+    from asign_assets.evaluation.baselines import run_baselines
+    from asign_assets.evaluation.metrics import evaluate_sections, hvg_indices
+    from asign_assets.storage.store import Storage
+    from asign_assets.model.training import ModelInputs, impute, train_model
 
     f = work / f"acc_dlpfc_{name}.parquet"
     if f.exists() and not force:
@@ -381,7 +381,7 @@ def report(results: dict[str, pl.DataFrame], times: dict[str, pl.DataFrame], pre
         "",
         f"Depths used (um, her2st.her2st_z_um): {dict(zip(pce.SECTIONS, z))}: consecutive sections",
         f"{SECTION_THICKNESS_UM:.0f} um apart, depths {DEPTH_GAP_UM:.0f} um apart (the distance between depths is an",
-        "assumption; see asign_assets/her2st.py). `dz um` is the distance to the measured section.",
+        "assumption; see asign_assets/importers/her2st.py). `dz um` is the distance to the measured section.",
         "",
         section_rows(results[final]),
         "",
@@ -403,7 +403,7 @@ def report(results: dict[str, pl.DataFrame], times: dict[str, pl.DataFrame], pre
         "## Item 4: nuclear features (image ridge alone, same fits as in training)",
         "",
         "`benchmarks/nuclei_features.py`: Macenko stain vectors per section, haematoxylin nuclei on the 0.8 um/px",
-        "spot patches, per-spot nuclear features (asign_assets/nuclei.py); image ridge per-gene PCC on the imputed",
+        "spot patches, per-spot nuclear features (asign_assets/imaging/nuclei.py); image ridge per-gene PCC on the imputed",
         "sections with and without them.",
         "",
         item4 or "_not run: pass `--item4`._",

@@ -33,7 +33,7 @@ SHOWN = ("gene_pcc", "gene_pcc_hvg50", "spot_pcc_z", "mse", "genes_scored")
 def run_direction(data: Path, measured: str, imputed: str, work: Path) -> dict:
     """import-visium + run for one direction; returns QC, metrics and timings."""
     from asign_assets.cli import main
-    from asign_assets.storage import Storage
+    from asign_assets.storage.store import Storage
 
     home = work / f"home_{measured}"
     sid = f"dlpfc_{measured}"
@@ -79,7 +79,7 @@ def report(results: list[dict]) -> str:
         "",
         "The two sections have different gene panels: a gene the truth section did not measure is "
         "unmeasured, never zero, and is left out (`genes_scored` is how many of the 250 selected genes were scored). "
-        "Metrics are on the imputed section only (see `asign_assets/metrics.py` for definitions). "
+        "Metrics are on the imputed section only (see `asign_assets/evaluation/metrics.py` for definitions). "
         "`asign_network` is MSAGNet alone, `asign_propagation` the cross-layer propagation alone; `overlap`, "
         "`similarity` and `gauss_knn` propagate the measured section over registered overlap, image-similarity "
         "or Gaussian-kNN edges; `image_2d` is a ridge regression from image features; `mean` is the measured mean profile.",

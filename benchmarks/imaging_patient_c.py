@@ -25,11 +25,11 @@ import zarr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from asign_assets.encoders import embed_tiles, get_encoder  # noqa: E402
-from asign_assets.imaging import read_rgb, read_thumbnail  # noqa: E402
-from asign_assets.tissue import tissue_area_mm2, tissue_mask  # noqa: E402
-from asign_assets.lattice import infer_lattice  # noqa: E402
-from asign_assets.tiles import TileParams, write_section_tiles  # noqa: E402
+from asign_assets.imaging.encoders import embed_tiles, get_encoder  # noqa: E402
+from asign_assets.readers.images import read_rgb, read_thumbnail  # noqa: E402
+from asign_assets.imaging.tissue import tissue_area_mm2, tissue_mask  # noqa: E402
+from asign_assets.ingest.lattice import infer_lattice  # noqa: E402
+from asign_assets.imaging.tiles import TileParams, write_section_tiles  # noqa: E402
 
 SECTIONS = ["C2", "C3", "C4", "C5", "C6"]
 

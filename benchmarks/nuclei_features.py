@@ -1,4 +1,4 @@
-"""Item 4 of issue #13: do nuclear features (asign_assets/nuclei.py) add to the spot embeddings?
+"""Item 4 of issue #13: do nuclear features (asign_assets/imaging/nuclei.py) add to the spot embeddings?
 
     .venv/bin/python benchmarks/nuclei_features.py [--data ../shared/data/her2st] [--cache DIR]
 
@@ -26,10 +26,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import patient_c_eval as pce  # noqa: E402
 
-from asign_assets.baselines import choose_ridge_rank, fit_reduced_rank_ridge, fit_ridge  # noqa: E402
-from asign_assets.expression import ExpressionParams, build_expression, normalise_to_genes  # noqa: E402
-from asign_assets.metrics import gene_pcc  # noqa: E402
-from asign_assets.nuclei import FEATURES, nuclei_features, section_stain_reference  # noqa: E402
+from asign_assets.evaluation.baselines import choose_ridge_rank, fit_reduced_rank_ridge, fit_ridge  # noqa: E402
+from asign_assets.ingest.expression import ExpressionParams, build_expression, normalise_to_genes  # noqa: E402
+from asign_assets.evaluation.metrics import gene_pcc  # noqa: E402
+from asign_assets.imaging.nuclei import FEATURES, nuclei_features, section_stain_reference  # noqa: E402
 
 
 def section_features(cache: Path) -> tuple[dict[str, np.ndarray], float]:

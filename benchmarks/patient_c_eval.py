@@ -26,8 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from asign_assets.expression import ExpressionParams, build_expression, normalise_to_genes  # noqa: E402
-from asign_assets.metrics import evaluate_sections, hvg_indices, markdown_table  # noqa: E402
+from asign_assets.ingest.expression import ExpressionParams, build_expression, normalise_to_genes  # noqa: E402
+from asign_assets.evaluation.metrics import evaluate_sections, hvg_indices, markdown_table  # noqa: E402
 
 SECTIONS = ["C2", "C3", "C4", "C5", "C6"]
 PATIENT = "C"
@@ -48,12 +48,12 @@ def prepare(data: Path, cache: Path) -> dict:
     import zarr
     from PIL import Image
 
-    from asign_assets.encoders import embed_tiles, get_encoder
-    from asign_assets.her2st import estimate_pixel_size_um, her2st_paths
-    from asign_assets.imaging import read_rgb, read_thumbnail
-    from asign_assets.tissue import tissue_mask
-    from asign_assets.registration import RegistrationParams, register_stack, to_common_frame
-    from asign_assets.tiles import write_section_tiles
+    from asign_assets.imaging.encoders import embed_tiles, get_encoder
+    from asign_assets.importers.her2st import estimate_pixel_size_um, her2st_paths
+    from asign_assets.readers.images import read_rgb, read_thumbnail
+    from asign_assets.imaging.tissue import tissue_mask
+    from asign_assets.registration.register import RegistrationParams, register_stack, to_common_frame
+    from asign_assets.imaging.tiles import write_section_tiles
 
     Image.MAX_IMAGE_PIXELS = 400_000_000  # HER2ST slides are ~92 Mpx; one at a time
     t0 = time.perf_counter()
@@ -108,7 +108,7 @@ def prepare(data: Path, cache: Path) -> dict:
 
 
 def read_section_counts(data: Path, s: str):
-    from asign_assets.readers import read_counts
+    from asign_assets.readers.tables import read_counts
 
     return read_counts(data / "ST-cnts" / f"{s}.tsv.gz")
 
@@ -118,8 +118,8 @@ def build_graph(prep: dict, z_um: list[float] | None = None, params=None):
 
     ``z_um``: one depth per section (default: the block layout of her2st.her2st_z_um).
     """
-    from asign_assets.graph import GraphParams, build_graph_3d
-    from asign_assets.her2st import her2st_z_um
+    from asign_assets.graph.build import GraphParams, build_graph_3d
+    from asign_assets.importers.her2st import her2st_z_um
 
     secs = prep["sections"]
     z_um = her2st_z_um(SECTIONS) if z_um is None else z_um
@@ -185,8 +185,8 @@ BLEND_SHIFTS = (-0.4, -0.2, -0.1, 0.1, 0.2)
 
 def run_choice(data: Path, prep: dict, graph, measured: str | list[str], params, device: torch.device) -> tuple[pl.DataFrame, dict]:
     """Train on the measured section(s), impute, score every other section against its truth."""
-    from asign_assets.baselines import run_baselines
-    from asign_assets.training import ModelInputs, impute, train_model
+    from asign_assets.evaluation.baselines import run_baselines
+    from asign_assets.model.training import ModelInputs, impute, train_model
 
     measured_list = [measured] if isinstance(measured, str) else list(measured)
     secs = prep["sections"]
@@ -255,7 +255,7 @@ def main() -> None:
     ap.add_argument("--out-md", type=Path, default=ROOT / "docs" / "patient_c.md",
                     help="write the final tables here (markdown); '-' to skip")
     args = ap.parse_args()
-    from asign_assets.training import TrainParams, params_for
+    from asign_assets.model.training import TrainParams, params_for
 
     torch.set_num_threads(args.threads)
     if not args.data.is_dir():
@@ -310,7 +310,7 @@ def report_markdown(mean: pl.DataFrame, all_df: pl.DataFrame, timings: list[dict
     """docs/patient_c.md: the mean-over-choices table, per-choice ASIGN rows, settings, seconds."""
     from dataclasses import asdict
 
-    from asign_assets.metrics import METRICS
+    from asign_assets.evaluation.metrics import METRICS
 
     asign = all_df.filter((pl.col("section") == "pooled") & (pl.col("method") == "asign"))
     lut = {(r["measured"], r["metric"]): r["value"] for r in asign.iter_rows(named=True)}

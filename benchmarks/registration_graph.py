@@ -25,10 +25,10 @@ HER2ST = ROOT / ".." / "shared" / "data" / "her2st"
 def bench_registration(threads: int) -> None:
     import SimpleITK as sitk
 
-    from asign_assets.her2st import estimate_pixel_size_um
-    from asign_assets.imaging import read_thumbnail
-    from asign_assets.tissue import tissue_mask
-    from asign_assets.registration import RegistrationParams, register_stack
+    from asign_assets.importers.her2st import estimate_pixel_size_um
+    from asign_assets.readers.images import read_thumbnail
+    from asign_assets.imaging.tissue import tissue_mask
+    from asign_assets.registration.register import RegistrationParams, register_stack
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     names = ["C2", "C3", "C4", "C5", "C6"]
@@ -91,7 +91,7 @@ def synthetic_stack(n_sections: int, n_spots: int, dim: int, seed: int = 0):
 def _graph_child(n_sections: int, n_spots: int, dim: int, q) -> None:
     import torch
 
-    from asign_assets.graph import GraphParams, build_graph_3d
+    from asign_assets.graph.build import GraphParams, build_graph_3d
 
     torch.set_num_threads(2)
     args = synthetic_stack(n_sections, n_spots, dim)
@@ -164,8 +164,8 @@ def polygon_intersection_area(subj: np.ndarray, clip: np.ndarray) -> np.ndarray:
 
 
 def bench_dense_vs_sparse(n_per_section: int, radius: float = 50.0, pitch: float = 200.0) -> None:
-    from asign_assets.geometry import disc_intersection_area
-    from asign_assets.graph import GraphParams, overlap_edges
+    from asign_assets.graph.geometry import disc_intersection_area
+    from asign_assets.graph.build import GraphParams, overlap_edges
 
     rng = np.random.default_rng(0)
     side = int(np.ceil(np.sqrt(n_per_section)))

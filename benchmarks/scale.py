@@ -94,7 +94,7 @@ def _asset_metadata(instance, sample_id: str, run_id: str) -> dict[str, dict]:
 
 
 def _load(path):
-    from asign_assets.manifest import load_manifest
+    from asign_assets.ingest.manifest import load_manifest
 
     return load_manifest(path)
 
@@ -110,7 +110,7 @@ def tiles_run_config(pixel_sizes_um: list[float]) -> dict:
     """Run config equivalent to ``TileParams(spot_downsample=auto_spot_downsample(...))`` through
     the existing TilesConfig fields (same physical patches, stored at no finer than the scan),
     plus a larger encoder batch for the small patches."""
-    from asign_assets.tiles import TileParams, auto_spot_downsample
+    from asign_assets.imaging.tiles import TileParams, auto_spot_downsample
 
     p = TileParams()
     f = auto_spot_downsample(pixel_sizes_um, p)
@@ -126,7 +126,7 @@ def tiles_run_config(pixel_sizes_um: list[float]) -> dict:
 
 def run_one(n_sections: int, spots_per_section: int, image_px: int | None, device: str, out_dir: Path, run_config: dict | None = None, auto_tiles: bool = True) -> dict:
     """Generate, materialise, measure one stack (in this process)."""
-    from asign_assets.demo import DemoConfig, make_demo_stack
+    from asign_assets.importers.demo import DemoConfig, make_demo_stack
 
     out_dir.mkdir(parents=True, exist_ok=True)
     if image_px is None:
@@ -178,9 +178,9 @@ def materialise(manifest_path: Path, home: Path, device: str, run_config: dict |
     os.environ["ASIGN_HOME"] = str(home)
     os.environ["DAGSTER_HOME"] = str(home / "dagster")
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
-    from asign_assets.definitions import build_definitions
-    from asign_assets.manifest import load_manifest
-    from asign_assets.storage import Storage
+    from asign_assets.pipeline.definitions import build_definitions
+    from asign_assets.ingest.manifest import load_manifest
+    from asign_assets.storage.store import Storage
 
     storage = Storage(str(home))
     manifest = load_manifest(manifest_path)

@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = ROOT / ".." / "shared" / "data"
 
-from asign_assets.imaging import read_thumbnail  # noqa: E402
-from asign_assets.registration import RegistrationParams, register_stack  # noqa: E402
-from asign_assets.tissue import spot_coverage, tissue_mask  # noqa: E402
+from asign_assets.readers.images import read_thumbnail  # noqa: E402
+from asign_assets.registration.register import RegistrationParams, register_stack  # noqa: E402
+from asign_assets.imaging.tissue import spot_coverage, tissue_mask  # noqa: E402
 
 VISIUM_COL_STEP_UM = 50.0  # neighbouring spots in a Visium row are 2 array columns = 100 um apart
 
@@ -80,7 +80,7 @@ def bench_dlpfc(root: Path, save: Path | None) -> None:
 
 
 def bench_her2st(root: Path, save: Path | None) -> None:
-    from asign_assets.her2st import estimate_pixel_size_um
+    from asign_assets.importers.her2st import estimate_pixel_size_um
 
     names = ["C2", "C3", "C4", "C5", "C6"]
     masks, ups = [], []

@@ -1,5 +1,5 @@
 """Server time of the viewer's gene-switch callback on a 100k-spot x 250-gene volume,
-the dense volume build (asign_assets.volume) and the dense views' gene/slice changes.
+the dense volume build (asign_assets.results.volume) and the dense views' gene/slice changes.
 
     .venv/bin/python benchmarks/viewer_gene_switch.py [--spots 100000] [--genes 250] [--repeats 7]
 
@@ -133,7 +133,7 @@ def build_volume_child(folder: Path) -> None:
 
     import numpy as np
 
-    from asign_assets.volume import gridding_operator, spearman_columns, write_gridded
+    from asign_assets.results.volume import gridding_operator, spearman_columns, write_gridded
 
     xyz, code, x = (np.load(folder / f"{k}.npy") for k in ("xyz", "code", "x"))
     genes = (folder / "genes.txt").read_text().split()

@@ -57,7 +57,7 @@ def build_wsi(src_jpg: Path, src_um: float, target_um: float, out: Path) -> dict
     import tifffile
     from PIL import Image
 
-    from asign_assets.imaging import read_rgb
+    from asign_assets.readers.images import read_rgb
 
     src = Image.fromarray(np.asarray(read_rgb(src_jpg)))  # 92 Mpx source: the only whole image held
     sw, sh = src.size
@@ -96,9 +96,9 @@ def make_stacks(data: Path, work: Path, target_um: float) -> tuple[Path, Path, d
     """native.yaml (C3 + C4 measured, both native JPEGs) and wsi.yaml (C3 as the built WSI)."""
     import polars as pl
 
-    from asign_assets.her2st import her2st_paths, manifest_from_her2st
-    from asign_assets.manifest import load_manifest, write_manifest
-    from asign_assets.slide import file_pixel_size_um
+    from asign_assets.importers.her2st import her2st_paths, manifest_from_her2st
+    from asign_assets.ingest.manifest import load_manifest, write_manifest
+    from asign_assets.readers.slide import file_pixel_size_um
 
     native, _ = manifest_from_her2st(data, "C", ["C3", "C4"], measured="C4", sample_id="wsi_native", out=work / "native.yaml")
     m = load_manifest(native)
@@ -130,7 +130,7 @@ def run_child(manifest: Path, out: Path, device: str, epochs: int) -> dict:
 
 
 def _child(manifest: Path, out: Path, device: str, epochs: int) -> None:
-    from asign_assets.manifest import load_manifest
+    from asign_assets.ingest.manifest import load_manifest
 
     px = [s.pixel_size_um for s in load_manifest(manifest).sections]
     cfg = scale.merge_config(scale.tiles_run_config(px), {"ops": {"model": {"config": {"epochs": epochs, "ensemble": 1}}}})

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from asign_assets.errors import InputError
-from asign_assets.manifest import SAMPLE_ID_RE
-from asign_assets.manifest import SECTION_NAME_RE as SECTION_RE  # section names become file names (thumbnails/<section>.png)
+from asign_assets.ingest.manifest import SAMPLE_ID_RE
+from asign_assets.ingest.manifest import SECTION_NAME_RE as SECTION_RE  # section names become file names (thumbnails/<section>.png)
 
 # Gene names are looked up in var_names, never used in paths; this only bounds the length.
 MAX_GENE_LEN = 200
@@ -85,7 +85,7 @@ def refresh_mirror(home: str | os.PathLike, force: bool = False) -> list[str]:
     """Copy new or changed assets of the remote root behind ``home`` (no-op for local roots)."""
     import time
 
-    from asign_assets.storage import Storage
+    from asign_assets.storage.store import Storage
 
     entry = _MIRRORS.get(str(home))
     if entry is None or (not force and time.monotonic() - entry[1] < MIRROR_REFRESH_S):
@@ -183,8 +183,8 @@ def manifest_mismatch(home: str | os.PathLike, sample_id: str) -> str | None:
     """Why a sample's outputs must not be drawn together: they were built from different
     manifests (each output records its manifest's digest in ``provenance/``); else None.
     Samples materialised before provenance was recorded have none and pass."""
-    from asign_assets.manifest import load_manifest
-    from asign_assets.storage import PROVENANCE
+    from asign_assets.ingest.manifest import load_manifest
+    from asign_assets.storage.store import PROVENANCE
 
     d = sample_dir(home, sample_id)
     records = {p.name[: -len(".manifest")]: p.read_text().strip() for p in sorted((d / PROVENANCE).glob("*.manifest"))}
@@ -566,14 +566,14 @@ def dense_path(home: str | os.PathLike, sample_id: str, kind: str = "expression"
 
 
 def load_dense(home: str | os.PathLike, sample_id: str, kind: str = "expression"):
-    """The OME-Zarr volume (asign_assets.volume.OmeVolume) or None when not materialised."""
+    """The OME-Zarr volume (asign_assets.results.volume.OmeVolume) or None when not materialised."""
     p = dense_path(home, sample_id, kind)
     return None if p is None else _load_dense(str(p), _stamp(p / ".zattrs"))
 
 
 @functools.lru_cache(maxsize=8)
 def _load_dense(path: str, stamp: tuple[int, int]):
-    from asign_assets.volume import open_ome_zarr
+    from asign_assets.results.volume import open_ome_zarr
 
     try:
         return open_ome_zarr(path)

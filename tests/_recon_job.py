@@ -16,7 +16,7 @@ from asign_assets.definitions import build_definitions
 RUN_CONFIG = {
     "ops": {"model": {"config": {"epochs": 5}}},
     # Step processes fork from a server that has imported the heavy modules once.
-    "execution": {"config": {"start_method": {"forkserver": {"preload_modules": ["asign_assets.definitions", "asign_assets.assets", "torch"]}}}},
+    "execution": {"config": {"start_method": {"forkserver": {"preload_modules": ["asign_assets.definitions", "asign_assets.pipeline.assets", "torch"]}}}},
 }
 
 

@@ -21,8 +21,8 @@ def her2st_or_skip() -> Path:
 def patient_c_run(tmp_path_factory):
     """HER2ST patient C (C2..C6, C4 measured, truth on the others) through the whole asset
     graph once per session: (storage, sample id, in-process result). Skips without the data."""
-    from asign_assets.her2st import manifest_from_her2st
-    from asign_assets.manifest import load_manifest
+    from asign_assets.importers.her2st import manifest_from_her2st
+    from asign_assets.ingest.manifest import load_manifest
 
     data = her2st_or_skip()
     tmp = tmp_path_factory.mktemp("patient_c")
@@ -35,8 +35,8 @@ def run_full_sample(manifest, home):
     (storage, sample id, Dagster result)."""
     import dagster as dg
 
-    from asign_assets.definitions import build_definitions
-    from asign_assets.storage import Storage
+    from asign_assets.pipeline.definitions import build_definitions
+    from asign_assets.storage.store import Storage
 
     store = Storage(home)
     store.register(manifest)
@@ -50,7 +50,7 @@ def run_full_sample(manifest, home):
 @pytest.fixture(scope="session")
 def small_stack(tmp_path_factory):
     """A 4-section synthetic stack, small enough for fast tests (shared, read-only)."""
-    from asign_assets.demo import DemoConfig, make_demo_stack
+    from asign_assets.importers.demo import DemoConfig, make_demo_stack
 
     out = tmp_path_factory.mktemp("small_stack")
     return make_demo_stack(out, DemoConfig(n_sections=4, spots_per_section=90, image_px=480, n_genes=120, seed=3))
@@ -76,9 +76,9 @@ def materialised_small(small_stack, tmp_path_factory):
     """
     import dagster as dg
 
-    from asign_assets.definitions import build_definitions
-    from asign_assets.manifest import load_manifest
-    from asign_assets.storage import Storage
+    from asign_assets.pipeline.definitions import build_definitions
+    from asign_assets.ingest.manifest import load_manifest
+    from asign_assets.storage.store import Storage
 
     root = tmp_path_factory.mktemp("asign_home")
     store = Storage(root)

@@ -9,10 +9,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from asign_assets.console import asset_line, summary_table
-from asign_assets.input_digest import FileDigestCache, files_version, sha256_file
-from asign_assets.qc import isolated_fraction, registration_gaps, volume_problems
-from asign_assets.stack_inputs import measured_rows, tile_arrays
+from asign_assets.pipeline.console import asset_line, summary_table
+from asign_assets.storage.input_digest import FileDigestCache, files_version, sha256_file
+from asign_assets.results.qc import isolated_fraction, registration_gaps, volume_problems
+from asign_assets.storage.stack_inputs import measured_rows, tile_arrays
 
 
 def test_digest_cache_rehashes_only_changed_files_and_touch_keeps_the_digest(tmp_path):
@@ -97,7 +97,7 @@ def test_anndata_zarr_is_format_2_with_one_gene_per_chunk(tmp_path):
     import pandas as pd
     import zarr
 
-    from asign_assets.imputed import write_anndata_zarr
+    from asign_assets.results.imputed import write_anndata_zarr
 
     a = ad.AnnData(X=np.arange(12, dtype=np.float32).reshape(4, 3), obs=pd.DataFrame({"section": ["a", "a", "b", "b"]}, index=list("wxyz")))
     with warnings.catch_warnings():
@@ -122,9 +122,9 @@ def test_console_lines_and_summary():
 def test_truth_matrix_joins_by_spot_id_in_spot_order_and_marks_unmeasured_genes(tmp_path):
     from types import SimpleNamespace
 
-    from asign_assets.evaluation import truth_matrix
-    from asign_assets.expression import normalise_to_genes
-    from asign_assets.manifest import Manifest, SectionSpec
+    from asign_assets.evaluation.sample import truth_matrix
+    from asign_assets.ingest.expression import normalise_to_genes
+    from asign_assets.ingest.manifest import Manifest, SectionSpec
 
     truth = tmp_path / "S2.tsv"
     truth.write_text("\tG1\tG2\nzz\t5\t5\nb\t30\t70\na\t1\t1\n")  # zz: no such spot; a: library 2 < min_counts
@@ -173,6 +173,6 @@ def test_loading_the_definitions_imports_neither_torch_nor_anndata():
     import subprocess
     import sys
 
-    code = "import sys, asign_assets.definitions, asign_assets.cli, asign_assets.freshness; print(sorted({'torch', 'anndata', 'torch_geometric'} & set(sys.modules)))"
+    code = "import sys, asign_assets.definitions, asign_assets.cli, asign_assets.pipeline.freshness; print(sorted({'torch', 'anndata', 'torch_geometric'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, check=True)
     assert out.stdout.strip() == "[]", out.stdout

@@ -27,12 +27,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from asign_assets.assets import expression, graph_3d, registrations, sections, tiles
-from asign_assets.definitions import build_definitions
-from asign_assets.demo import DemoConfig, make_demo_stack
+from asign_assets.pipeline.assets import expression, graph_3d, registrations, sections, tiles
+from asign_assets.pipeline.definitions import build_definitions
+from asign_assets.importers.demo import DemoConfig, make_demo_stack
 from asign_assets.errors import InputError
-from asign_assets.manifest import load_manifest, write_manifest
-from asign_assets.storage import Storage
+from asign_assets.ingest.manifest import load_manifest, write_manifest
+from asign_assets.storage.store import Storage
 
 CFG = DemoConfig(n_sections=3, spots_per_section=60, image_px=320, n_genes=60)
 SID = "bad"
@@ -585,7 +585,7 @@ def test_bad_input_fails_cleanly_and_keeps_previous_outputs(case: Case, case_env
     # The earlier materialisation is still readable.
     import anndata as ad
 
-    from asign_assets import sections as sections_lib
+    from asign_assets.ingest import sections as sections_lib
 
     adata = ad.read_h5ad(sample / "expression.h5ad")
     assert adata.n_obs >= 20 and adata.n_vars > 0
@@ -623,12 +623,12 @@ def test_manifest_files_are_refused_by_the_loader_and_validate(case: Case, base_
 def test_acceptable_inputs_work(case: Case, case_env, caplog):
     import polars as pl
 
-    from asign_assets import sections as sections_lib
+    from asign_assets.ingest import sections as sections_lib
 
     stack, home = case_env
     case.mutate(stack)
     Storage(home).register(load_manifest(stack / "manifest.yaml"), replace=True)
-    with caplog.at_level(logging.WARNING, logger="asign_assets.readers"):
+    with caplog.at_level(logging.WARNING, logger="asign_assets.readers.tables"):
         result = _materialise(home, [sections, expression, registrations, tiles])
     assert result.success
     sample = home / "samples" / SID

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from asign_assets import strict_yaml
+from asign_assets.ingest import strict_yaml
 from asign_assets.errors import InputError
-from asign_assets.imaging import read_image_size
-from asign_assets.manifest import MAX_MANIFEST_BYTES, load_manifest
-from asign_assets.paths import require_regular_file
-from asign_assets.readers import read_counts, read_spots
+from asign_assets.readers.images import read_image_size
+from asign_assets.ingest.manifest import MAX_MANIFEST_BYTES, load_manifest
+from asign_assets.readers.paths import require_regular_file
+from asign_assets.readers.tables import read_counts, read_spots
 
 MANIFEST = """\
 sample_id: {sid}
@@ -86,7 +86,7 @@ def test_billion_laughs_is_refused_within_bounded_memory(tmp_path):
         f"""
         import resource, sys
         resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
-        from asign_assets.manifest import load_manifest
+        from asign_assets.ingest.manifest import load_manifest
         from asign_assets.errors import InputError
         try:
             load_manifest({str(p)!r})
@@ -139,7 +139,7 @@ def test_special_files_are_refused_by_type(tmp_path):
 
 def test_fifo_counts_do_not_hang_validate(tmp_path):
     """`asign validate` on a manifest whose counts are a FIFO exits at once with the reason."""
-    from asign_assets.demo import DemoConfig, make_demo_stack
+    from asign_assets.importers.demo import DemoConfig, make_demo_stack
 
     stack = make_demo_stack(tmp_path / "stack", DemoConfig(n_sections=2, spots_per_section=40, image_px=200, n_genes=20), sample_id="f")
     data = yaml.safe_load(stack.manifest_path.read_text())

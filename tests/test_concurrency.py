@@ -19,10 +19,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from asign_assets.definitions import build_definitions
-from asign_assets.demo import DemoConfig, make_demo_stack
-from asign_assets.manifest import load_manifest, write_manifest
-from asign_assets.storage import Storage
+from asign_assets.pipeline.definitions import build_definitions
+from asign_assets.importers.demo import DemoConfig, make_demo_stack
+from asign_assets.ingest.manifest import load_manifest, write_manifest
+from asign_assets.storage.store import Storage
 
 from _reliability import array_hashes, file_hashes  # noqa: E402  (tests/ helper)
 

@@ -23,11 +23,11 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from asign_assets import assets as A
-from asign_assets.definitions import build_definitions
-from asign_assets.demo import DemoConfig, make_demo_stack
-from asign_assets.manifest import load_manifest
-from asign_assets.storage import HOST_ID, OLD_PREFIX, TMP_PREFIX, Storage
+from asign_assets.pipeline import assets as A
+from asign_assets.pipeline.definitions import build_definitions
+from asign_assets.importers.demo import DemoConfig, make_demo_stack
+from asign_assets.ingest.manifest import load_manifest
+from asign_assets.storage.store import HOST_ID, OLD_PREFIX, TMP_PREFIX, Storage
 
 ROOT = Path(__file__).resolve().parents[1]
 SID = "crash"
@@ -37,10 +37,10 @@ RUN_CONFIG = {"ops": {"model": {"config": {"epochs": 5}}}}
 _WRITER = r"""
 import os, sys, time
 import dagster as dg
-import asign_assets.storage as S
-import asign_assets.tiles as T
-from asign_assets import assets as A
-from asign_assets.definitions import build_definitions
+import asign_assets.storage.store as S
+import asign_assets.imaging.tiles as T
+from asign_assets.pipeline import assets as A
+from asign_assets.pipeline.definitions import build_definitions
 
 root, sid, asset_name, marker = sys.argv[1:5]
 

@@ -63,10 +63,10 @@ def test_celery_workers_run_every_step(tmp_path):
     require_modules("dagster_celery", "redis", "celery")
     import dagster as dg
 
-    from asign_assets.definitions import build_definitions
-    from asign_assets.demo import DemoConfig, make_demo_stack
-    from asign_assets.manifest import load_manifest
-    from asign_assets.storage import Storage
+    from asign_assets.pipeline.definitions import build_definitions
+    from asign_assets.importers.demo import DemoConfig, make_demo_stack
+    from asign_assets.ingest.manifest import load_manifest
+    from asign_assets.storage.store import Storage
 
     stack = make_demo_stack(tmp_path / "data", DemoConfig(n_sections=3, spots_per_section=60, image_px=320, n_genes=60), sample_id=SAMPLE)
     dagster_home, asign_home, redis_dir = tmp_path / "dagster_home", tmp_path / "asign_home", tmp_path / "redis"
@@ -143,8 +143,8 @@ def test_executor_from_env_and_gpu_queue(monkeypatch):
     """ASIGN_EXECUTOR picks the executor; every gpu-pool step carries the gpu queue tag."""
     import dagster as dg
 
-    from asign_assets.assets.common import GPU_POOL
-    from asign_assets.definitions import build_definitions, executor_from_env
+    from asign_assets.pipeline.assets.common import GPU_POOL
+    from asign_assets.pipeline.definitions import build_definitions, executor_from_env
 
     for name, expected in (("", None), ("in_process", dg.in_process_executor), ("multiprocess", dg.multiprocess_executor)):
         monkeypatch.setenv("ASIGN_EXECUTOR", name)

@@ -72,8 +72,8 @@ def _instance_env(postgres, tmp_path: Path, db: str, monkeypatch) -> tuple[dict[
 
 
 def _drop_demo(tmp_path: Path, inbox: Path, sample_id: str, seed: int) -> None:
-    from asign_assets.demo import DemoConfig, make_demo_stack
-    from asign_assets.manifest import load_manifest, write_manifest
+    from asign_assets.importers.demo import DemoConfig, make_demo_stack
+    from asign_assets.ingest.manifest import load_manifest, write_manifest
 
     stack = make_demo_stack(tmp_path / "data" / sample_id, DemoConfig(n_sections=2, spots_per_section=40, image_px=256, n_genes=40, seed=seed), sample_id=sample_id)
     staged = write_manifest(load_manifest(stack.manifest_path), tmp_path / f"{sample_id}.yaml", relative=False)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from _procs import doc_command, free_port, port_open, require, require_modules, run, service, tool_env, wait_for  # noqa: E402
-from asign_assets.storage import COMPLETE_DIR, Storage
+from asign_assets.storage.store import COMPLETE_DIR, Storage
 
 
 @pytest.fixture()

@@ -15,10 +15,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from asign_assets.definitions import build_definitions
-from asign_assets.demo import DemoConfig, make_demo_stack
-from asign_assets.manifest import load_manifest
-from asign_assets.storage import Storage
+from asign_assets.pipeline.definitions import build_definitions
+from asign_assets.importers.demo import DemoConfig, make_demo_stack
+from asign_assets.ingest.manifest import load_manifest
+from asign_assets.storage.store import Storage
 
 from _reliability import array_hashes, file_hashes  # noqa: E402  (tests/ helper)
 
@@ -107,7 +107,7 @@ def test_truth_reaches_only_evaluation(runs):
 
 def test_a_different_seed_changes_the_model(runs, tmp_path):
     """The identity above is not vacuous: the seed does reach training."""
-    from asign_assets.assets import model
+    from asign_assets.pipeline.assets import model
 
     root = tmp_path / "root"
     shutil.copytree(runs["samples"]["A"].parents[1], root)

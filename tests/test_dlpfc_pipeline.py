@@ -17,7 +17,7 @@ def test_dlpfc_pair_from_space_ranger_folders(tmp_path, monkeypatch):
     if not all((DLPFC / s / "spatial").is_dir() for s in ("151673", "151674")):
         pytest.skip(f"DLPFC data not found at {DLPFC} (../shared/data/dlpfc relative to the project)")
     from asign_assets.cli import main
-    from asign_assets.storage import Storage
+    from asign_assets.storage.store import Storage
 
     home = tmp_path / "home"
     monkeypatch.setenv("ASIGN_HOME", str(home))

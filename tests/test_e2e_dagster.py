@@ -95,8 +95,8 @@ def _failure_report(port: int, run_id: str) -> str:
 
 @pytest.mark.e2e
 def test_inbox_manifest_runs_in_dagster_dev(tmp_path):
-    from asign_assets.demo import DemoConfig, make_demo_stack
-    from asign_assets.manifest import load_manifest, write_manifest
+    from asign_assets.importers.demo import DemoConfig, make_demo_stack
+    from asign_assets.ingest.manifest import load_manifest, write_manifest
 
     dagster_home = tmp_path / "dagster_home"
     asign_home = tmp_path / "asign_home"

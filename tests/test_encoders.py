@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import zarr
 from skimage.color import hed_from_rgb, rgb2hed
 
-from asign_assets.encoders import (
+from asign_assets.imaging.encoders import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     HistologyEncoder,
@@ -19,7 +19,7 @@ from asign_assets.encoders import (
     get_encoder,
 )
 from asign_assets.errors import InputError
-from asign_assets.tiles import TileParams, write_section_tiles
+from asign_assets.imaging.tiles import TileParams, write_section_tiles
 
 CPU = torch.device("cpu")
 
@@ -152,7 +152,7 @@ def test_histology_fast_statistics_equal_plain_torch_formulas():
     """The centred-sum std and the numpy-sort quantiles give what ``Tensor.std`` and
     ``torch.quantile`` give, on H&E-like tiles and on a near-constant bright tile (where a
     one-pass variance would lose digits)."""
-    from asign_assets.encoders import _quantiles, _std
+    from asign_assets.imaging.encoders import _quantiles, _std
 
     rng = np.random.default_rng(3)
     y = torch.from_numpy(np.r_[rng.uniform(0, 1, (5, 3136)), 0.9 + rng.normal(0, 1e-3, (1, 3136))].astype(np.float32))
@@ -192,7 +192,7 @@ def test_embed_tiles_in_worker_processes_equal_sequential_bytes(tmp_path, monkey
     for k, name in enumerate("ABC"):
         _write_tiles(tiles, name, k + 1)
     enc = HistologyEncoder(CPU)
-    import asign_assets.process_jobs as PJ
+    import asign_assets.runtime.process_jobs as PJ
 
     pool_calls = []
     run = PJ.run_in_processes

@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 
 from asign_assets.errors import InputError
-from asign_assets.expression import (
+from asign_assets.ingest.expression import (
     ExpressionParams,
     MeasuredCounts,
     build_expression,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from asign_assets.geometry import disc_intersection_area, disc_iou
+from asign_assets.graph.geometry import disc_intersection_area, disc_iou
 
 
 def test_identical_tangent_disjoint_contained():

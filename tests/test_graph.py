@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from asign_assets.errors import InputError
-from asign_assets.graph import (
+from asign_assets.graph.build import (
     EDGE_INTRA,
     EDGE_OVERLAP,
     EDGE_SIMILARITY,
@@ -85,7 +85,7 @@ def test_overlap_modes_with_offset():
     spots = _lattice(n_sections=2, offset=(10.0, 0.0))  # second section shifted by 10 um
     g_iou = _build(spots)
     w = g_iou.edge_weight[g_iou.edge_type == EDGE_OVERLAP].numpy()
-    from asign_assets.geometry import disc_iou
+    from asign_assets.graph.geometry import disc_iou
 
     assert len(w) == 2 * 16 and np.allclose(w, disc_iou(10.0, 40.0, 40.0))
     g_rad = _build(spots, overlap="radius", effective_radius_um=PITCH)  # enlarged discs reach lattice neighbours
@@ -171,7 +171,7 @@ def test_for_lattice_scales_defaults():
 
 
 def test_depth_weights_decrease_with_dz():
-    from asign_assets.graph import depth_factor
+    from asign_assets.graph.build import depth_factor
 
     p = GraphParams(gaussian_sigma_um=100.0, depth_weight=True)
     f = depth_factor(np.array([0.0, 16.0, 50.0, 100.0, 300.0]), p)
@@ -222,7 +222,7 @@ def test_shifted_copy_is_displaced_and_joined_only_by_overlap_edges():
     # edges between a copy and an original are overlap edges, each carrying the disc IoU at their distance
     cross = is_copy[0] ^ is_copy[1]
     assert cross.any() and bool((new_t[cross] == EDGE_OVERLAP).all())
-    from asign_assets.geometry import disc_iou
+    from asign_assets.graph.geometry import disc_iou
 
     d = (aug.pos[new[0, cross], :2] - aug.pos[new[1, cross], :2]).norm(dim=1).double().numpy()
     np.testing.assert_allclose(aug.edge_weight[data.edge_index.shape[1]:][cross].numpy(), disc_iou(d, 40.0, 40.0), rtol=1e-5)

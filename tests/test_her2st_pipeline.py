@@ -32,7 +32,7 @@ def test_patient_c_two_measured_sections_beat_one(patient_c_run, tmp_path, monke
     from pathlib import Path
 
     from asign_assets.cli import main
-    from asign_assets.manifest import load_manifest
+    from asign_assets.ingest.manifest import load_manifest
     from conftest import her2st_or_skip, run_full_sample
 
     data = her2st_or_skip()

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from asign_assets import storage as storage_mod
+from asign_assets.storage import store as storage_mod
 from asign_assets.cli import main
 from asign_assets.errors import InputError
-from asign_assets.manifest import load_manifest, write_manifest
-from asign_assets.storage import Storage
+from asign_assets.ingest.manifest import load_manifest, write_manifest
+from asign_assets.storage.store import Storage
 from dash_app import data
 
 MANIFEST = """\
@@ -156,7 +156,7 @@ def test_cli_run_refuses_and_replace_needs_a_manifest(tmp_path, capsys, monkeypa
 
 
 def test_inbox_sensor_refuses_other_content_and_bombs(tmp_path):
-    from asign_assets.ops import scan_inbox
+    from asign_assets.pipeline.sensors import scan_inbox
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()

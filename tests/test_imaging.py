@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from asign_assets.errors import InputError
-from asign_assets.imaging import read_image_size, read_rgb, read_thumbnail
-from asign_assets.tissue import spot_coverage, tissue_area_mm2, tissue_mask
+from asign_assets.readers.images import read_image_size, read_rgb, read_thumbnail
+from asign_assets.imaging.tissue import spot_coverage, tissue_area_mm2, tissue_mask
 
 HER2ST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "her2st"
 
@@ -109,9 +109,9 @@ def test_her2st_patient_c_masks_lattice_tiles_embeddings(tmp_path):
     import torch
     import zarr
 
-    from asign_assets.encoders import embed_tiles, get_encoder
-    from asign_assets.lattice import infer_lattice
-    from asign_assets.tiles import write_section_tiles
+    from asign_assets.imaging.encoders import embed_tiles, get_encoder
+    from asign_assets.ingest.lattice import infer_lattice
+    from asign_assets.imaging.tiles import write_section_tiles
 
     # Patient C's spots sit ~291 px apart per 200 um array unit (fitted from the array
     # coordinates below), i.e. ~0.687 um/px.

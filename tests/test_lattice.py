@@ -7,7 +7,7 @@ import pytest
 from scipy.spatial import cKDTree
 
 from asign_assets.errors import InputError
-from asign_assets.lattice import LatticeGeometry, infer_lattice, lattice_over_mask
+from asign_assets.ingest.lattice import LatticeGeometry, infer_lattice, lattice_over_mask
 
 
 def _lattice(kind: str, pitch_px: float, angle_deg: float, n: int = 12, jitter: float = 0.0, drop: float = 0.0, seed: int = 0):

@@ -17,11 +17,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from asign_assets import readers, slide
+from asign_assets.readers import tables as readers
+from asign_assets.readers import slide
 from asign_assets.cli import materialise_sample
-from asign_assets.definitions import build_definitions
-from asign_assets.freshness import OUTPUTS
-from asign_assets.storage import Storage
+from asign_assets.pipeline.definitions import build_definitions
+from asign_assets.pipeline.freshness import OUTPUTS
+from asign_assets.storage.store import Storage
 
 # sections tiled in this process, where the recording patches below see the images opened
 EPOCHS = {"ops": {"model": {"config": {"epochs": 20}}, "tiles": {"config": {"workers": 1}}}}

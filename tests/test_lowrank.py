@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from asign_assets.lowrank import bcv_errors, choose_rank, low_rank
+from asign_assets.stats.lowrank import bcv_errors, choose_rank, low_rank
 
 
 def _low_rank_plus_noise(rank: int, n: int = 180, g: int = 120, noise: float = 1.0, seed: int = 0):

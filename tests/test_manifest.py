@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from asign_assets.errors import InputError
-from asign_assets.manifest import load_manifest, measured_names, reference_position, write_manifest
+from asign_assets.ingest.manifest import load_manifest, measured_names, reference_position, write_manifest
 
 
 def _write(tmp_path: Path, data: dict) -> Path:
@@ -117,7 +117,7 @@ def test_missing_manifest_and_bad_yaml(tmp_path):
 
 
 def test_pixel_size_from_the_image_file_when_the_manifest_has_none(tmp_path, monkeypatch):
-    """Without pixel_size_um the image's own metadata is asked (asign_assets.slide), then the error."""
+    """Without pixel_size_um the image's own metadata is asked (asign_assets.readers.slide), then the error."""
     import sys
     import types
 
@@ -125,14 +125,14 @@ def test_pixel_size_from_the_image_file_when_the_manifest_has_none(tmp_path, mon
     data.pop("pixel_size_um")
     data["sections"][0]["pixel_size_um"] = 0.5
     path = _write(tmp_path, data)
-    monkeypatch.delitem(sys.modules, "asign_assets.slide", raising=False)
+    monkeypatch.delitem(sys.modules, "asign_assets.readers.slide", raising=False)
     monkeypatch.setattr("builtins.__import__", _without_slide(__import__))
     with pytest.raises(InputError, match=r"sections\[1\].pixel_size_um': no pixel size"):
         load_manifest(path)
     monkeypatch.undo()
-    fake = types.ModuleType("asign_assets.slide")
+    fake = types.ModuleType("asign_assets.readers.slide")
     fake.file_pixel_size_um = lambda p: (0.25, "TIFF resolution") if p.name == "b.jpg" else None
-    monkeypatch.setitem(sys.modules, "asign_assets.slide", fake)
+    monkeypatch.setitem(sys.modules, "asign_assets.readers.slide", fake)
     with pytest.raises(InputError, match=r"sections\[2\].pixel_size_um': no pixel size"):
         load_manifest(path)
     data["sections"][2]["pixel_size_um"] = 0.5
@@ -147,11 +147,11 @@ def test_pixel_size_from_the_image_file_when_the_manifest_has_none(tmp_path, mon
 
 
 def _without_slide(real_import):
-    """An __import__ that behaves as if asign_assets.slide did not exist yet."""
+    """An __import__ that behaves as if asign_assets.readers.slide did not exist yet."""
 
     def fake(name, globals=None, locals=None, fromlist=(), level=0):
-        if name == "asign_assets.slide":
-            raise ModuleNotFoundError("No module named 'asign_assets.slide'", name=name)
+        if name == "asign_assets.readers.slide":
+            raise ModuleNotFoundError("No module named 'asign_assets.readers.slide'", name=name)
         return real_import(name, globals, locals, fromlist, level)
 
     return fake

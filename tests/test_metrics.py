@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from asign_assets.metrics import (
+from asign_assets.evaluation.metrics import (
     METRICS, evaluate_sections, gene_pcc, hvg_indices, mae, markdown_table, mse, spot_pcc, spot_pcc_z,
 )
 
@@ -91,7 +91,7 @@ def test_partially_measured_gene_is_an_error():
 
 
 def test_uncertainty_metrics_ignore_nan_truth_and_measure_ranking_and_coverage():
-    from asign_assets.metrics import Z80, coverage_80, gene_pcc_finite, unc_spearman, unc_spearman_all, uncertainty_table
+    from asign_assets.evaluation.metrics import Z80, coverage_80, gene_pcc_finite, unc_spearman, unc_spearman_all, uncertainty_table
 
     rng = np.random.default_rng(0)
     n, g = 400, 6
@@ -125,7 +125,7 @@ def test_rowwise_pcc_gradient_is_finite_for_a_constant_target_row():
     zero in a sparse Visium batch) scores 0 and must not turn every gradient into NaN."""
     import torch
 
-    from asign_assets.metrics import rowwise_pcc
+    from asign_assets.evaluation.metrics import rowwise_pcc
 
     pred = torch.randn(5, 30, requires_grad=True)
     y = torch.randn(5, 30)
@@ -140,7 +140,7 @@ def test_rowwise_pcc_gradient_is_finite_for_a_constant_target_row():
 def test_average_ranks_equal_scipy_with_ties_and_nan(shape, axis):
     from scipy.stats import rankdata
 
-    from asign_assets.metrics import average_ranks
+    from asign_assets.evaluation.metrics import average_ranks
 
     rng = np.random.default_rng(3)
     x = rng.integers(0, 12, shape).astype(float)  # many ties

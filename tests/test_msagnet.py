@@ -7,7 +7,7 @@ import torch
 from scipy.spatial import cKDTree
 from torch_geometric.data import Data
 
-from asign_assets.msagnet import CrossLayerImputation, MSAGNet
+from asign_assets.model.msagnet import CrossLayerImputation, MSAGNet
 
 
 def make_stack(n_sections: int = 3, side: int = 10, n_genes: int = 12, dim: int = 16, seed: int = 0, noise: float = 0.1):
@@ -130,7 +130,7 @@ def test_cli_blend_init_half():
 
 
 def test_depth_edge_feature_changes_attention_only_when_enabled():
-    from asign_assets.msagnet import MSAGNet
+    from asign_assets.model.msagnet import MSAGNet
 
     g, emb, remb, gemb, _ = make_stack(n_sections=2, side=10)
     torch.manual_seed(0)

@@ -38,10 +38,10 @@ def two_measured_run(tmp_path_factory):
     """(store, sample id, result, stack dir) of the 5-section stack, S01 + S05 measured."""
     import dagster as dg
 
-    from asign_assets.definitions import build_definitions
-    from asign_assets.demo import DemoConfig, make_demo_stack
-    from asign_assets.manifest import load_manifest
-    from asign_assets.storage import Storage
+    from asign_assets.pipeline.definitions import build_definitions
+    from asign_assets.importers.demo import DemoConfig, make_demo_stack
+    from asign_assets.ingest.manifest import load_manifest
+    from asign_assets.storage.store import Storage
 
     out = tmp_path_factory.mktemp("two_measured")
     cfg = DemoConfig(n_sections=5, spots_per_section=90, image_px=480, n_genes=120, seed=3, z_step_um=Z_STEP, measured_indices=(0, 4))
@@ -68,7 +68,7 @@ def _metadata(result, asset: str) -> dict:
 
 
 def test_demo_manifest_marks_both_sections(two_measured_run):
-    from asign_assets.manifest import load_manifest
+    from asign_assets.ingest.manifest import load_manifest
 
     *_, stack = two_measured_run
     m = load_manifest(stack / "manifest.yaml")
@@ -78,7 +78,7 @@ def test_demo_manifest_marks_both_sections(two_measured_run):
 
 
 def test_both_measured_sections_are_known_in_training(two_measured_run):
-    from asign_assets.stack_inputs import StackInputs
+    from asign_assets.storage.stack_inputs import StackInputs
 
     store, sid, result, _ = two_measured_run
     assert result.success
@@ -104,8 +104,8 @@ def test_both_measured_sections_are_known_in_training(two_measured_run):
 
 
 def test_propagation_next_to_each_measured_section_comes_from_it(two_measured_run):
-    from asign_assets.graph import EDGE_OVERLAP
-    from asign_assets.stack_inputs import StackInputs
+    from asign_assets.graph.build import EDGE_OVERLAP
+    from asign_assets.storage.stack_inputs import StackInputs
 
     store, sid, _, _ = two_measured_run
     vol = ad.read_h5ad(store.local_path(sid, "imputed_volume.h5ad"))
@@ -150,9 +150,9 @@ def test_evaluation_reports_distance_to_nearest_measured_section(two_measured_ru
 def test_gauss_knn_sigma_comes_from_one_section_pitch(two_measured_run):
     """Both measured sections lie in one common frame: their pooled nearest-neighbour distance
     is a registration error, not the pitch (100 um in the demo)."""
-    from asign_assets.evaluation import measured_pitch_um
-    from asign_assets.stack_inputs import StackInputs
-    from asign_assets.volume import spot_pitch_um
+    from asign_assets.evaluation.sample import measured_pitch_um
+    from asign_assets.storage.stack_inputs import StackInputs
+    from asign_assets.results.volume import spot_pitch_um
 
     store, sid, _, _ = two_measured_run
     inp = StackInputs.load(store, sid)
@@ -185,7 +185,7 @@ def test_viewer_shows_both_measured_sections(two_measured_run):
 
 
 def test_manifest_without_measured_section_is_refused(two_measured_run, tmp_path):
-    from asign_assets.manifest import load_manifest
+    from asign_assets.ingest.manifest import load_manifest
 
     *_, stack = two_measured_run
     data = yaml.safe_load((stack / "manifest.yaml").read_text())
@@ -209,7 +209,7 @@ def test_import_visium_takes_several_measured_sections(tmp_path, flags):
     from test_visium import make_outs
 
     from asign_assets.cli import main
-    from asign_assets.manifest import load_manifest
+    from asign_assets.ingest.manifest import load_manifest
 
     for seed, name in enumerate("ABC"):
         make_outs(tmp_path / name / "outs", seed=seed)
@@ -236,9 +236,9 @@ def test_every_measured_section_is_checked_before_any_output(tmp_path):
     """A bad value or a bad spot table in the second measured section is refused by `sections`."""
     import dataclasses
 
-    from asign_assets.demo import DemoConfig, make_demo_stack
-    from asign_assets.manifest import load_manifest
-    from asign_assets.sections import prepare_sections
+    from asign_assets.importers.demo import DemoConfig, make_demo_stack
+    from asign_assets.ingest.manifest import load_manifest
+    from asign_assets.ingest.sections import prepare_sections
 
     cfg = DemoConfig(n_sections=3, spots_per_section=60, image_px=320, n_genes=60, measured_indices=(0, 2))
     stack = make_demo_stack(tmp_path / "s", cfg, sample_id="chk")

@@ -11,17 +11,17 @@ import dagster as dg
 import pytest
 import yaml
 
-from asign_assets.assets.common import REPROCESS, StorageResource, samples_partitions
-from asign_assets.manifest import load_manifest, write_manifest
-from asign_assets.ops import build_new_samples_sensor, build_observe_schedule, parse_cursor
-from asign_assets.storage import Storage
+from asign_assets.pipeline.assets.common import REPROCESS, StorageResource, samples_partitions
+from asign_assets.ingest.manifest import load_manifest, write_manifest
+from asign_assets.pipeline.sensors import build_new_samples_sensor, build_observe_schedule, parse_cursor
+from asign_assets.storage.store import Storage
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def tiny_stack(tmp_path_factory):
-    from asign_assets.demo import DemoConfig, make_demo_stack
+    from asign_assets.importers.demo import DemoConfig, make_demo_stack
 
     out = tmp_path_factory.mktemp("tiny_stack")
     return make_demo_stack(out, DemoConfig(n_sections=3, spots_per_section=60, image_px=320, n_genes=60), sample_id="tiny")
@@ -241,7 +241,7 @@ def test_automation_retries_a_failed_sample_once_after_the_nightly_cron_tick():
 def test_plan_sample_evaluates_dagster_automation_conditions(tmp_path):
     """`asign run`'s plan: Dagster's conditions (missing, new upstream data version, new code
     version) evaluated tick by tick, each run absorbed by the tick after it, plus run config."""
-    from asign_assets.freshness import absorb_run, plan_sample
+    from asign_assets.pipeline.freshness import absorb_run, plan_sample
 
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("samples", ["p"])
@@ -276,7 +276,7 @@ def test_plan_sample_evaluates_dagster_automation_conditions(tmp_path):
 def test_plan_sample_recomputes_outputs_it_has_no_record_to_compare_with(tmp_path):
     """Outputs made outside `asign run` (the UI, the daemon, an older asign) before the sample's
     first plan cannot be dated against code or upstream changes: recomputed once, then trusted."""
-    from asign_assets.freshness import FIRST, absorb_run, plan_sample
+    from asign_assets.pipeline.freshness import FIRST, absorb_run, plan_sample
 
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("samples", ["p"])
@@ -290,7 +290,7 @@ def test_plan_sample_recomputes_outputs_it_has_no_record_to_compare_with(tmp_pat
 
 
 def test_plan_sample_reruns_a_failed_asset_and_whatever_it_left_missing(tmp_path):
-    from asign_assets.freshness import absorb_run, plan_sample
+    from asign_assets.pipeline.freshness import absorb_run, plan_sample
 
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("samples", ["p"])
@@ -318,7 +318,7 @@ def test_observe_cron_from_env(monkeypatch):
 
 
 def test_definitions_wire_sensor_schedule_automation_and_checks():
-    from asign_assets.definitions import build_definitions
+    from asign_assets.pipeline.definitions import build_definitions
 
     defs = build_definitions(storage_root="/tmp/unused-asign-root")
     sensor = defs.resolve_sensor_def("new_samples")
@@ -332,7 +332,7 @@ def test_definitions_wire_sensor_schedule_automation_and_checks():
 
 
 def test_observe_schedule_requests_one_observation_per_sample():
-    from asign_assets.definitions import build_definitions
+    from asign_assets.pipeline.definitions import build_definitions
 
     defs = build_definitions(storage_root="/tmp/unused-asign-root")
     schedule = defs.resolve_schedule_def("observe_inputs")
@@ -346,8 +346,8 @@ def test_observe_schedule_requests_one_observation_per_sample():
 
 def test_gpu_steps_are_pooled_and_model_requests_a_gpu():
     """What docs/deployment.md promises about the `gpu` pool and the Kubernetes GPU request."""
-    from asign_assets.assets.common import GPU_POOL, K8S_GPU_TAGS
-    from asign_assets.definitions import build_definitions
+    from asign_assets.pipeline.assets.common import GPU_POOL, K8S_GPU_TAGS
+    from asign_assets.pipeline.definitions import build_definitions
 
     defs = build_definitions(storage_root="/tmp/unused-asign-root")
     model = defs.resolve_assets_def("model").op
@@ -367,7 +367,7 @@ def test_k8s_executor_and_docs_config(monkeypatch):
     dagster_k8s = pytest.importorskip("dagster_k8s", reason="dagster-k8s not installed (pip install 'asign[cluster]')")
     from dagster._config import process_config, resolve_to_config_type
 
-    from asign_assets.definitions import build_definitions
+    from asign_assets.pipeline.definitions import build_definitions
 
     monkeypatch.setenv("ASIGN_DEVICE", "auto")  # the device resource reads it through dg.EnvVar
     defs = build_definitions(storage_root="/tmp/unused-asign-root", executor=dagster_k8s.k8s_job_executor)
@@ -384,7 +384,7 @@ def test_celery_executor_and_docs_config(monkeypatch):
     monkeypatch.setenv("ASIGN_CELERY_BROKER", "redis://127.0.0.1:6379/0")
     monkeypatch.setenv("ASIGN_CELERY_BACKEND", "redis://127.0.0.1:6379/1")
     dagster_celery = pytest.importorskip("dagster_celery", reason="dagster-celery not installed (pip install 'asign[cluster]')")
-    from asign_assets.definitions import build_definitions
+    from asign_assets.pipeline.definitions import build_definitions
 
     monkeypatch.setenv("ASIGN_DEVICE", "auto")  # the device resource reads it through dg.EnvVar
     defs = build_definitions(storage_root="/tmp/unused-asign-root", executor=dagster_celery.celery_executor)
@@ -411,7 +411,7 @@ def test_deploy_instance_yaml_is_valid(monkeypatch):
 
 def test_plan_sample_reruns_an_asset_whose_blocking_check_failed(tmp_path):
     """A failed blocking check (e.g. registration_dice) is not trusted by a later `asign run`."""
-    from asign_assets.freshness import absorb_run, plan_sample
+    from asign_assets.pipeline.freshness import absorb_run, plan_sample
 
     dice = {"ok": False}
 

@@ -1,4 +1,4 @@
-"""Sections in worker processes (asign_assets.parallel): order, timings, errors."""
+"""Sections in worker processes (asign_assets.runtime.parallel): order, timings, errors."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from asign_assets.errors import InputError
-from asign_assets.parallel import MAX_AUTO_WORKERS, available_cpus, map_in_processes, resolve_workers
-from asign_assets.process_jobs import JobError
+from asign_assets.runtime.parallel import MAX_AUTO_WORKERS, available_cpus, map_in_processes, resolve_workers
+from asign_assets.runtime.process_jobs import JobError
 
 HERE = Path(__file__).resolve().parent
 

@@ -97,10 +97,10 @@ def test_assets_on_fsspec_memory_storage(small_stack, tmp_path, monkeypatch):
     """Storage can be an fsspec URL: assets write and read through it (memory:// here)."""
     import dagster as dg
 
-    from asign_assets.assets import expression, registrations, sections
-    from asign_assets.assets.common import DeviceResource, StorageResource
-    from asign_assets.manifest import load_manifest
-    from asign_assets.storage import Storage
+    from asign_assets.pipeline.assets import expression, registrations, sections
+    from asign_assets.pipeline.assets.common import DeviceResource, StorageResource
+    from asign_assets.ingest.manifest import load_manifest
+    from asign_assets.storage.store import Storage
 
     monkeypatch.setenv("ASIGN_MANIFESTS", str(tmp_path / "manifests"))
     root = "memory://asign-pipeline-test"

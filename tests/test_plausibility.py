@@ -10,9 +10,9 @@ import pytest
 import scipy.sparse as sp
 from PIL import Image
 
-from asign_assets import plausibility as pl_
+from asign_assets.ingest import plausibility as pl_
 from asign_assets.errors import InputError
-from asign_assets.manifest import Checks, Manifest, SectionSpec
+from asign_assets.ingest.manifest import Checks, Manifest, SectionSpec
 
 PX = 2.0  # um per px
 PITCH = 100.0  # um
@@ -186,7 +186,7 @@ def test_normalised_counts_are_accepted_when_declared():
 
 
 def test_duplicate_gene_names_after_trimming_quotes_and_spaces(tmp_path):
-    from asign_assets.readers import read_counts
+    from asign_assets.readers.tables import read_counts
 
     p = tmp_path / "c.tsv"
     p.write_text('spot\t"ERBB2"\tGAPDH\t ERBB2 \nA\t1\t2\t3\nB\t4\t5\t6\n')
@@ -205,9 +205,9 @@ def test_her2st_patient_c_passes_and_its_realistic_mistakes_do_not(tmp_path):
 
     from conftest import her2st_or_skip
 
-    from asign_assets.her2st import manifest_from_her2st
-    from asign_assets.manifest import load_manifest
-    from asign_assets.sections import prepare_sections
+    from asign_assets.importers.her2st import manifest_from_her2st
+    from asign_assets.ingest.manifest import load_manifest
+    from asign_assets.ingest.sections import prepare_sections
 
     data = her2st_or_skip()
     path, _ = manifest_from_her2st(data, "C", ["C2", "C3", "C4", "C5", "C6"], "C4", with_truth=True, out=tmp_path / "c.yaml")

@@ -1,4 +1,4 @@
-"""Jobs in fresh processes (asign_assets.process_jobs) and the ensemble members trained in them."""
+"""Jobs in fresh processes (asign_assets.runtime.process_jobs) and the ensemble members trained in them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from asign_assets.process_jobs import JobError, run_in_processes
+from asign_assets.runtime.process_jobs import JobError, run_in_processes
 
 HERE = Path(__file__).resolve().parent
 
@@ -34,7 +34,7 @@ def test_a_wrong_function_name_fails_before_any_process():
     with pytest.raises((ValueError, ModuleNotFoundError)):
         run_in_processes("no_colon_here", [b""], workers=1)
     with pytest.raises(AttributeError):
-        run_in_processes("asign_assets.process_jobs:no_such_function", [b""], workers=1)
+        run_in_processes("asign_assets.runtime.process_jobs:no_such_function", [b""], workers=1)
 
 
 def test_parallel_members_from_a_script_without_a_main_guard(tmp_path):
@@ -47,7 +47,7 @@ def test_parallel_members_from_a_script_without_a_main_guard(tmp_path):
         import torch
         sys.path.insert(0, {str(HERE)!r})
         from test_msagnet import make_stack
-        from asign_assets.training import ModelInputs, params_for, train_model
+        from asign_assets.model.training import ModelInputs, params_for, train_model
         g, emb, remb, gemb, y = make_stack(n_sections=3, side=8, noise=0.3)
         meas = torch.nonzero(g.section == 1).flatten()
         inp = ModelInputs(g, emb, remb, gemb, y[meas], meas)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from asign_assets.propagation import label_propagation, row_normalised_adjacency
+from asign_assets.graph.propagation import label_propagation, row_normalised_adjacency
 
 
 def _chain(n: int = 6):
@@ -63,7 +63,7 @@ def test_converges():
 def test_operator_reuse_matches_edge_list_path():
     from torch_geometric.utils import scatter
 
-    from asign_assets.propagation import propagation_operator
+    from asign_assets.graph.propagation import propagation_operator
 
     g = torch.Generator().manual_seed(1)
     n = 50

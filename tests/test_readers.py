@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 
 from asign_assets.errors import InputError
-from asign_assets.readers import join_spots_counts, read_counts, read_spots
+from asign_assets.readers.tables import join_spots_counts, read_counts, read_spots
 
 from conftest import her2st_or_skip
 
@@ -126,7 +126,7 @@ def test_spot_table_missing_columns_and_partial_match(tmp_path, caplog):
     c = read_counts(_tsv_gz(tmp_path / "c.tsv.gz", [f"s{i}" for i in range(3)] + ["zz"], ["G"], np.ones((4, 1), int)))
     with pytest.raises(InputError, match="only 3 of 10 spots"):
         join_spots_counts(spots, c, "c.tsv.gz")
-    with caplog.at_level("WARNING", logger="asign_assets.readers"):
+    with caplog.at_level("WARNING", logger="asign_assets.readers.tables"):
         joined, _, rep = join_spots_counts(spots, c, "c.tsv.gz", fail_below=0.2)
     assert joined.height == 3 and rep.counts_without_spots == ["zz"]
     assert any("c.tsv.gz" in r.getMessage() and "30%" in r.getMessage() for r in caplog.records)
@@ -135,8 +135,8 @@ def test_spot_table_missing_columns_and_partial_match(tmp_path, caplog):
 @pytest.mark.slow
 def test_real_her2st_patient_c_import(tmp_path):
     data = her2st_or_skip()
-    from asign_assets.her2st import manifest_from_her2st
-    from asign_assets.manifest import load_manifest
+    from asign_assets.importers.her2st import manifest_from_her2st
+    from asign_assets.ingest.manifest import load_manifest
 
     path, report = manifest_from_her2st(data, "C", ["C2", "C3", "C4", "C5", "C6"], "C4", with_truth=True, out=tmp_path / "c.yaml")
     m = load_manifest(path)
@@ -159,7 +159,7 @@ def test_real_her2st_patient_c_import(tmp_path):
 
 def test_her2st_depths_follow_the_block_layout():
     from asign_assets.cli import _parse_z
-    from asign_assets.her2st import DEPTH_GAP_UM, SECTION_THICKNESS_UM, her2st_z_um
+    from asign_assets.importers.her2st import DEPTH_GAP_UM, SECTION_THICKNESS_UM, her2st_z_um
 
     t, d = SECTION_THICKNESS_UM, DEPTH_GAP_UM
     assert her2st_z_um(["C1", "C2", "C3", "C4", "C5", "C6"]) == [0.0, t, d, d + t, 2 * d, 2 * d + t]

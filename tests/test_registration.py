@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from asign_assets.errors import RegistrationError
-from asign_assets.registration import (
+from asign_assets.registration.register import (
     RegistrationParams,
     inverse_transform_points,
     load_transform,
@@ -163,9 +163,9 @@ def test_bspline_refinement_is_invertible():
 def test_her2st_patient_c_registers():
     if not (HER2ST / "ST-imgs" / "C").is_dir():
         pytest.skip(f"real HER2ST data not found at {HER2ST.resolve()} (../shared/data/her2st relative to the project)")
-    from asign_assets.her2st import estimate_pixel_size_um
-    from asign_assets.imaging import read_thumbnail
-    from asign_assets.tissue import tissue_mask
+    from asign_assets.importers.her2st import estimate_pixel_size_um
+    from asign_assets.readers.images import read_thumbnail
+    from asign_assets.imaging.tissue import tissue_mask
 
     names = ["C2", "C3", "C4", "C5", "C6"]
     masks, ups = [], []

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 import zarr
 
-from asign_assets.encoders import HistologyEncoder, _quantiles, _sobel_laplace
-from asign_assets.tiles import TileParams, auto_spot_downsample, write_section_tiles
+from asign_assets.imaging.encoders import HistologyEncoder, _quantiles, _sobel_laplace
+from asign_assets.imaging.tiles import TileParams, auto_spot_downsample, write_section_tiles
 
 
 def test_auto_spot_downsample_never_stores_finer_than_the_scan():

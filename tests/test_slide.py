@@ -7,9 +7,10 @@ import pytest
 import tifffile
 from PIL import Image
 
-from asign_assets import imaging, slide as slide_mod
+from asign_assets.readers import images as imaging
+from asign_assets.readers import slide as slide_mod
 from asign_assets.errors import InputError
-from asign_assets.slide import Slide, file_pixel_size_um
+from asign_assets.readers.slide import Slide, file_pixel_size_um
 
 
 def _coded(h: int, w: int) -> np.ndarray:

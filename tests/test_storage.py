@@ -1,6 +1,6 @@
 import pytest
 
-from asign_assets.storage import Storage
+from asign_assets.storage.store import Storage
 
 
 @pytest.mark.parametrize("root", ["local", "memory://asign-test"])

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from asign_assets import storage as storage_mod
+from asign_assets.storage import store as storage_mod
 from asign_assets.cli import main, storage_error
-from asign_assets.demo import DemoConfig, make_demo_stack
+from asign_assets.importers.demo import DemoConfig, make_demo_stack
 
 
 @pytest.fixture(scope="module")

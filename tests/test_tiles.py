@@ -5,7 +5,7 @@ import pytest
 import zarr
 
 from asign_assets.errors import InputError
-from asign_assets.tiles import TileParams, write_section_tiles
+from asign_assets.imaging.tiles import TileParams, write_section_tiles
 
 SMALL = TileParams(spot_size=32, spot_um_per_px=1.0, region_size=64, global_size=128, region_downsample=2, global_downsample=4)
 
@@ -118,7 +118,7 @@ def test_tiles_from_pyramidal_tiff_read_the_matching_levels(tmp_path):
     4 um/px (8x): each is an exact crop of that pyramid level, not a resample of level 0."""
     import tifffile
 
-    from asign_assets.slide import Slide
+    from asign_assets.readers.slide import Slide
 
     src = _coded_image(512, 640)
     levels = [src]
@@ -157,7 +157,7 @@ def _stack_images(tmp_path, n=3):
     """``n`` PNG sections at 0.7 um/px (patches are resampled, not cropped), spots near the edges too."""
     from PIL import Image
 
-    from asign_assets.tiles import SectionImage
+    from asign_assets.imaging.tiles import SectionImage
 
     out = []
     for k in range(n):
@@ -172,8 +172,8 @@ def _stack_images(tmp_path, n=3):
 
 
 def test_stack_tiles_in_worker_processes_equal_sequential_bytes(tmp_path, monkeypatch):
-    import asign_assets.process_jobs as PJ
-    from asign_assets.tiles import write_stack_tiles
+    import asign_assets.runtime.process_jobs as PJ
+    from asign_assets.imaging.tiles import write_stack_tiles
 
     pool_calls = []
     run = PJ.run_in_processes
@@ -200,8 +200,8 @@ def test_stack_tiles_in_worker_processes_equal_sequential_bytes(tmp_path, monkey
 def test_stack_tiles_worker_error_is_input_error_and_nothing_is_written(tmp_path, problem):
     import dataclasses
 
-    from asign_assets.storage import Storage
-    from asign_assets.tiles import write_stack_tiles
+    from asign_assets.storage.store import Storage
+    from asign_assets.imaging.tiles import write_stack_tiles
 
     jobs = _stack_images(tmp_path)
     bad = jobs[1]
@@ -222,11 +222,11 @@ def test_tiles_and_embeddings_assets_with_workers_match_one_by_one(tmp_path):
     `workers: 1`, and the metadata says how many workers ran and when each section started."""
     import dagster as dg
 
-    from asign_assets import assets as A
-    from asign_assets.definitions import build_definitions
-    from asign_assets.demo import DemoConfig, make_demo_stack
-    from asign_assets.manifest import load_manifest
-    from asign_assets.storage import Storage
+    from asign_assets.pipeline import assets as A
+    from asign_assets.pipeline.definitions import build_definitions
+    from asign_assets.importers.demo import DemoConfig, make_demo_stack
+    from asign_assets.ingest.manifest import load_manifest
+    from asign_assets.storage.store import Storage
 
     stack = make_demo_stack(tmp_path / "stack", DemoConfig(n_sections=3, spots_per_section=40, image_px=300, n_genes=20), sample_id="par")
     trees, metas = {}, {}

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asign_assets.tissue import spot_coverage, tissue_area_mm2, tissue_mask
+from asign_assets.imaging.tissue import spot_coverage, tissue_area_mm2, tissue_mask
 
 DLPFC = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dlpfc"
 
@@ -177,7 +177,7 @@ def test_dlpfc_pale_brain_masks_cover_spots_and_register():
     import polars as pl
     from PIL import Image
 
-    from asign_assets.registration import RegistrationParams, register_stack
+    from asign_assets.registration.register import RegistrationParams, register_stack
 
     masks, ups = [], []
     for s in ["151673", "151674"]:

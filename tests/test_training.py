@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from asign_assets.metrics import gene_pcc
-from asign_assets.training import ModelInputs, TrainParams, impute, load_checkpoint, params_for, save_checkpoint, train_model
+from asign_assets.evaluation.metrics import gene_pcc
+from asign_assets.model.training import ModelInputs, TrainParams, impute, load_checkpoint, params_for, save_checkpoint, train_model
 
 try:
     from tests.test_msagnet import make_stack
@@ -159,7 +159,7 @@ def replace_members(res, extra):
 
 
 def test_calibration_reduces_held_out_mse():
-    from asign_assets.training import fit_calibration
+    from asign_assets.model.training import fit_calibration
 
     g = torch.Generator().manual_seed(0)
     G = 30
@@ -186,8 +186,8 @@ def test_calibration_reduces_held_out_mse():
 @pytest.mark.parametrize("blocks", [1, 2])
 def test_receptive_pruning_keeps_outputs(stack, blocks):
     """Dropping edges that cannot reach the output spots leaves their predictions unchanged."""
-    from asign_assets.msagnet import MSAGNet
-    from asign_assets.training import ModelInputs, _forward, _make_sub, _receptive
+    from asign_assets.model.msagnet import MSAGNet
+    from asign_assets.model.training import ModelInputs, _forward, _make_sub, _receptive
 
     g, emb, remb, gemb, y, meas = stack
     torch.manual_seed(0)
@@ -208,8 +208,8 @@ def test_receptive_pruning_keeps_outputs(stack, blocks):
 def test_node_pruning_keeps_outputs_and_aligns_aux(stack, blocks):
     """Validation's subgraph: a few output spots keep their predictions (with per-node aux
     inputs, which must follow the kept nodes) after dropping the nodes no kept edge touches."""
-    from asign_assets.msagnet import MSAGNet
-    from asign_assets.training import _forward, _make_sub, _prune_nodes, _receptive
+    from asign_assets.model.msagnet import MSAGNet
+    from asign_assets.model.training import _forward, _make_sub, _prune_nodes, _receptive
 
     g, emb, remb, gemb, y, meas = stack
     torch.manual_seed(1)
@@ -233,8 +233,8 @@ def test_node_pruning_keeps_outputs_and_aligns_aux(stack, blocks):
 
 def test_parallel_members_equal_sequential_members(stack, ensemble_trained):
     """Members trained in worker processes are the members trained one after another."""
-    from asign_assets.parallel import available_cpus
-    from asign_assets.training import member_workers
+    from asign_assets.runtime.parallel import available_cpus
+    from asign_assets.model.training import member_workers
 
     g, emb, remb, gemb, y, meas = stack
     seq, _ = ensemble_trained
@@ -256,7 +256,7 @@ def test_parallel_members_equal_sequential_members(stack, ensemble_trained):
 
 
 def test_uncertainty_scaled_to_out_of_fold_error_and_zero_at_known_spots():
-    from asign_assets.training import residual_sigma, uncertainty_from_spread
+    from asign_assets.model.training import residual_sigma, uncertainty_from_spread
 
     g = torch.Generator().manual_seed(0)
     spread = torch.rand(50, 4, generator=g) + 0.1
@@ -284,7 +284,7 @@ def _grid(side: int = 12, pitch: float = 200.0) -> np.ndarray:
 
 
 def test_blocked_known_masks_are_whole_blocks_of_two_pitches():
-    from asign_assets.training import block_ids, blocked_known_mask, lattice_pitch
+    from asign_assets.model.training import block_ids, blocked_known_mask, lattice_pitch
 
     xy = _grid()
     assert lattice_pitch(xy) == pytest.approx(200.0)
@@ -312,7 +312,7 @@ def test_blocked_known_masks_are_whole_blocks_of_two_pitches():
 
 
 def test_blocked_folds_are_disjoint_unions_of_blocks():
-    from asign_assets.training import block_ids, blocked_folds
+    from asign_assets.model.training import block_ids, blocked_folds
 
     xy = _grid()
     folds = blocked_folds(xy, 400.0, 5, torch.Generator().manual_seed(3))
@@ -346,8 +346,8 @@ def test_blocked_regime_and_denoised_sources_train_and_record_ranks(stack):
 
 def test_low_rank_propagation_equals_propagating_the_reconstruction(stack):
     """Propagating the basis coefficients and reconstructing is exact for denoised sources."""
-    from asign_assets.propagation import label_propagation, propagation_operator
-    from asign_assets.training import _denoise, _propagate, _source_basis
+    from asign_assets.graph.propagation import label_propagation, propagation_operator
+    from asign_assets.model.training import _denoise, _propagate, _source_basis
 
     g, emb, remb, gemb, y, meas = stack
     n = int(g.num_nodes)
@@ -367,8 +367,8 @@ def test_low_rank_propagation_equals_propagating_the_reconstruction(stack):
 
 def test_shifted_regime_learns_from_displaced_copies(stack):
     """Labels come only from the shifted copies (overlap edges), never from the spot itself."""
-    from asign_assets.graph import EDGE_OVERLAP
-    from asign_assets.training import _prepare
+    from asign_assets.graph.build import EDGE_OVERLAP
+    from asign_assets.model.training import _prepare
 
     g, emb, remb, gemb, y, meas = stack
     p = replace(FAST, regime="shifted", shift_pitches=0.5, epochs=30, patience=30)
@@ -397,7 +397,7 @@ def test_graph_pitch_is_one_sections_lattice_with_several_measured_sections():
     apart; the pitch that blocks and dz edges use must stay the 100 um lattice."""
     from torch_geometric.data import Data
 
-    from asign_assets.training import _graph_pitch, lattice_pitch
+    from asign_assets.model.training import _graph_pitch, lattice_pitch
 
     g = np.stack(np.meshgrid(np.arange(8.0), np.arange(8.0)), -1).reshape(-1, 2) * 100.0
     xy = np.concatenate([g, g + 15.0])

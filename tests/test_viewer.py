@@ -392,7 +392,7 @@ def test_section_view_markers_opacity_and_uncertainty_panel(fake):
 
 
 def _dense(fake):
-    from asign_assets.volume import open_ome_zarr
+    from asign_assets.results.volume import open_ome_zarr
 
     return open_ome_zarr(fake.home / "samples" / fake.sample / "expression_volume" / "expression.ome.zarr")
 

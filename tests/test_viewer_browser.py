@@ -214,7 +214,7 @@ def test_slices_isosurface_and_uncertainty_in_browser(dash_duo, tmp_path):
 
     # a click on the xy slice (plotly's click event, as a mouse click on a cell emits it)
     # moves the cross; xz/yz then go through the clicked point
-    from asign_assets.volume import open_ome_zarr
+    from asign_assets.results.volume import open_ome_zarr
 
     g = open_ome_zarr(home / "samples" / "S1" / "expression_volume" / "expression.ome.zarr").grid
     point = {"x": float(g.axis(2)[5]), "y": float(g.axis(1)[7])}

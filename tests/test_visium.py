@@ -1,4 +1,4 @@
-"""Space Ranger folders and scanpy/squidpy AnnData as manifest sections (asign_assets.visium)."""
+"""Space Ranger folders and scanpy/squidpy AnnData as manifest sections (asign_assets.importers.visium)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ import yaml
 from PIL import Image
 
 from asign_assets.errors import InputError
-from asign_assets.manifest import load_manifest, write_manifest
-from asign_assets.readers import VISIUM_COLS, read_section_spots
-from asign_assets.visium import lattice_um_per_px, manifest_from_visium
+from asign_assets.ingest.manifest import load_manifest, write_manifest
+from asign_assets.readers.tables import VISIUM_COLS, read_section_spots
+from asign_assets.importers.visium import lattice_um_per_px, manifest_from_visium
 
 from test_readers import _write_10x
 
@@ -147,7 +147,7 @@ def test_spots_filtered_and_scaled_onto_the_image(tmp_path, kind, hires):
     hit = img[np.round(spots["y_px"].to_numpy()).astype(int), np.round(spots["x_px"].to_numpy()).astype(int)]
     assert (hit == MARK).all()
     # the measured section's spots join its counts through the pipeline's reader
-    from asign_assets.sections import read_measured
+    from asign_assets.ingest.sections import read_measured
 
     joined, counts, report = read_measured(spec)
     assert report.n_joined == tis.height and counts.X.shape == (tis.height, 30)
@@ -190,7 +190,7 @@ def test_positions_preference_parquet_csv_list(tmp_path, caplog):
     _write_positions(outs / "spatial", pos.with_columns(((pl.col("array_row") % 2) == 0).cast(pl.Int64).alias("in_tissue")), "parquet")
     make_outs(tmp_path / "B")
     sections = [{"name": "A", "z_um": 0, "visium": "A"}, {"name": "B", "z_um": 10, "visium": "B", "measured": True}]
-    with caplog.at_level(logging.INFO, logger="asign_assets.visium"):
+    with caplog.at_level(logging.INFO, logger="asign_assets.importers.visium"):
         m = load_manifest(_manifest(tmp_path, sections))
     assert m.sections[0].spots.name == "tissue_positions.parquet"
     assert "using tissue_positions.parquet (preferred over tissue_positions.csv, tissue_positions_list.csv)" in caplog.text
@@ -220,7 +220,7 @@ def test_explicit_keys_win_over_the_folder(tmp_path, caplog):
     assert B.pixel_size_um == 0.25 and B.pixel_size_source == "manifest"  # global size describes full-resolution scans
     assert C.pixel_size_um == 0.25
     # a section showing a Space Ranger PNG never takes the global (scan) pixel size
-    with caplog.at_level(logging.INFO, logger="asign_assets.manifest"):
+    with caplog.at_level(logging.INFO, logger="asign_assets.ingest.manifest"):
         m2 = load_manifest(_manifest(tmp_path, [
             {"name": "A", "z_um": 0, "visium": "A/outs", "measured": True},
             {"name": "C", "z_um": 20, "image": "scan.png"},
@@ -296,9 +296,9 @@ def test_registered_visium_stack_materialises_sections_and_expression(tmp_path, 
     import anndata as ad
     import dagster as dg
 
-    from asign_assets.assets.ingest import expression, sections
-    from asign_assets.definitions import build_definitions
-    from asign_assets.storage import Storage
+    from asign_assets.pipeline.assets.ingest import expression, sections
+    from asign_assets.pipeline.definitions import build_definitions
+    from asign_assets.storage.store import Storage
 
     make_outs(tmp_path / "S1" / "outs", seed=1)
     _, pos2 = make_outs(tmp_path / "S2" / "outs", seed=2, hires=False)
@@ -396,7 +396,7 @@ def test_anndata_is_a_complete_section(tmp_path, asign_home, arrays):
 
 @pytest.mark.parametrize("scale", [0.0, -1.0, float("nan")])
 def test_read_spots_rejects_a_bad_scale(tmp_path, scale):
-    from asign_assets.readers import read_spots
+    from asign_assets.readers.tables import read_spots
 
     outs, _ = make_outs(tmp_path / "A", counts=False, hires=False, lowres=False)
     with pytest.raises(InputError, match="spot scale must be a positive finite number"):

@@ -7,8 +7,8 @@ import pytest
 import SimpleITK as sitk
 import zarr
 
-from asign_assets.assets.volume import MIN_AGREEMENT
-from asign_assets.volume import (
+from asign_assets.pipeline.assets.volume import MIN_AGREEMENT
+from asign_assets.results.volume import (
     VolumeGrid,
     VolumeParams,
     gridding_operator,

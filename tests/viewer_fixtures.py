@@ -46,7 +46,7 @@ def write_fake_result(
 ) -> FakeResult:
     """Write samples/<sample>/ with sections, thumbnails, imputed_volume(.zarr/.h5ad),
     evaluation.parquet, overlay.png and evaluation_truth.zarr; with ``with_dense`` also an
-    uncertainty layer, expression_volume/ (built by asign_assets.volume), evaluation_genes.parquet
+    uncertainty layer, expression_volume/ (built by asign_assets.results.volume), evaluation_genes.parquet
     and model/curves.png."""
     import anndata as ad
     import pandas as pd
@@ -154,7 +154,7 @@ def write_fake_result(
     if with_dense:
         from PIL import Image as _Image
 
-        from asign_assets.volume import gridding_operator, write_ome_zarr
+        from asign_assets.results.volume import gridding_operator, write_ome_zarr
 
         op = gridding_operator(xyz_um, sec_idx)
         attrs = {"unit": "log1p_cp10k", "sections": [{"name": r["name"], "z_um": r["z_um"], "measured": r["measured"]} for r in recs]}
