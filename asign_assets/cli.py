@@ -177,7 +177,7 @@ def materialise_sample(
     import dagster as dg
 
     from asign_assets.pipeline.console import asset_line, cli_run_config, summary_table
-    from asign_assets.definitions import build_definitions
+    from asign_assets.pipeline.definitions import build_definitions
     from asign_assets.pipeline.freshness import absorb_run, plan_sample
     from asign_assets.ingest.manifest import load_manifest
     from asign_assets.pipeline.sensors import OBSERVE_JOB_NAME

@@ -11,7 +11,7 @@ import sys
 
 import dagster as dg
 
-from asign_assets.definitions import build_definitions
+from asign_assets.pipeline.definitions import build_definitions
 
 RUN_CONFIG = {
     "ops": {"model": {"config": {"epochs": 5}}},
