@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from asign_assets.errors import AsignError
+from asign_assets.errors import AsignError, InputError
 
 EXIT_INTERRUPTED = 130
 
@@ -141,7 +141,12 @@ def _set_home(home: str | None) -> str:
 def _run_config(args: argparse.Namespace) -> dict:
     ops: dict = {}
     if getattr(args, "encoder", None):
-        ops["embeddings"] = {"config": {"encoder": args.encoder}}
+        from asign_assets.pipeline.assets.imaging import ENCODER_KINDS
+
+        kind, _, path = args.encoder.strip().partition(":")
+        if kind not in ENCODER_KINDS or (kind == "torchscript") != bool(path):
+            raise InputError(None, f"unknown encoder {args.encoder!r}; use 'histology' or 'torchscript:/path/model.pt'", field="--encoder")
+        ops["embeddings"] = {"config": {"encoder": kind, "encoder_path": path or None}}
     if getattr(args, "preset", None):
         ops["model"] = {"config": {"preset": args.preset}}
     if getattr(args, "epochs", None):
@@ -253,7 +258,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def _parse_z(text: str | None) -> dict[str, float]:
     """``C3=116,C4=132`` -> {"C3": 116.0, "C4": 132.0}."""
-    from asign_assets.errors import InputError
 
     out: dict[str, float] = {}
     for item in (text or "").split(","):
