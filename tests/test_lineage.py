@@ -19,7 +19,7 @@ import pytest
 
 from asign_assets.readers import tables as readers
 from asign_assets.readers import slide
-from asign_assets.cli import materialise_sample
+from asign_assets.pipeline.run import materialise_sample
 from asign_assets.pipeline.definitions import build_definitions
 from asign_assets.storage import layout
 from asign_assets.storage.store import Storage

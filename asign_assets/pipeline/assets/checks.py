@@ -9,7 +9,8 @@ import polars as pl
 
 from asign_assets.results import qc
 from asign_assets.ingest import sections as sections_lib
-from asign_assets.pipeline.assets.common import StorageResource, sample_io, samples_partitions
+from asign_assets.pipeline.automation import samples_partitions
+from asign_assets.pipeline.resources import StorageResource, sample_io
 from asign_assets.storage.store import Storage
 from asign_assets.pipeline.assets.ingest import expression, sections
 from asign_assets.pipeline.assets.results import evaluation, imputed_volume

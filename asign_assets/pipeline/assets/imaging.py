@@ -9,7 +9,9 @@ import dagster as dg
 import numpy as np
 
 from asign_assets.ingest import sections as sections_lib
-from asign_assets.pipeline.assets.common import DeviceResource, StageMonitor, StorageResource, digest_arrays, gpu_asset, log_progress, md_table, path_meta, sample_asset, sample_io
+from asign_assets.pipeline.automation import gpu_asset, sample_asset
+from asign_assets.pipeline.resources import DeviceResource, StorageResource, sample_io
+from asign_assets.pipeline.assets.metadata import StageMonitor, digest_arrays, log_progress, md_table, path_meta
 from asign_assets.pipeline.assets.ingest import sections
 from asign_assets.pipeline.assets.sources import raw_inputs
 from asign_assets.imaging.tiles import TileParams

@@ -6,7 +6,9 @@ from typing import Literal
 import dagster as dg
 
 from asign_assets.ingest import sections as sections_lib
-from asign_assets.pipeline.assets.common import StageMonitor, StorageResource, digest_arrays, digest_files, load_manifest_for, log_progress, md_table, path_meta, sample_asset, sample_io
+from asign_assets.pipeline.automation import sample_asset
+from asign_assets.pipeline.resources import StorageResource, sample_io
+from asign_assets.pipeline.assets.metadata import StageMonitor, digest_arrays, digest_files, load_manifest_for, log_progress, md_table, path_meta
 from asign_assets.pipeline.assets.sources import raw_inputs
 from asign_assets.ingest.expression import ExpressionParams, NormMethod
 from asign_assets.pipeline.config import params_from

@@ -8,7 +8,9 @@ import numpy as np
 import polars as pl
 
 from asign_assets.ingest import sections as sections_lib
-from asign_assets.pipeline.assets.common import StageMonitor, StorageResource, digest_arrays, log_progress, md_image, md_table, path_meta, sample_asset, sample_io, viewer_url
+from asign_assets.pipeline.automation import sample_asset
+from asign_assets.pipeline.resources import StorageResource, sample_io
+from asign_assets.pipeline.assets.metadata import StageMonitor, digest_arrays, log_progress, md_image, md_table, path_meta, viewer_url
 from asign_assets.pipeline.assets.imaging import embeddings, tiles
 from asign_assets.pipeline.assets.ingest import sections
 from asign_assets.pipeline.assets.sources import raw_inputs
