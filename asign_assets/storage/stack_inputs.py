@@ -13,7 +13,6 @@ import numpy as np
 import polars as pl
 
 from asign_assets.storage.store import Storage
-from asign_assets.storage import layout
 
 
 def section_names(tiles_root: Any) -> list[str]:

@@ -16,6 +16,7 @@ from asign_assets.pipeline.assets.ingest import sections
 from asign_assets.pipeline.assets.sources import raw_inputs
 from asign_assets.imaging.tiles import TileParams
 from asign_assets.pipeline.config import params_from
+from asign_assets.storage import layout
 
 
 class TilesConfig(dg.Config):
