@@ -32,3 +32,7 @@ class InputError(AsignError, ValueError):
 
 class RegistrationError(AsignError):
     """Registration could not align a section well enough to be trusted."""
+
+
+class RunInterrupted(AsignError):
+    """Ctrl-C during a run; the message says what was kept."""

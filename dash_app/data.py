@@ -20,23 +20,24 @@ import numpy as np
 
 from asign_assets.errors import InputError
 from asign_assets.ingest.manifest import SAMPLE_ID_RE
+from asign_assets.storage import layout
 from asign_assets.ingest.manifest import SECTION_NAME_RE as SECTION_RE  # section names become file names (thumbnails/<section>.png)
 
 # Gene names are looked up in var_names, never used in paths; this only bounds the length.
 MAX_GENE_LEN = 200
 
+# asset name shown in the page -> files (relative to the sample folder), any of which marks it present
 ASSETS: dict[str, tuple[str, ...]] = {
-    # asset name shown in the page -> files (relative to the sample folder), any of which marks it present
-    "sections": ("sections/sections.json",),
-    "registrations": ("registrations/spots.parquet", "registrations/transforms"),
-    "graph_3d": ("graph_3d/graph.pt", "graph_3d/edges.parquet"),
-    "expression": ("expression.h5ad",),
-    "model": ("model/checkpoint.pt",),
-    "imputed_volume": ("imputed_volume.zarr", "imputed_volume.h5ad"),
-    "evaluation": ("evaluation.parquet",),
-    "truth": ("evaluation_truth.zarr",),
-    "overlay": ("registrations/overlay.png",),
-    "expression_volume": ("expression_volume/expression.ome.zarr",),
+    "sections": (layout.path("sections", "records"),),
+    "registrations": (layout.path("registrations", "spots"), layout.path("registrations", "transforms")),
+    "graph_3d": (layout.path("graph_3d", "graph"), layout.path("graph_3d", "edges")),
+    "expression": (layout.path("expression", "h5ad"),),
+    "model": (layout.path("model", "checkpoint"),),
+    "imputed_volume": (layout.path("imputed_volume", "zarr"), layout.path("imputed_volume", "h5ad")),
+    "evaluation": (layout.path("evaluation", "table"),),
+    "truth": (layout.path("evaluation", "truth"),),
+    "overlay": (layout.path("registrations", "overlay"),),
+    "expression_volume": (layout.path("expression_volume", "expression"),),
 }
 
 
@@ -218,11 +219,11 @@ def volume_path(home: str | os.PathLike, sample_id: str) -> tuple[Path, str]:
     mixed = manifest_mismatch(home, sample_id)
     if mixed is not None:
         raise InputError(d, mixed)
-    if (d / "imputed_volume.zarr").exists():
-        return d / "imputed_volume.zarr", "zarr"
-    if (d / "imputed_volume.h5ad").exists():
-        return d / "imputed_volume.h5ad", "h5ad"
-    raise InputError(d / "imputed_volume.zarr", "not found: materialise the imputed_volume asset first")
+    if (d / layout.path("imputed_volume", "zarr")).exists():
+        return d / layout.path("imputed_volume", "zarr"), "zarr"
+    if (d / layout.path("imputed_volume", "h5ad")).exists():
+        return d / layout.path("imputed_volume", "h5ad"), "h5ad"
+    raise InputError(d / layout.path("imputed_volume", "zarr"), "not found: materialise the imputed_volume asset first")
 
 
 def load_volume(home: str | os.PathLike, sample_id: str) -> Volume:
@@ -354,7 +355,7 @@ class Truth:
 
 def load_truth(home: str | os.PathLike, sample_id: str) -> Truth | None:
     """evaluation_truth.zarr when present (None when absent)."""
-    path = sample_dir(home, sample_id) / "evaluation_truth.zarr"
+    path = sample_dir(home, sample_id) / layout.path("evaluation", "truth")
     if not path.exists():
         return None
     return _load_truth(str(path), _stamp(path))
@@ -400,7 +401,7 @@ def _truth_column(path: str, stamp: tuple[int, int], j: int) -> np.ndarray:
 
 
 def read_sections(sample_folder: Path) -> list[dict]:
-    path = sample_folder / "sections" / "sections.json"
+    path = sample_folder / layout.path("sections", "records")
     if not path.exists():
         raise InputError(path, "not found: materialise the sections asset first")
     try:
@@ -425,7 +426,7 @@ def thumbnail_path(home: str | os.PathLike, sample_id: str, section: object) -> 
     if not isinstance(section, str) or not SECTION_RE.match(section):
         raise InputError(None, f"invalid section name {str(section)[:80]!r}", field="section")
     section_record(home, sample_id, section)
-    folder = (sample_dir(home, sample_id) / "sections" / "thumbnails").resolve()
+    folder = (sample_dir(home, sample_id) / layout.path("sections", "thumbnails")).resolve()
     path = (folder / f"{section}.png").resolve()
     if path.parent != folder or not path.is_file():
         raise InputError(path, "thumbnail not found")
@@ -440,7 +441,7 @@ def image_size(path: Path) -> tuple[int, int]:
 
 
 def overlay_path(home: str | os.PathLike, sample_id: str) -> Path | None:
-    path = sample_dir(home, sample_id) / "registrations" / "overlay.png"
+    path = sample_dir(home, sample_id) / layout.path("registrations", "overlay")
     return path if path.is_file() else None
 
 
@@ -451,7 +452,7 @@ def read_evaluation(home: str | os.PathLike, sample_id: str):
     """evaluation.parquet as a pandas frame (None when absent)."""
     import pandas as pd
 
-    path = sample_dir(home, sample_id) / "evaluation.parquet"
+    path = sample_dir(home, sample_id) / layout.path("evaluation", "table")
     if not path.exists():
         return None
     try:
@@ -480,7 +481,7 @@ def metrics_table(df) -> tuple[list[str], list[dict]]:
 def read_registration_qc(home: str | os.PathLike, sample_id: str):
     import pandas as pd
 
-    path = sample_dir(home, sample_id) / "registrations" / "qc.parquet"
+    path = sample_dir(home, sample_id) / layout.path("registrations", "qc")
     if not path.exists():
         return None
     try:
@@ -561,7 +562,7 @@ def dense_path(home: str | os.PathLike, sample_id: str, kind: str = "expression"
     """expression_volume/<kind>.ome.zarr when materialised, else None."""
     if kind not in DENSE_KINDS:
         raise InputError(None, f"unknown volume {kind!r}", field="volume")
-    p = sample_dir(home, sample_id) / "expression_volume" / f"{kind}.ome.zarr"
+    p = sample_dir(home, sample_id) / layout.path("expression_volume", kind)
     return p if (p / ".zattrs").is_file() else None
 
 
@@ -625,7 +626,7 @@ def read_gene_accuracy(home: str | os.PathLike, sample_id: str, gene: str):
     """Rows of evaluation_genes.parquet for one gene (pandas), None when absent."""
     import pandas as pd
 
-    path = sample_dir(home, sample_id) / "evaluation_genes.parquet"
+    path = sample_dir(home, sample_id) / layout.path("evaluation", "genes")
     if not path.exists():
         return None
     try:
@@ -636,7 +637,7 @@ def read_gene_accuracy(home: str | os.PathLike, sample_id: str, gene: str):
 
 
 def curves_path(home: str | os.PathLike, sample_id: str) -> Path | None:
-    path = sample_dir(home, sample_id) / "model" / "curves.png"
+    path = sample_dir(home, sample_id) / layout.path("model", "curves_png")
     return path if path.is_file() else None
 
 

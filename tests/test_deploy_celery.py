@@ -143,7 +143,7 @@ def test_executor_from_env_and_gpu_queue(monkeypatch):
     """ASIGN_EXECUTOR picks the executor; every gpu-pool step carries the gpu queue tag."""
     import dagster as dg
 
-    from asign_assets.pipeline.assets.common import GPU_POOL
+    from asign_assets.pipeline.automation import GPU_POOL
     from asign_assets.pipeline.definitions import build_definitions, executor_from_env
 
     for name, expected in (("", None), ("in_process", dg.in_process_executor), ("multiprocess", dg.multiprocess_executor)):

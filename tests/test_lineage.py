@@ -19,15 +19,13 @@ import pytest
 
 from asign_assets.readers import tables as readers
 from asign_assets.readers import slide
-from asign_assets.cli import materialise_sample
+from asign_assets.pipeline.run import materialise_sample
 from asign_assets.pipeline.definitions import build_definitions
-from asign_assets.pipeline.freshness import OUTPUTS
+from asign_assets.storage import layout
 from asign_assets.storage.store import Storage
 
 # sections tiled in this process, where the recording patches below see the images opened
 EPOCHS = {"ops": {"model": {"config": {"epochs": 20}}, "tiles": {"config": {"workers": 1}}}}
-OWNER = {out: asset for asset, outs in OUTPUTS.items() for out in outs}
-OWNER.update({"evaluation_genes.parquet": "evaluation", "evaluation_truth.zarr": "evaluation"})
 
 
 def _current_node() -> str | None:
@@ -60,7 +58,7 @@ def run_env(tmp_path_factory, small_stack):
     local_path, load_registered, read_counts, slide_init = Storage.local_path, Storage.load_registered, readers.read_counts, slide.Slide.__init__
 
     def rec_local_path(self, sample_id, name):
-        note(OWNER[name.split("/")[0]])
+        note(layout.owner(name.split("/")[0]))
         return local_path(self, sample_id, name)
 
     def rec_load_registered(self, sample_id):

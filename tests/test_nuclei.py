@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from asign_assets.imaging.nuclei import FEATURES, NucleiParams, macenko_stain_vectors, nuclei_features, section_stain_reference, stain_concentrations
+from asign_assets.imaging.nuclei import FEATURES, NucleiParams, nuclei_features
+from asign_assets.imaging.stain import macenko_stain_vectors, section_stain_reference, stain_concentrations
 
 H = np.array([0.65, 0.70, 0.29])
 E = np.array([0.07, 0.99, 0.11])

@@ -11,7 +11,9 @@ import dagster as dg
 import pytest
 import yaml
 
-from asign_assets.pipeline.assets.common import REPROCESS, StorageResource, samples_partitions
+from asign_assets.pipeline.automation import REPROCESS, samples_partitions
+
+from asign_assets.pipeline.resources import StorageResource
 from asign_assets.ingest.manifest import load_manifest, write_manifest
 from asign_assets.pipeline.sensors import build_new_samples_sensor, build_observe_schedule, parse_cursor
 from asign_assets.storage.store import Storage
@@ -346,7 +348,7 @@ def test_observe_schedule_requests_one_observation_per_sample():
 
 def test_gpu_steps_are_pooled_and_model_requests_a_gpu():
     """What docs/deployment.md promises about the `gpu` pool and the Kubernetes GPU request."""
-    from asign_assets.pipeline.assets.common import GPU_POOL, K8S_GPU_TAGS
+    from asign_assets.pipeline.automation import GPU_POOL, K8S_GPU_TAGS
     from asign_assets.pipeline.definitions import build_definitions
 
     defs = build_definitions(storage_root="/tmp/unused-asign-root")

@@ -98,7 +98,7 @@ def test_assets_on_fsspec_memory_storage(small_stack, tmp_path, monkeypatch):
     import dagster as dg
 
     from asign_assets.pipeline.assets import expression, registrations, sections
-    from asign_assets.pipeline.assets.common import DeviceResource, StorageResource
+    from asign_assets.pipeline.resources import DeviceResource, StorageResource
     from asign_assets.ingest.manifest import load_manifest
     from asign_assets.storage.store import Storage
 

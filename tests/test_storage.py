@@ -37,3 +37,31 @@ def test_bad_names_are_rejected(tmp_path):
             store.sample_uri("s1", bad)
     with pytest.raises(ValueError):
         store.sample_uri("../s1", "x")
+
+
+def test_manifest_digest_is_stored_at_registration(small_stack, tmp_path, monkeypatch):
+    """The digest is computed once, when the sample is registered, and read from then on;
+    a hand-edited registered copy is noticed (size/mtime) and parsed again."""
+    import os
+
+    from asign_assets.ingest.manifest import load_manifest
+    from asign_assets.storage import store as store_mod
+
+    manifest = load_manifest(small_stack.manifest_path)
+    store = Storage(tmp_path / "home")
+    path = store.register(manifest)
+    assert path.with_suffix(".digest").exists()
+
+    def no_parse(*a, **k):
+        raise AssertionError("the registered manifest was parsed again")
+
+    monkeypatch.setattr(store_mod, "load_manifest", no_parse)
+    assert store.registered_digest(manifest.sample_id) == manifest.digest()
+    monkeypatch.undo()
+
+    text = path.read_text()
+    path.write_text(text.replace("spot_diameter_um: ", "spot_diameter_um: 1", 1))
+    os.utime(path, ns=(1, 1))
+    assert store.registered_digest(manifest.sample_id) == load_manifest(path, check_files=False).digest() != manifest.digest()
+    path.write_text(text)  # back to the registered content: the digest follows the file
+    assert store.registered_digest(manifest.sample_id) == manifest.digest()

@@ -1,15 +1,13 @@
-"""Weight-free nuclear morphology of spot patches: Macenko stain vectors, haematoxylin
-nuclei, per-spot counts, sizes, shapes, chromatin and class fractions.
+"""Weight-free nuclear morphology of spot patches: haematoxylin nuclei (on the Macenko stain
+separation of imaging.stain), per-spot counts, sizes, shapes, chromatin and class fractions.
+
+Not part of the default encoder: on patient C these features predict expression alone (ridge
+gene_pcc about 0.18) but add nothing to the colour/texture embedding (docs/accuracy.md, item 4,
+benchmarks/nuclei_features.py). They stay in the library as a measured, tested feature set.
 
 Why: colour and texture statistics do not see cells. Cell composition (tumour vs immune
 vs stroma) is what drives most of a spot's expression, and nuclei show it.
 
-- Stain vectors (Macenko et al. 2009, "A method for normalizing histology slides for
-  quantitative analysis", ISBI): optical density of tissue pixels, plane of its two top
-  principal directions, the robust (``alpha`` percentile) extreme angles give the
-  haematoxylin and eosin OD vectors. Estimated once per section, so the H concentration
-  is comparable across sections with different staining; concentrations are scaled by
-  their 99th percentile (the normalisation step of the method).
 - Nuclei: the normalised H concentration, lightly smoothed, above ``h_threshold``; 2D
   connected components of all patches at once (no loop over spots), components smaller
   than ``min_area_um2`` dropped. Per nucleus: area, mean H (chromatin density), and the
@@ -26,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+
+from asign_assets.imaging.stain import stain_concentrations
 
 FEATURES = (
     "nuclei_density", "area_mean", "area_sd", "eccentricity_mean", "chromatin_mean", "chromatin_sd",
@@ -44,48 +44,11 @@ class NucleiParams:
     elongated_ecc: float = 0.9
 
 
-def optical_density(rgb: np.ndarray) -> np.ndarray:
-    """uint8 [..., 3] -> OD = -log((I + 1) / 256) (Beer-Lambert, so stains add linearly)."""
-    return -np.log((np.asarray(rgb, np.float64)[..., :3] + 1.0) / 256.0)
-
-
-def macenko_stain_vectors(rgb: np.ndarray, od_min: float = 0.15, alpha: float = 1.0) -> np.ndarray:
-    """[2, 3] unit OD vectors (haematoxylin, eosin) of the pixels in ``rgb`` (any shape [..., 3]).
-
-    Pixels with every channel's OD below ``od_min`` (background) are ignored. H is the
-    extreme direction with the larger red OD component (haematoxylin absorbs red
-    strongest), which fixes the order of the two vectors.
-    """
-    od = optical_density(rgb).reshape(-1, 3)
-    od = od[(od > od_min).all(1)]
-    if len(od) < 10:
-        raise ValueError("too few tissue pixels to estimate stain vectors")
-    _, _, vt = np.linalg.svd(od, full_matrices=False)  # directions of OD (not centred, as in the method)
-    plane = vt[:2]
-    plane = plane * np.sign(plane.sum(1, keepdims=True))  # both directions point into positive OD
-    proj = od @ plane.T
-    phi = np.arctan2(proj[:, 1], proj[:, 0])
-    lo, hi = np.percentile(phi, [alpha, 100 - alpha])
-    v1 = np.cos(lo) * plane[0] + np.sin(lo) * plane[1]
-    v2 = np.cos(hi) * plane[0] + np.sin(hi) * plane[1]
-    v = np.stack([v1, v2])
-    v = v * np.sign(v.sum(1, keepdims=True))
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    return v if v[0, 0] >= v[1, 0] else v[::-1].copy()
-
-
-def stain_concentrations(rgb: np.ndarray, stains: np.ndarray) -> np.ndarray:
-    """[..., 2] H and E concentrations: least squares of OD on the two stain vectors."""
-    od = optical_density(rgb)
-    c, *_ = np.linalg.lstsq(np.asarray(stains, np.float64).T, od.reshape(-1, 3).T, rcond=None)
-    return c.T.reshape(*od.shape[:-1], 2)
-
-
 def nuclei_features(tiles: np.ndarray, um_per_px: float, stains: np.ndarray, h_scale: float,
                     params: NucleiParams = NucleiParams()) -> np.ndarray:
     """[N, len(FEATURES)] nuclear features of uint8 patches [N, h, w, 3] centred on spots.
 
-    ``stains`` from :func:`macenko_stain_vectors` and ``h_scale`` (the H concentration's
+    ``stains`` from :func:`asign_assets.imaging.stain.macenko_stain_vectors` and ``h_scale`` (the H concentration's
     99th percentile over the section's tissue) come from the whole section, so patches of
     one section share one threshold.
     """
@@ -144,13 +107,3 @@ def nuclei_features(tiles: np.ndarray, um_per_px: float, stains: np.ndarray, h_s
     return out
 
 
-def section_stain_reference(tiles: np.ndarray, max_pixels: int = 400_000, seed: int = 0) -> tuple[np.ndarray, float]:
-    """(stain vectors, H 99th percentile) of one section from a pixel sample of its spot patches."""
-    px = np.asarray(tiles)[..., :3].reshape(-1, 3)
-    if len(px) > max_pixels:
-        px = px[np.random.default_rng(seed).choice(len(px), max_pixels, replace=False)]
-    stains = macenko_stain_vectors(px)
-    od = optical_density(px)
-    tissue = (od > 0.15).all(1)
-    hc = stain_concentrations(px[tissue], stains)[:, 0] if tissue.any() else np.ones(1)
-    return stains, float(np.percentile(hc, 99))

@@ -25,6 +25,7 @@ from asign_assets.errors import InputError
 from asign_assets.ingest.manifest import Manifest, SectionSpec, reference_position
 from asign_assets.readers.tables import CountMatrix, JoinReport, join_spots_counts, read_counts, read_section_spots
 from asign_assets.readers.slide import Slide
+from asign_assets.storage import layout
 
 THUMB_MAX_SIDE = 1024
 MIN_MEASURED_SPOTS = 20
@@ -179,26 +180,26 @@ def prepare_sections(manifest: Manifest) -> PreparedSections:
 def write_sections(prep: PreparedSections, out_dir: Path) -> None:
     """Write the stage's files into a (temporary) folder."""
     out_dir.mkdir(parents=True)
-    (out_dir / "thumbnails").mkdir()
-    (out_dir / "masks").mkdir()
-    (out_dir / "sections.json").write_text(json.dumps([asdict(r) for r in prep.records], indent=1))
-    prep.spots.write_parquet(out_dir / "spots.parquet", statistics=False)
+    (out_dir / layout.name("sections", "thumbnails")).mkdir()
+    (out_dir / layout.name("sections", "masks")).mkdir()
+    (out_dir / layout.name("sections", "records")).write_text(json.dumps([asdict(r) for r in prep.records], indent=1))
+    prep.spots.write_parquet(out_dir / layout.name("sections", "spots"), statistics=False)
     for name, thumb in prep.thumbnails.items():
-        Image.fromarray(thumb).save(out_dir / "thumbnails" / f"{name}.png")
-        Image.fromarray(prep.masks[name].astype(np.uint8) * 255).save(out_dir / "masks" / f"{name}.png")
+        Image.fromarray(thumb).save(out_dir / layout.name("sections", "thumbnails") / f"{name}.png")
+        Image.fromarray(prep.masks[name].astype(np.uint8) * 255).save(out_dir / layout.name("sections", "masks") / f"{name}.png")
 
 
 def load_records(sections_dir: Path) -> list[SectionRecord]:
-    return [SectionRecord(**r) for r in json.loads((Path(sections_dir) / "sections.json").read_text())]
+    return [SectionRecord(**r) for r in json.loads((Path(sections_dir) / layout.name("sections", "records")).read_text())]
 
 
 def load_spots(sections_dir: Path) -> pl.DataFrame:
-    return pl.read_parquet(Path(sections_dir) / "spots.parquet")
+    return pl.read_parquet(Path(sections_dir) / layout.name("sections", "spots"))
 
 
 def load_mask(sections_dir: Path, name: str) -> np.ndarray:
-    return np.asarray(Image.open(Path(sections_dir) / "masks" / f"{name}.png")) > 127
+    return np.asarray(Image.open(Path(sections_dir) / layout.name("sections", "masks") / f"{name}.png")) > 127
 
 
 def load_thumbnail(sections_dir: Path, name: str) -> np.ndarray:
-    return np.asarray(Image.open(Path(sections_dir) / "thumbnails" / f"{name}.png").convert("RGB"))
+    return np.asarray(Image.open(Path(sections_dir) / layout.name("sections", "thumbnails") / f"{name}.png").convert("RGB"))

@@ -15,19 +15,7 @@ from typing import Any, TextIO
 
 import dagster as dg
 
-#: The figure printed next to each asset (a metadata key it records).
-KEY_FIGURE: Mapping[str, str] = {
-    "sections": "n_spots",
-    "tiles": "n_spots",
-    "embeddings": "dim",
-    "registrations": "min_dice_after",
-    "graph_3d": "nodes",
-    "expression": "n_genes",
-    "model": "best_val_gene_pcc",
-    "imputed_volume": "n_spots",
-    "evaluation": "evaluated_spots",
-    "expression_volume": "spot_agreement",
-}
+from asign_assets.storage.layout import LAYOUT
 
 
 @dataclass(frozen=True)
@@ -49,7 +37,7 @@ class AssetLine:
 def asset_line(asset: str, metadata: Mapping[str, Any]) -> AssetLine:
     """The line of a materialisation from its metadata (MetadataValue or plain values)."""
     plain = {k: getattr(v, "value", v) for k, v in metadata.items()}
-    figure = KEY_FIGURE.get(asset, "")
+    figure = LAYOUT[asset].key_figure if asset in LAYOUT else ""
     return AssetLine(asset, float(plain.get("seconds", float("nan"))), figure, plain.get(figure, ""))
 
 

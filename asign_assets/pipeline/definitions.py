@@ -7,7 +7,7 @@ import os
 import dagster as dg
 
 from asign_assets.pipeline.assets import ALL_ASSETS, ALL_CHECKS
-from asign_assets.pipeline.assets.common import DeviceResource, StorageResource
+from asign_assets.pipeline.resources import DeviceResource, StorageResource
 from asign_assets.pipeline.assets.sources import SOURCES
 from asign_assets.pipeline.console import asign_cli_logger
 from asign_assets.pipeline.sensors import JOB_NAME, OBSERVE_JOB_NAME

@@ -28,21 +28,9 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
+from asign_assets.storage.layout import LAYOUT
 from asign_assets.storage.store import Storage
 
-#: Files (relative to the sample folder) that each asset writes; all must exist for it to count as present.
-OUTPUTS: Mapping[str, tuple[str, ...]] = {
-    "sections": ("sections",),
-    "tiles": ("tiles.zarr",),
-    "embeddings": ("embeddings.zarr",),
-    "registrations": ("registrations",),
-    "graph_3d": ("graph_3d",),
-    "expression": ("expression.h5ad",),
-    "model": ("model",),
-    "imputed_volume": ("imputed_volume.h5ad", "imputed_volume.zarr"),
-    "evaluation": ("evaluation.parquet",),
-    "expression_volume": ("expression_volume",),
-}
 
 _AC = dg.AutomationCondition
 _MATERIALISED = (_AC.newly_updated() | _AC.initial_evaluation()).with_label("materialised")
@@ -176,7 +164,7 @@ def plan_sample(
             parents = sorted(p.to_user_string() for p in graph.get(key).parent_keys if p in plan.run)
             if sample_id in result.get_requested_partitions(key) and (why := _dagster_reason(by_key[key], sample_id)) != UPSTREAM:
                 plan.run[key] = why
-            elif not all(store.exists(sample_id, f) for f in OUTPUTS.get(name, ())):
+            elif not all(store.exists(sample_id, f) for f in (LAYOUT[name].outputs if name in LAYOUT else ())):
                 plan.run[key] = "materialised, but its files are gone from storage"
             elif (changed := _config_change(instance, key, sample_id, run_config)) is not None:
                 plan.run[key] = changed

@@ -11,7 +11,7 @@ The sensor is a thin wrapper around a pure function (:func:`scan_inbox`), testab
   (or is touched); it never stops the sensor.
 * ``observe_inputs`` (cron ``$ASIGN_OBSERVE_CRON``, default nightly ``0 2 * * *``) observes every sample's raw
   files. Reprocessing itself is declarative: each asset's ``AutomationCondition``
-  (:data:`asign_assets.pipeline.assets.common.REPROCESS`) requests it when its code version or an
+  (:data:`asign_assets.pipeline.automation.REPROCESS`) requests it when its code version or an
   upstream data version changed, and retries failed or missing assets after the nightly cron
   tick; Dagster's automation sensor evaluates them.
 """
@@ -26,7 +26,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from asign_assets.pipeline.assets.common import NIGHTLY_CRON, StorageResource, samples_partitions
+from asign_assets.pipeline.automation import NIGHTLY_CRON, samples_partitions
+
+from asign_assets.pipeline.resources import StorageResource
 from asign_assets.errors import AsignError
 from asign_assets.storage.input_digest import sha256_file
 from asign_assets.ingest.manifest import Manifest, load_manifest

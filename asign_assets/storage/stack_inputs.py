@@ -86,11 +86,11 @@ class StackInputs:
         import torch
         import zarr
 
-        graph = torch.load(store.local_path(sid, "graph_3d") / "graph.pt", weights_only=False)
-        emb = zarr.open_group(str(store.local_path(sid, "embeddings.zarr")), mode="r")
-        names = section_names(zarr.open_group(str(store.local_path(sid, "tiles.zarr")), mode="r"))
-        spots = pl.read_parquet(store.local_path(sid, "registrations") / "spots.parquet")
-        expr = ad.read_h5ad(store.local_path(sid, "expression.h5ad"))
+        graph = torch.load(store.file(sid, "graph_3d", "graph"), weights_only=False)
+        emb = zarr.open_group(str(store.file(sid, "embeddings", "zarr")), mode="r")
+        names = section_names(zarr.open_group(str(store.file(sid, "tiles", "zarr")), mode="r"))
+        spots = pl.read_parquet(store.file(sid, "registrations", "spots"))
+        expr = ad.read_h5ad(store.file(sid, "expression", "h5ad"))
         return cls(
             graph=graph, names=names, spot_emb=stacked(emb, names, "spot"), region_emb=stacked(emb, names, "region"),
             global_emb=stacked(emb, names, "global"), spots=spots, expr=expr,

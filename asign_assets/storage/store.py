@@ -17,6 +17,7 @@ import ctypes.util
 import errno
 import functools
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from asign_assets.errors import InputError
+from asign_assets.storage import layout
 from asign_assets.ingest.manifest import SAMPLE_ID_RE, Manifest, load_manifest, write_manifest
 
 TMP_PREFIX = ".tmp-"
@@ -318,6 +320,13 @@ class Storage:
         self.download(sample_id, name, dest)
         return dest
 
+    def file(self, sample_id: str, asset: str, role: str) -> Path:
+        """A local path to one file of an asset, by its role in :data:`layout.LAYOUT`
+        (``store.file(sid, "registrations", "spots")``); remote roots fetch its whole output."""
+        top, _, rest = layout.path(asset, role).partition("/")
+        p = self.local_path(sample_id, top)
+        return p / rest if rest else p
+
     def download(self, sample_id: str, name: str, dest: Path) -> str:
         """Copy the complete version of a remote asset to ``dest``; returns its writer token.
 
@@ -404,19 +413,41 @@ class Storage:
             )
         if replace:
             self.remove_outputs(manifest.sample_id)
-        return write_manifest(manifest, path, relative=False)
+        written = write_manifest(manifest, path, relative=False)
+        self._write_digest(written, manifest.digest())
+        return written
 
     def registered_digest(self, sample_id: str, strict: bool = True) -> str | None:
-        """Digest of the registered manifest; None when unregistered (or, not ``strict``, unreadable)."""
+        """Digest of the registered manifest; None when unregistered (or, not ``strict``, unreadable).
+
+        Read from the ``.digest`` file that :meth:`register` wrote beside the manifest, while
+        that file still describes the manifest's size and mtime; otherwise (a registration
+        from before digests were stored, a hand-edited copy) the manifest is parsed once and
+        the file rewritten, so an asset write never re-parses the manifest.
+        """
         path = self._manifest_file(sample_id)
         if not path.exists():
             return None
+        stored = _read_digest(path)
+        if stored is not None:
+            return stored
         try:
-            return load_manifest(path, check_files=False).digest()
+            digest = load_manifest(path, check_files=False).digest()
         except InputError:
             if strict:
                 raise
             return "unreadable"
+        with contextlib.suppress(OSError):
+            self._write_digest(path, digest)
+        return digest
+
+    @staticmethod
+    def _write_digest(manifest_file: Path, digest: str) -> None:
+        st = manifest_file.stat()
+        target = _digest_file(manifest_file)
+        tmp = target.with_name(f".{target.name}.{_writer_token()}")
+        tmp.write_text(json.dumps({"digest": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}))
+        os.replace(tmp, target)
 
     def _manifest_file(self, sample_id: str) -> Path:
         if self.is_local:
@@ -429,6 +460,24 @@ class Storage:
         if not path.exists():
             raise InputError(path, f"sample {sample_id!r} is not registered; run `asign run <manifest>` or drop its manifest in the inbox")
         return load_manifest(path)
+
+
+def _digest_file(manifest_file: Path) -> Path:
+    return manifest_file.with_suffix(".digest")
+
+
+def _read_digest(manifest_file: Path) -> str | None:
+    """The stored digest of a registered manifest, if it was recorded for this very file."""
+    try:
+        rec = json.loads(_digest_file(manifest_file).read_text())
+        st = manifest_file.stat()
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rec, dict) or rec.get("size") != st.st_size or rec.get("mtime_ns") != st.st_mtime_ns:
+        return None
+    digest = rec.get("digest")
+    return digest if isinstance(digest, str) else None
+
 
 def default_local_state() -> str:
     home = default_home()

@@ -3,16 +3,20 @@
 import dataclasses
 import time
 
-from typing import Optional
+from typing import Literal, Optional, get_args
 
 import dagster as dg
 import numpy as np
 
 from asign_assets.ingest import sections as sections_lib
-from asign_assets.pipeline.assets.common import DeviceResource, StageMonitor, StorageResource, digest_arrays, gpu_asset, log_progress, md_table, path_meta, sample_asset, sample_io
+from asign_assets.pipeline.automation import gpu_asset, sample_asset
+from asign_assets.pipeline.resources import DeviceResource, StorageResource, sample_io
+from asign_assets.pipeline.assets.metadata import StageMonitor, digest_arrays, log_progress, md_table, path_meta
 from asign_assets.pipeline.assets.ingest import sections
 from asign_assets.pipeline.assets.sources import raw_inputs
 from asign_assets.imaging.tiles import TileParams
+from asign_assets.pipeline.config import params_from
+from asign_assets.storage import layout
 
 
 class TilesConfig(dg.Config):
@@ -29,10 +33,16 @@ class TilesConfig(dg.Config):
     workers: Optional[int] = None  # sections tiled at once (worker processes, one decoded image each); None: min(CPUs, sections, 4); 1: one by one
 
 
-class EmbeddingsConfig(dg.Config):
-    """`histology` (default, no weights) or `torchscript:/path/model.pt` (your own encoder)."""
+EncoderKind = Literal["histology", "torchscript"]
+ENCODER_KINDS: tuple[str, ...] = get_args(EncoderKind)
 
-    encoder: str = "histology"
+
+class EmbeddingsConfig(dg.Config):
+    """The image encoder: `histology` (default, no weights) or `torchscript` (your own model,
+    a TorchScript file at `encoder_path` on the machine that runs the step)."""
+
+    encoder: EncoderKind = "histology"
+    encoder_path: Optional[str] = None
     batch_size: int = 256
     standardise: bool = True
     threads: Optional[int] = 1  # torch intra-op threads, in each worker (1 avoids oversubscription next to other steps; None: torch's default)
@@ -50,10 +60,7 @@ def tiles(context: dg.AssetExecutionContext, config: TilesConfig, storage: Stora
     from asign_assets.imaging.tiles import SectionImage, auto_spot_downsample, write_stack_tiles
 
     store, sid = sample_io(context, storage)
-    base = TileParams(
-        spot_size=config.spot_size, spot_um_per_px=config.spot_um_per_px, region_size=config.region_size,
-        global_size=config.global_size, region_downsample=config.region_downsample, global_downsample=config.global_downsample,
-    )
+    base = params_from(config, TileParams, execution=("workers",))
     with StageMonitor().run() as mon:
         sec_dir = store.local_path(sid, "sections")
         records = sections_lib.load_records(sec_dir)
@@ -66,7 +73,7 @@ def tiles(context: dg.AssetExecutionContext, config: TilesConfig, storage: Stora
             jobs.append(SectionImage(rec.name, rec.image, np.stack([sub["x_px"].to_numpy(), sub["y_px"].to_numpy()], 1), rec.pixel_size_um))
         workers = resolve_workers(config.workers, len(jobs))
         t0 = time.perf_counter()
-        with store.write(sid, "tiles.zarr") as tmp:
+        with store.write(sid, layout.path("tiles", "zarr")) as tmp:
             root = zarr.open_group(str(tmp), mode="w")
             root.attrs["params"] = params.__dict__
             root.attrs["sections"] = [r.name for r in records]
@@ -86,7 +93,7 @@ def tiles(context: dg.AssetExecutionContext, config: TilesConfig, storage: Stora
             "spot_downsample": params.spot_downsample,
             "region_downsample": params.region_downsample,
             "global_downsample": params.global_downsample,
-            "path": path_meta(store, sid, "tiles.zarr"),
+            "path": path_meta(store, sid, layout.path("tiles", "zarr")),
             **mon.metadata(),
         },
         data_version=dg.DataVersion(version),
@@ -99,7 +106,7 @@ def embeddings(context: dg.AssetExecutionContext, config: EmbeddingsConfig, stor
     within each section (zarr). CNN/TorchScript encoders run in the `gpu` pool."""
     import zarr
 
-    from asign_assets.imaging.encoders import embed_tiles, get_encoder
+    from asign_assets.imaging.encoders import embed_tiles, encoder_spec, get_encoder
     from asign_assets.runtime.parallel import resolve_workers
 
     store, sid = sample_io(context, storage)
@@ -111,19 +118,19 @@ def embeddings(context: dg.AssetExecutionContext, config: EmbeddingsConfig, stor
         torch.set_num_threads(config.threads)
     try:
         with StageMonitor().run() as mon:
-            encoder = get_encoder(config.encoder, dev)
-            tiles_root = zarr.open_group(str(store.local_path(sid, "tiles.zarr")), mode="r")
+            encoder = get_encoder(encoder_spec(config.encoder, config.encoder_path), dev)
+            tiles_root = zarr.open_group(str(store.file(sid, "tiles", "zarr")), mode="r")
             names = list(tiles_root.attrs["sections"])
             workers = resolve_workers(config.workers, len(names))
             t0 = time.perf_counter()
-            with store.write(sid, "embeddings.zarr") as tmp:
+            with store.write(sid, layout.path("embeddings", "zarr")) as tmp:
                 out = zarr.open_group(str(tmp), mode="w")
                 meta = embed_tiles(
                     tiles_root, out, names, encoder, batch_size=config.batch_size, standardise=config.standardise, workers=workers,
                     on_section=lambda name, row: log_progress(context, f"section {name}: {row['n_spot']} spots encoded in {row['seconds']:.1f} s"),
                 )
                 wall = time.perf_counter() - t0
-                version = digest_arrays(*[np.asarray(out[f"{n}/spot"][:]) for n in names], extra={"encoder": config.encoder})
+                version = digest_arrays(*[np.asarray(out[f"{n}/spot"][:]) for n in names], extra={"encoder": encoder_spec(config.encoder, config.encoder_path)})
     finally:
         torch.set_num_threads(old_threads)
     per = meta.get("per_section") or meta.get("sections") or {}
@@ -137,7 +144,7 @@ def embeddings(context: dg.AssetExecutionContext, config: EmbeddingsConfig, stor
             "workers": meta["workers"],  # 1 where the encoder cannot go to worker processes (GPU, TorchScript)
             "encoding_seconds": round(wall, 2),  # wall time; the sections' seconds add up to more when they overlap
             "sections": dg.MetadataValue.md(md_table(rows, ".2f")) if rows else "",
-            "path": path_meta(store, sid, "embeddings.zarr"),
+            "path": path_meta(store, sid, layout.path("embeddings", "zarr")),
             **mon.metadata(),
         },
         data_version=dg.DataVersion(version),

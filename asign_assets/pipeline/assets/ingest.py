@@ -6,9 +6,13 @@ from typing import Literal
 import dagster as dg
 
 from asign_assets.ingest import sections as sections_lib
-from asign_assets.pipeline.assets.common import StageMonitor, StorageResource, digest_arrays, digest_files, load_manifest_for, log_progress, md_table, path_meta, sample_asset, sample_io
+from asign_assets.pipeline.automation import sample_asset
+from asign_assets.pipeline.resources import StorageResource, sample_io
+from asign_assets.pipeline.assets.metadata import StageMonitor, digest_arrays, digest_files, load_manifest_for, log_progress, md_table, path_meta
 from asign_assets.pipeline.assets.sources import raw_inputs
 from asign_assets.ingest.expression import ExpressionParams, NormMethod
+from asign_assets.pipeline.config import params_from
+from asign_assets.storage import layout
 
 
 class ExpressionConfig(dg.Config):
@@ -40,7 +44,7 @@ def sections(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.
             )
         with store.write(sid, "sections") as tmp:
             sections_lib.write_sections(prep, tmp)
-            version = digest_files([tmp / "spots.parquet", tmp / "sections.json"])
+            version = digest_files([tmp / layout.name("sections", "spots"), tmp / layout.name("sections", "records")])
     rows = [
         {"section": r.name, "z_um": r.z_um, "measured": r.measured, "spots": r.n_spots, "virtual": r.n_virtual,
          "tissue_mm2": r.tissue_area_mm2, "image_px": f"{r.width}x{r.height}",
@@ -79,9 +83,9 @@ def expression(context: dg.AssetExecutionContext, config: ExpressionConfig, stor
             ids = spots_df.filter((spots_df["section"] == spec.name) & spots_df["measured"])["spot_id"].to_list()
             counts = counts.subset_spots(ids)
             parts.append(MeasuredCounts(spec.name, counts.X, counts.spot_ids, counts.genes, str(spec.counts)))
-        params = ExpressionParams(n_genes=config.n_genes, selection=config.selection, normalisation=config.normalisation, min_counts=config.min_counts)
+        params = params_from(config, ExpressionParams)
         adata, info = build_expression_sections(parts, params)
-        with store.write(sid, "expression.h5ad") as tmp:
+        with store.write(sid, layout.path("expression", "h5ad")) as tmp:
             adata.write_h5ad(tmp)
         version = digest_arrays(adata.X, extra={"genes": list(adata.var_names), "params": params.__dict__})
     log_progress(context, f"{adata.n_obs} spots x {adata.n_vars} genes")
@@ -91,7 +95,7 @@ def expression(context: dg.AssetExecutionContext, config: ExpressionConfig, stor
             "n_genes": adata.n_vars,
             **{k: (v if isinstance(v, (int, float, str)) else str(v)) for k, v in info.items()},
             "top_genes": ", ".join(list(adata.var_names[:10])),
-            "path": path_meta(store, sid, "expression.h5ad"),
+            "path": path_meta(store, sid, layout.path("expression", "h5ad")),
             **mon.metadata(),
         },
         data_version=dg.DataVersion(version),

@@ -9,13 +9,17 @@ import numpy as np
 import polars as pl
 
 from asign_assets.ingest import sections as sections_lib
-from asign_assets.pipeline.assets.common import DeviceResource, StageMonitor, StorageResource, digest_arrays, gpu_asset, log_progress, md_image, md_table, path_meta, sample_asset, sample_io, viewer_url
+from asign_assets.pipeline.automation import gpu_asset, sample_asset
+from asign_assets.pipeline.resources import DeviceResource, StorageResource, sample_io
+from asign_assets.pipeline.assets.metadata import StageMonitor, digest_arrays, log_progress, md_image, md_table, path_meta, viewer_url
 from asign_assets.pipeline.assets.imaging import embeddings, tiles
 from asign_assets.pipeline.assets.ingest import expression, sections
 from asign_assets.pipeline.assets.sources import raw_inputs, raw_truth
 from asign_assets.pipeline.assets.spatial import graph_3d, registrations
 from asign_assets.results.imputed import imputed_anndata, write_anndata_zarr
 from asign_assets.storage.stack_inputs import StackInputs
+from asign_assets.pipeline.config import param_fields
+from asign_assets.storage import layout
 
 EVAL_CHECK = "asign_beats_baselines"
 
@@ -46,12 +50,11 @@ class ModelConfig(dg.Config):
 )
 def model(context: dg.AssetExecutionContext, config: ModelConfig, storage: StorageResource, device: DeviceResource) -> dg.MaterializeResult:
     from asign_assets.results.plots import curves_png
-    from asign_assets.model.training import ModelInputs, params_for, save_checkpoint, train_model
+    from asign_assets.model.training import ModelInputs, TrainParams, params_for, save_checkpoint, train_model
 
     store, sid = sample_io(context, storage)
     dev = device.torch_device()
-    overrides = {k: v for k, v in config.model_dump(exclude={"preset"}).items() if v not in (None, "preset")}
-    params = params_for(config.preset, **overrides)
+    params = params_for(**param_fields(config, TrainParams))
     with StageMonitor().run() as mon:
         inp = StackInputs.load(store, sid)
         result = train_model(ModelInputs(*inp.tensors()), params, dev)
@@ -59,11 +62,11 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, storage: Stora
         png = curves_png(members) if members else b""
         with store.write(sid, "model") as tmp:
             tmp.mkdir()
-            save_checkpoint(result, tmp / "checkpoint.pt")
-            (tmp / "config.json").write_text(json.dumps({"params": params.__dict__, "model": result.config, "genes": list(inp.expr.var_names), "device": str(dev)}, indent=1, default=str))
-            pl.DataFrame([{**c, "member": m} for m, cs in enumerate(members) for c in cs]).write_parquet(tmp / "curves.parquet", statistics=False)
+            save_checkpoint(result, tmp / layout.name("model", "checkpoint"))
+            (tmp / layout.name("model", "config")).write_text(json.dumps({"params": params.__dict__, "model": result.config, "genes": list(inp.expr.var_names), "device": str(dev)}, indent=1, default=str))
+            pl.DataFrame([{**c, "member": m} for m, cs in enumerate(members) for c in cs]).write_parquet(tmp / layout.name("model", "curves"), statistics=False)
             if png:
-                (tmp / "curves.png").write_bytes(png)
+                (tmp / layout.name("model", "curves_png")).write_bytes(png)
     last = result.curves[result.best_epoch] if result.curves and result.best_epoch < len(result.curves) else {}
     log_progress(context, f"trained {len(result.curves)} epochs on {dev} in {result.seconds:.1f} s; best epoch {result.best_epoch}")
     return dg.MaterializeResult(
@@ -102,14 +105,14 @@ def imputed_volume(context: dg.AssetExecutionContext, storage: StorageResource, 
     dev = device.torch_device()
     with StageMonitor().run() as mon:
         inp = StackInputs.load(store, sid)
-        result = load_checkpoint(store.local_path(sid, "model") / "checkpoint.pt")
+        result = load_checkpoint(store.file(sid, "model", "checkpoint"))
         preds = impute(result, ModelInputs(*inp.tensors()), dev)
         sec_dir = store.local_path(sid, "sections")
         manifest = store.load_registered(sid).without_truth()
         adata = imputed_anndata(inp, preds, sections_lib.load_records(sec_dir), sec_dir, manifest.spot_diameter_um)
-        with store.write(sid, "imputed_volume.h5ad") as tmp:
+        with store.write(sid, layout.path("imputed_volume", "h5ad")) as tmp:
             adata.write_h5ad(tmp)
-        with store.write(sid, "imputed_volume.zarr") as tmp:
+        with store.write(sid, layout.path("imputed_volume", "zarr")) as tmp:
             write_anndata_zarr(adata, tmp, (adata.n_obs, 1))
     per = adata.obs.groupby("section", observed=True).size().to_dict()
     log_progress(context, f"{adata.n_obs} spots x {adata.n_vars} genes over {len(per)} sections")
@@ -118,8 +121,8 @@ def imputed_volume(context: dg.AssetExecutionContext, storage: StorageResource, 
             "n_spots": int(adata.n_obs),
             "n_genes": int(adata.n_vars),
             "spots_per_section": dg.MetadataValue.md(md_table([{"section": k, "spots": int(v)} for k, v in per.items()])),
-            "h5ad": path_meta(store, sid, "imputed_volume.h5ad"),
-            "zarr": path_meta(store, sid, "imputed_volume.zarr"),
+            "h5ad": path_meta(store, sid, layout.path("imputed_volume", "h5ad")),
+            "zarr": path_meta(store, sid, layout.path("imputed_volume", "zarr")),
             **mon.metadata(),
         },
         data_version=dg.DataVersion(digest_arrays(adata.X)),
@@ -147,18 +150,18 @@ def evaluation(context: dg.AssetExecutionContext, storage: StorageResource) -> d
     with StageMonitor().run() as mon:
         manifest = store.load_registered(sid)  # with truth: evaluation is the one stage allowed to read it
         inp = StackInputs.load(store, sid)
-        vol = ad.read_h5ad(store.local_path(sid, "imputed_volume.h5ad"))
+        vol = ad.read_h5ad(store.file(sid, "imputed_volume", "h5ad"))
         ev = evaluate_sample(manifest, inp, vol)
         table = ev.table
-        with store.write(sid, "evaluation.parquet") as tmp:
+        with store.write(sid, layout.path("evaluation", "table")) as tmp:
             table.write_parquet(tmp, statistics=False)
         if ev.gene_table is not None:  # per-gene PCC for the viewer's per-gene accuracy, and the truth it used
-            with store.write(sid, "evaluation_genes.parquet") as tmp:
+            with store.write(sid, layout.path("evaluation", "genes")) as tmp:
                 ev.gene_table.write_parquet(tmp, statistics=False)
             tv = ad.AnnData(X=ev.truth, obs=vol.obs.iloc[ev.rows].copy())
             tv.obs["row"] = ev.rows
             tv.var_names = vol.var_names
-            with store.write(sid, "evaluation_truth.zarr") as tmp:
+            with store.write(sid, layout.path("evaluation", "truth")) as tmp:
                 write_anndata_zarr(tv, tmp, (max(1, tv.n_obs), 1))
     if not len(ev.rows):
         check = dg.AssetCheckResult(check_name=EVAL_CHECK, passed=True, description="no truth in the manifest: nothing to evaluate")
@@ -186,7 +189,7 @@ def evaluation(context: dg.AssetExecutionContext, storage: StorageResource) -> d
             "sections": dg.MetadataValue.md(per_md or "_none_"),  # asign per section, with dz_nearest_um
             "evaluated_spots": int(len(ev.rows)),
             "genes_scored": dg.MetadataValue.md(scored_md or "_none_"),
-            "path": path_meta(store, sid, "evaluation.parquet"),
+            "path": path_meta(store, sid, layout.path("evaluation", "table")),
             **mon.metadata(),
         },
         check_results=[check],

@@ -13,7 +13,9 @@ from typing import Any
 
 import dagster as dg
 
-from asign_assets.pipeline.assets.common import StorageResource, samples_partitions
+from asign_assets.pipeline.automation import samples_partitions
+
+from asign_assets.pipeline.resources import StorageResource
 from asign_assets.errors import InputError
 from asign_assets.storage.input_digest import FileDigestCache, files_version, input_files, truth_files
 from asign_assets.ingest.manifest import Manifest

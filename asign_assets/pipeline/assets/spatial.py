@@ -8,13 +8,17 @@ import numpy as np
 import polars as pl
 
 from asign_assets.ingest import sections as sections_lib
-from asign_assets.pipeline.assets.common import StageMonitor, StorageResource, digest_arrays, log_progress, md_image, md_table, path_meta, sample_asset, sample_io, viewer_url
+from asign_assets.pipeline.automation import sample_asset
+from asign_assets.pipeline.resources import StorageResource, sample_io
+from asign_assets.pipeline.assets.metadata import StageMonitor, digest_arrays, log_progress, md_image, md_table, path_meta, viewer_url
 from asign_assets.pipeline.assets.imaging import embeddings, tiles
 from asign_assets.pipeline.assets.ingest import sections
 from asign_assets.pipeline.assets.sources import raw_inputs
 from asign_assets.results.plots import png_bytes
 from asign_assets.registration.register import RegistrationParams
 from asign_assets.storage.stack_inputs import section_names, stacked, tile_arrays
+from asign_assets.pipeline.config import param_fields, params_from
+from asign_assets.storage import layout
 
 DICE_CHECK = "registration_dice"
 
@@ -63,10 +67,7 @@ def registrations(context: dg.AssetExecutionContext, config: RegistrationConfig,
         ref = sections_lib.reference_record(records).section_index
         masks = [sections_lib.load_mask(sec_dir, r.name) for r in records]
         mask_um = [r.pixel_size_um / r.thumb_scale for r in records]
-        params = RegistrationParams(
-            working_um_per_px=config.working_um_per_px, n_angles=config.n_angles, try_flip=config.try_flip,
-            refine=config.refine, compose_neighbours=config.compose_neighbours, min_dice=config.min_dice,
-        )
+        params = params_from(config, RegistrationParams)
         regs = register_stack(masks, mask_um, [r.name for r in records], ref, params)
         xs, ys = np.empty(spots.height), np.empty(spots.height)
         sec_idx = spots["section_index"].to_numpy()
@@ -82,12 +83,12 @@ def registrations(context: dg.AssetExecutionContext, config: RegistrationConfig,
         overlay = overlay_image(masks, mask_um, regs, ref, thumbs=thumbs)
         png = png_bytes(overlay)
         with store.write(sid, "registrations") as tmp:
-            (tmp / "transforms").mkdir(parents=True)
+            (tmp / layout.name("registrations", "transforms")).mkdir(parents=True)
             for rec, reg in zip(records, regs):
-                save_transform(reg.transform, tmp / "transforms" / f"{rec.name}.tfm")
-            out.write_parquet(tmp / "spots.parquet", statistics=False)
-            qc.write_parquet(tmp / "qc.parquet", statistics=False)
-            (tmp / "overlay.png").write_bytes(png)
+                save_transform(reg.transform, tmp / layout.name("registrations", "transforms") / f"{rec.name}.tfm")
+            out.write_parquet(tmp / layout.name("registrations", "spots"), statistics=False)
+            qc.write_parquet(tmp / layout.name("registrations", "qc"), statistics=False)
+            (tmp / layout.name("registrations", "overlay")).write_bytes(png)
     failed = qc.filter(pl.col("dice_after") < config.min_dice)
     qc_rows = qc.select("section", "dice_before", "dice_after", "flipped", "rotation_deg", "seconds").to_dicts()
     for r in qc_rows:
@@ -113,7 +114,7 @@ def registrations(context: dg.AssetExecutionContext, config: RegistrationConfig,
         metadata={
             "qc": dg.MetadataValue.md(md_table(qc_rows)),
             "overlay": md_image(png_bytes(overlay, 480), "overlay"),
-            "overlay_path": path_meta(store, sid, "registrations/overlay.png"),
+            "overlay_path": path_meta(store, sid, layout.path("registrations", "overlay")),
             "viewer": viewer_url(sid),  # inline link; the markdown image above opens in a dialog only
             "min_dice_after": float(qc["dice_after"].min()),
             "flipped_sections": ", ".join(qc.filter(pl.col("flipped"))["section"].to_list()) or "none",
@@ -141,24 +142,23 @@ def graph_3d(context: dg.AssetExecutionContext, config: GraphConfig, storage: St
 
     store, sid = sample_io(context, storage)
     with StageMonitor().run() as mon:
-        spots = pl.read_parquet(store.local_path(sid, "registrations") / "spots.parquet")
-        emb_root = zarr.open_group(str(store.local_path(sid, "embeddings.zarr")), mode="r")
-        tiles_root = zarr.open_group(str(store.local_path(sid, "tiles.zarr")), mode="r")
+        spots = pl.read_parquet(store.file(sid, "registrations", "spots"))
+        emb_root = zarr.open_group(str(store.file(sid, "embeddings", "zarr")), mode="r")
+        tiles_root = zarr.open_group(str(store.file(sid, "tiles", "zarr")), mode="r")
         names = section_names(tiles_root)
         spot_emb = stacked(emb_root, names, "spot")
         sr, sg, rxy, rsec, gxy, gsec = tile_arrays(tiles_root, names)
         manifest = store.load_registered(sid).without_truth()
         params = GraphParams.for_lattice(
-            manifest.spot_pitch_um, manifest.spot_diameter_um, k_intra=config.k_intra, overlap=config.overlap,
-            k_similarity=config.k_similarity, similarity_radius_um=config.similarity_radius_pitches * manifest.spot_pitch_um,
-            similarity_sections=config.similarity_sections, neighbour_sections=config.neighbour_sections, k_tile=config.k_tile,
+            manifest.spot_pitch_um, manifest.spot_diameter_um,
+            **param_fields(config, GraphParams, execution=("similarity_radius_pitches",), similarity_radius_um=config.similarity_radius_pitches * manifest.spot_pitch_um),
         )
         data = build_graph_3d(spots, spot_emb, sr, sg, rxy, rsec, gxy, gsec, params)
         with store.write(sid, "graph_3d") as tmp:
             tmp.mkdir()
-            torch.save(data, tmp / "graph.pt")
-            write_edges_parquet(data, tmp / "edges.parquet")
-            (tmp / "params.json").write_text(json.dumps(params.__dict__, default=str))
+            torch.save(data, tmp / layout.name("graph_3d", "graph"))
+            write_edges_parquet(data, tmp / layout.name("graph_3d", "edges"))
+            (tmp / layout.name("graph_3d", "params")).write_text(json.dumps(params.__dict__, default=str))
     et = data.edge_type.numpy()
     counts = {name: int((et == i).sum()) for i, name in enumerate(EDGE_TYPE_NAMES)}
     log_progress(context, f"{data.num_nodes} nodes, edges {counts}")

@@ -7,11 +7,15 @@ import numpy as np
 import polars as pl
 
 from asign_assets.ingest import sections as sections_lib
-from asign_assets.pipeline.assets.common import StageMonitor, StorageResource, digest_arrays, log_progress, md_table, path_meta, sample_asset, sample_io, viewer_url
+from asign_assets.pipeline.automation import sample_asset
+from asign_assets.pipeline.resources import StorageResource, sample_io
+from asign_assets.pipeline.assets.metadata import StageMonitor, digest_arrays, log_progress, md_table, path_meta, viewer_url
 from asign_assets.pipeline.assets.ingest import sections
 from asign_assets.pipeline.assets.results import imputed_volume
 from asign_assets.pipeline.assets.spatial import registrations
 from asign_assets.results.volume import VolumeParams
+from asign_assets.pipeline.config import params_from
+from asign_assets.storage import layout
 
 AGREEMENT_CHECK = "volume_reproduces_spots"
 # A voxel at half-pitch spacing mixes up to ~20% of the neighbouring spots into a spot's value
@@ -46,10 +50,10 @@ def expression_volume(context: dg.AssetExecutionContext, config: VolumeConfig, s
     from asign_assets.results.volume import gridding_operator, make_grid, spearman_columns, spot_pitch_um, tissue_in_common_frame, write_gridded
 
     store, sid = sample_io(context, storage)
-    params = VolumeParams(voxel_xy_um=config.voxel_xy_um or 0.0, voxel_z_um=config.voxel_z_um or 0.0, sigma_frac=config.sigma_frac)
+    params = params_from(config, VolumeParams)
     with StageMonitor().run() as mon:
         # only what the grid needs (not every layer of the AnnData): X, uncertainty, coordinates
-        with h5py.File(store.local_path(sid, "imputed_volume.h5ad"), "r") as f:
+        with h5py.File(store.file(sid, "imputed_volume", "h5ad"), "r") as f:
             obs, var = read_elem(f["obs"]), read_elem(f["var"])
             xyz = np.asarray(f["obsm/spatial_3d"][:], float)
             x = np.asarray(f["X"][:], np.float32)
@@ -61,7 +65,7 @@ def expression_volume(context: dg.AssetExecutionContext, config: VolumeConfig, s
         ref = sections_lib.reference_record(records).section_index
         pitch = spot_pitch_um(xyz[code == ref, :2])
         grid = make_grid(xyz, [r.z_um for r in records], pitch, params)
-        tdir = store.local_path(sid, "registrations") / "transforms"
+        tdir = store.file(sid, "registrations", "transforms")
         masks = [
             tissue_in_common_frame(sections_lib.load_mask(sec_dir, r.name), r.pixel_size_um / r.thumb_scale, load_transform(tdir / f"{r.name}.tfm"), grid)
             for r in records
@@ -74,11 +78,11 @@ def expression_volume(context: dg.AssetExecutionContext, config: VolumeConfig, s
                   "spot_pitch_um": pitch, "sigma_um": params.sigma_frac * pitch}
         with store.write(sid, "expression_volume") as tmp:
             tmp.mkdir()
-            at_spots = write_gridded(tmp / "expression.ome.zarr", op, x, genes, "expression", params.levels, {**common, "kind": "expression"})
+            at_spots = write_gridded(tmp / layout.name("expression_volume", "expression"), op, x, genes, "expression", params.levels, {**common, "kind": "expression"})
             agree = spearman_columns(at_spots, x)
             del at_spots
             if unc is not None:
-                write_gridded(tmp / "uncertainty.ome.zarr", op, unc, genes, "uncertainty",
+                write_gridded(tmp / layout.name("expression_volume", "uncertainty"), op, unc, genes, "uncertainty",
                               params.levels, {**common, "kind": "uncertainty (SD, same unit as the expression)"})
     med = float(np.nanmedian(agree))
     log_progress(context, f"grid {grid.shape} (z, y, x) at {grid.voxel_um} um; spot agreement median Spearman {med:.3f}")
