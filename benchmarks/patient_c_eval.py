@@ -52,7 +52,9 @@ def prepare(data: Path, cache: Path) -> dict:
     from asign_assets.importers.her2st import estimate_pixel_size_um, her2st_paths
     from asign_assets.readers.images import read_rgb, read_thumbnail
     from asign_assets.imaging.tissue import tissue_mask
-    from asign_assets.registration.register import RegistrationParams, register_stack, to_common_frame
+    from asign_assets.registration.params import RegistrationParams
+    from asign_assets.registration.search import register_stack
+    from asign_assets.registration.transforms import to_common_frame
     from asign_assets.imaging.tiles import write_section_tiles
 
     Image.MAX_IMAGE_PIXELS = 400_000_000  # HER2ST slides are ~92 Mpx; one at a time

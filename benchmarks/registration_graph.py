@@ -28,7 +28,8 @@ def bench_registration(threads: int) -> None:
     from asign_assets.importers.her2st import estimate_pixel_size_um
     from asign_assets.readers.images import read_thumbnail
     from asign_assets.imaging.tissue import tissue_mask
-    from asign_assets.registration.register import RegistrationParams, register_stack
+    from asign_assets.registration.params import RegistrationParams
+    from asign_assets.registration.search import register_stack
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     names = ["C2", "C3", "C4", "C5", "C6"]

@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT / ".." / "shared" / "data"
 
 from asign_assets.readers.images import read_thumbnail  # noqa: E402
-from asign_assets.registration.register import RegistrationParams, register_stack  # noqa: E402
+from asign_assets.registration.params import RegistrationParams  # noqa: E402
+from asign_assets.registration.search import register_stack  # noqa: E402
 from asign_assets.imaging.tissue import spot_coverage, tissue_mask  # noqa: E402
 
 VISIUM_COL_STEP_UM = 50.0  # neighbouring spots in a Visium row are 2 array columns = 100 um apart

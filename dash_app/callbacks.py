@@ -480,7 +480,7 @@ def sample_extras(home: str | os.PathLike, sample: object, prefix: str = "/"):
     except AsignError:
         recs = []
     if recs:
-        from asign_assets.registration.register import overlay_colour
+        from asign_assets.registration.overlay import overlay_colour
 
         legend = html.Div(
             [html.Span([html.Span(style={"display": "inline-block", "width": "14px", "height": "14px", "marginRight": "4px", "verticalAlign": "middle",

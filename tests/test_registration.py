@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,17 +13,12 @@ import pytest
 import SimpleITK as sitk
 
 from asign_assets.errors import RegistrationError
-from asign_assets.registration.register import (
-    RegistrationParams,
-    inverse_transform_points,
-    load_transform,
-    overlay_image,
-    register_stack,
-    save_transform,
-    to_common_frame,
-    to_own_frame,
-    transform_points,
-)
+from asign_assets.registration.masks import warp_masks
+from asign_assets.registration.overlay import render_overlay
+from asign_assets.registration.params import RegistrationParams
+from asign_assets.registration.search import register_stack
+from asign_assets.registration.transform_io import load_transform, save_transform
+from asign_assets.registration.transforms import inverse_transform_points, to_common_frame, to_own_frame, transform_points
 
 UM = 20.0  # um per mask pixel
 HER2ST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "her2st"
@@ -141,7 +139,7 @@ def test_transform_io_and_overlay(tmp_path):
     pts = _tissue_points(ref)
     np.testing.assert_allclose(transform_points(loaded, pts), to_own_frame(regs[1], pts), atol=1e-6)
     np.testing.assert_allclose(inverse_transform_points(loaded, to_own_frame(regs[1], pts)), pts, atol=1e-6)
-    img = overlay_image([ref, mov], [UM, UM], regs, 0)
+    img = render_overlay(warp_masks([ref, mov], [UM, UM], regs, 0))
     assert img.dtype == np.uint8 and img.shape == ref.shape + (3,)
     colours = {tuple(c) for c in img.reshape(-1, 3)[:: 7]}
     assert len(colours) >= 3  # background + two tints/outlines
@@ -157,6 +155,38 @@ def test_bspline_refinement_is_invertible():
     pts = _tissue_points(ref, step=25)
     own = to_own_frame(r, pts)
     np.testing.assert_allclose(to_common_frame(r, own), pts, atol=0.5)
+
+
+_VIEWER_WITHOUT_SITK = """
+import sys
+import numpy as np
+from dash_app import callbacks as cb, data
+from dash_app.app import create_app
+from asign_assets.registration import overlay, params
+
+home, sample = sys.argv[1], sys.argv[2]
+create_app(home)
+legend, _ = cb.sample_extras(home, sample)  # the overlay legend: overlay_colour
+assert legend is not None
+cb.reports(home, sample)  # overlay.png, registration QC
+assert data.load_dense(home, sample) is not None  # OME-Zarr via asign_assets.results.volume
+overlay.render_overlay([np.ones((4, 4), bool)])
+params.RegistrationParams()
+print("SITK", sorted(m for m in sys.modules if m.split(".")[0] == "SimpleITK"))
+"""
+
+
+def test_viewer_and_overlay_do_not_import_simpleitk(tmp_path):
+    """The viewer colours the overlay legend and reads results without loading SimpleITK (fresh process)."""
+    from viewer_fixtures import write_fake_result
+
+    r = write_fake_result(tmp_path / "home")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)}
+    out = subprocess.run([sys.executable, "-c", _VIEWER_WITHOUT_SITK, str(r.home), r.sample], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "SITK []" in out.stdout, out.stdout
 
 
 @pytest.mark.slow

@@ -177,7 +177,8 @@ def test_dlpfc_pale_brain_masks_cover_spots_and_register():
     import polars as pl
     from PIL import Image
 
-    from asign_assets.registration.register import RegistrationParams, register_stack
+    from asign_assets.registration.params import RegistrationParams
+    from asign_assets.registration.search import register_stack
 
     masks, ups = [], []
     for s in ["151673", "151674"]:

@@ -100,7 +100,7 @@ def tissue_in_common_frame(mask: np.ndarray, mask_um_per_px: float, transform, g
     ``transform`` maps common-frame um to the section's own um (the registration's
     direction); mask pixel ``j`` is centred at ``(j + 0.5) * mask_um_per_px``.
     """
-    from asign_assets.registration.register import transform_points
+    from asign_assets.registration.transforms import transform_points
 
     yy, xx = np.meshgrid(grid.axis(1), grid.axis(2), indexing="ij")
     own = transform_points(transform, np.stack([xx.ravel(), yy.ravel()], 1))

@@ -15,7 +15,7 @@ from asign_assets.pipeline.assets.imaging import embeddings, tiles
 from asign_assets.pipeline.assets.ingest import sections
 from asign_assets.pipeline.assets.sources import raw_inputs
 from asign_assets.results.plots import png_bytes
-from asign_assets.registration.register import RegistrationParams
+from asign_assets.registration.params import RegistrationParams
 from asign_assets.storage.stack_inputs import section_names, stacked, tile_arrays
 from asign_assets.pipeline.config import param_fields, params_from
 from asign_assets.storage import layout
@@ -57,7 +57,11 @@ class GraphConfig(dg.Config):
     "per-section QC and an overlay PNG. Blocking check: Dice after registration >= 0.85.",
 )
 def registrations(context: dg.AssetExecutionContext, config: RegistrationConfig, storage: StorageResource) -> dg.MaterializeResult:
-    from asign_assets.registration.register import overlay_image, register_stack, save_transform, to_common_frame
+    from asign_assets.registration.masks import warp_masks
+    from asign_assets.registration.overlay import render_overlay
+    from asign_assets.registration.search import register_stack
+    from asign_assets.registration.transform_io import save_transform
+    from asign_assets.registration.transforms import to_common_frame
 
     store, sid = sample_io(context, storage)
     with StageMonitor().run() as mon:
@@ -80,7 +84,7 @@ def registrations(context: dg.AssetExecutionContext, config: RegistrationConfig,
         out = spots.with_columns(pl.Series("x_um", xs), pl.Series("y_um", ys), pl.Series("z_um", z))
         qc = pl.DataFrame([reg.qc_row() for reg in regs])
         thumbs = [sections_lib.load_thumbnail(sec_dir, r.name) for r in records]
-        overlay = overlay_image(masks, mask_um, regs, ref, thumbs=thumbs)
+        overlay = render_overlay(warp_masks(masks, mask_um, regs, ref), background=thumbs[ref])
         png = png_bytes(overlay)
         with store.write(sid, "registrations") as tmp:
             (tmp / layout.name("registrations", "transforms")).mkdir(parents=True)

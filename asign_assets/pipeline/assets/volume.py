@@ -46,7 +46,7 @@ def expression_volume(context: dg.AssetExecutionContext, config: VolumeConfig, s
     import h5py
     from anndata.io import read_elem
 
-    from asign_assets.registration.register import load_transform
+    from asign_assets.registration.transform_io import load_transform
     from asign_assets.results.volume import gridding_operator, make_grid, spearman_columns, spot_pitch_um, tissue_in_common_frame, write_gridded
 
     store, sid = sample_io(context, storage)
