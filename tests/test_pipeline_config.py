@@ -16,7 +16,7 @@ from asign_assets.pipeline.assets.results import ModelConfig
 from asign_assets.pipeline.assets.spatial import GraphConfig, RegistrationConfig
 from asign_assets.pipeline.assets.volume import VolumeConfig
 from asign_assets.pipeline.config import param_fields, params_from
-from asign_assets.registration.register import RegistrationParams
+from asign_assets.registration.params import RegistrationParams
 from asign_assets.results.volume import VolumeParams
 from asign_assets.storage import layout
 
