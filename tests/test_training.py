@@ -367,7 +367,7 @@ def test_low_rank_propagation_equals_propagating_the_reconstruction(stack):
 
 def test_shifted_regime_learns_from_displaced_copies(stack):
     """Labels come only from the shifted copies (overlap edges), never from the spot itself."""
-    from asign_assets.graph.build import EDGE_OVERLAP
+    from asign_assets.graph.edge_types import EDGE_OVERLAP
     from asign_assets.model.training import _prepare
 
     g, emb, remb, gemb, y, meas = stack
