@@ -352,7 +352,7 @@ def shifted_copy(graph: Data, nodes: torch.Tensor, shift_xy: np.ndarray, params:
     originals' intra edges, and they are joined to the originals only by overlap-type
     edges (:func:`overlap_edges` between the two point sets, with ``params``). Training uses
     it so that labels reach the measured spots across a registration-sized shift, as they do
-    at imputation (training.TrainParams.regime = "shifted").
+    at imputation (model.params.TrainParams.regime = "shifted").
     """
     n, nodes = int(graph.num_nodes), torch.as_tensor(nodes).long()
     k = nodes.numel()
