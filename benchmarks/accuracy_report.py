@@ -48,7 +48,7 @@ import patient_c_eval as pce  # noqa: E402
 
 from asign_assets.graph.build import GraphParams  # noqa: E402
 from asign_assets.importers.her2st import DEPTH_GAP_UM, SECTION_THICKNESS_UM, her2st_z_um  # noqa: E402
-from asign_assets.model.training import params_for  # noqa: E402
+from asign_assets.model.params import params_for  # noqa: E402
 
 # the previous early stopping (patience 20, any gain counts); the ablation rows before the cost
 # configurations (stop10 = the current defaults) were measured with it
@@ -77,7 +77,7 @@ CONFIGS: dict[str, tuple[str, dict, bool]] = {
     "shifted+stop10": ("shifted copies with the stop10 early stopping",
                        {**BEFORE_TRAIN, "ridge_rank": -1, "source_rank": -1, "regime": "shifted", "patience": 10, "min_delta": 5e-4}, False),
 }
-FINAL = "stop10"  # the configuration equal to the current defaults (training.TrainParams, graph.GraphParams)
+FINAL = "stop10"  # the configuration equal to the current defaults (model.params.TrainParams, graph.build.GraphParams)
 SHOWN = ("gene_pcc", "gene_pcc_hvg50", "mse", "spot_pcc_z")
 BASELINES = ("overlap", "similarity", "gauss_knn", "image_2d", "avg_knn_image")
 
@@ -174,7 +174,9 @@ def run_dlpfc(work: Path, name: str, force: bool) -> pl.DataFrame | None:
     from asign_assets.evaluation.baselines import run_baselines
     from asign_assets.evaluation.metrics import evaluate_sections, hvg_indices
     from asign_assets.storage.store import Storage
-    from asign_assets.model.training import ModelInputs, impute, train_model
+    from asign_assets.model.inference import impute
+    from asign_assets.model.inputs import ModelInputs
+    from asign_assets.model.train import train_model
 
     f = work / f"acc_dlpfc_{name}.parquet"
     if f.exists() and not force:

@@ -188,7 +188,9 @@ BLEND_SHIFTS = (-0.4, -0.2, -0.1, 0.1, 0.2)
 def run_choice(data: Path, prep: dict, graph, measured: str | list[str], params, device: torch.device) -> tuple[pl.DataFrame, dict]:
     """Train on the measured section(s), impute, score every other section against its truth."""
     from asign_assets.evaluation.baselines import run_baselines
-    from asign_assets.model.training import ModelInputs, impute, train_model
+    from asign_assets.model.inference import impute
+    from asign_assets.model.inputs import ModelInputs
+    from asign_assets.model.train import train_model
 
     measured_list = [measured] if isinstance(measured, str) else list(measured)
     secs = prep["sections"]
@@ -257,7 +259,7 @@ def main() -> None:
     ap.add_argument("--out-md", type=Path, default=ROOT / "docs" / "patient_c.md",
                     help="write the final tables here (markdown); '-' to skip")
     args = ap.parse_args()
-    from asign_assets.model.training import TrainParams, params_for
+    from asign_assets.model.params import TrainParams, params_for
 
     torch.set_num_threads(args.threads)
     if not args.data.is_dir():

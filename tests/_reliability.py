@@ -42,7 +42,7 @@ def array_hashes(sample: Path) -> dict[str, str]:
     import anndata as ad
     import torch
 
-    from asign_assets.model.training import load_checkpoint
+    from asign_assets.model.checkpoint import load_checkpoint
 
     out: dict[str, str] = {}
     out["sections/spots"] = _frame(pl.read_parquet(sample / "sections" / "spots.parquet"))

@@ -9,9 +9,6 @@ import torch
 
 from asign_assets.errors import InputError
 from asign_assets.graph.build import (
-    EDGE_INTRA,
-    EDGE_OVERLAP,
-    EDGE_SIMILARITY,
     GraphParams,
     build_graph_3d,
     edges_frame,
@@ -20,6 +17,7 @@ from asign_assets.graph.build import (
     similarity_edges,
     write_edges_parquet,
 )
+from asign_assets.graph.edge_types import EDGE_INTRA, EDGE_OVERLAP, EDGE_SIMILARITY
 
 PITCH = 100.0
 

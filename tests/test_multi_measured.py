@@ -104,7 +104,7 @@ def test_both_measured_sections_are_known_in_training(two_measured_run):
 
 
 def test_propagation_next_to_each_measured_section_comes_from_it(two_measured_run):
-    from asign_assets.graph.build import EDGE_OVERLAP
+    from asign_assets.graph.edge_types import EDGE_OVERLAP
     from asign_assets.storage.stack_inputs import StackInputs
 
     store, sid, _, _ = two_measured_run

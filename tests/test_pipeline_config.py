@@ -9,7 +9,7 @@ import pytest
 from asign_assets.graph.build import GraphParams
 from asign_assets.imaging.tiles import TileParams
 from asign_assets.ingest.expression import ExpressionParams
-from asign_assets.model.training import TrainParams, params_for
+from asign_assets.model.params import TrainParams, params_for
 from asign_assets.pipeline.assets.imaging import EmbeddingsConfig, TilesConfig
 from asign_assets.pipeline.assets.ingest import ExpressionConfig
 from asign_assets.pipeline.assets.results import ModelConfig

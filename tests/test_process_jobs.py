@@ -47,7 +47,9 @@ def test_parallel_members_from_a_script_without_a_main_guard(tmp_path):
         import torch
         sys.path.insert(0, {str(HERE)!r})
         from test_msagnet import make_stack
-        from asign_assets.model.training import ModelInputs, params_for, train_model
+        from asign_assets.model.inputs import ModelInputs
+        from asign_assets.model.params import params_for
+        from asign_assets.model.train import train_model
         g, emb, remb, gemb, y = make_stack(n_sections=3, side=8, noise=0.3)
         meas = torch.nonzero(g.section == 1).flatten()
         inp = ModelInputs(g, emb, remb, gemb, y[meas], meas)

@@ -8,7 +8,11 @@ import pytest
 import torch
 
 from asign_assets.evaluation.metrics import gene_pcc
-from asign_assets.model.training import ModelInputs, TrainParams, impute, load_checkpoint, params_for, save_checkpoint, train_model
+from asign_assets.model.checkpoint import load_checkpoint, save_checkpoint
+from asign_assets.model.inference import impute
+from asign_assets.model.inputs import ModelInputs
+from asign_assets.model.params import TrainParams, params_for
+from asign_assets.model.train import train_model
 
 try:
     from tests.test_msagnet import make_stack
@@ -159,7 +163,7 @@ def replace_members(res, extra):
 
 
 def test_calibration_reduces_held_out_mse():
-    from asign_assets.model.training import fit_calibration
+    from asign_assets.model.calibration import fit_calibration
 
     g = torch.Generator().manual_seed(0)
     G = 30
@@ -187,20 +191,20 @@ def test_calibration_reduces_held_out_mse():
 def test_receptive_pruning_keeps_outputs(stack, blocks):
     """Dropping edges that cannot reach the output spots leaves their predictions unchanged."""
     from asign_assets.model.msagnet import MSAGNet
-    from asign_assets.model.training import ModelInputs, _forward, _make_sub, _receptive
+    from asign_assets.model.subgraph import forward, make_sub, receptive
 
     g, emb, remb, gemb, y, meas = stack
     torch.manual_seed(0)
-    sub = _make_sub(g, torch.arange(int(g.num_nodes)), remb.shape[0], gemb.shape[0])
+    sub = make_sub(g, torch.arange(int(g.num_nodes)), remb.shape[0], gemb.shape[0])
     model = MSAGNet(emb.shape[1], y.shape[1], 16, 2, blocks, region_dim=remb.shape[1], global_dim=gemb.shape[1]).eval()
     torch.nn.init.normal_(model.head_spot[1].weight)  # the head starts at zero; make outputs informative
     xs, xr, xg = ModelInputs(g, emb, remb, gemb, y[meas], meas).standardised()
     out_local = meas  # the whole graph is the sub: local == global ids
-    pruned = _receptive(sub, out_local, blocks)
+    pruned = receptive(sub, out_local, blocks)
     assert pruned.edge_index.shape[1] < sub.edge_index.shape[1] or blocks > 1
     with torch.no_grad():
-        full = _forward(model, sub, xs, xr, xg, None, None, CPU)["spot"][out_local]
-        part = _forward(model, pruned, xs, xr, xg, None, None, CPU, out_local)["spot"]
+        full = forward(model, sub, xs, xr, xg, None, None, CPU)["spot"][out_local]
+        part = forward(model, pruned, xs, xr, xg, None, None, CPU, out_local)["spot"]
     torch.testing.assert_close(part, full, rtol=1e-4, atol=1e-5)
 
 
@@ -209,32 +213,32 @@ def test_node_pruning_keeps_outputs_and_aligns_aux(stack, blocks):
     """Validation's subgraph: a few output spots keep their predictions (with per-node aux
     inputs, which must follow the kept nodes) after dropping the nodes no kept edge touches."""
     from asign_assets.model.msagnet import MSAGNet
-    from asign_assets.model.training import _forward, _make_sub, _prune_nodes, _receptive
+    from asign_assets.model.subgraph import forward, make_sub, prune_nodes, receptive
 
     g, emb, remb, gemb, y, meas = stack
     torch.manual_seed(1)
     n = int(g.num_nodes)
-    sub = _make_sub(g, torch.arange(n), remb.shape[0], gemb.shape[0])
+    sub = make_sub(g, torch.arange(n), remb.shape[0], gemb.shape[0])
     G = y.shape[1]
     model = MSAGNet(emb.shape[1], G, 16, 2, blocks, aux_dim=G + 1, region_dim=remb.shape[1], global_dim=gemb.shape[1]).eval()
     torch.nn.init.normal_(model.head_spot[1].weight)
     xs, xr, xg = ModelInputs(g, emb, remb, gemb, y[meas], meas).standardised()
     aux = torch.randn(n, G + 1)
     out_local = meas[::7]
-    rec = _receptive(sub, out_local, blocks)
-    pruned, out_new, keep = _prune_nodes(rec, out_local)
+    rec = receptive(sub, out_local, blocks)
+    pruned, out_new, keep = prune_nodes(rec, out_local)
     assert pruned.nodes.numel() < n  # a real reduction on this stack
     torch.testing.assert_close(pruned.nodes[out_new], sub.nodes[out_local], rtol=0, atol=0)
     with torch.no_grad():
-        ref = _forward(model, rec, xs, xr, xg, aux, None, CPU, out_local)["spot"]
-        got = _forward(model, pruned, xs, xr, xg, aux[keep], None, CPU, out_new)["spot"]
+        ref = forward(model, rec, xs, xr, xg, aux, None, CPU, out_local)["spot"]
+        got = forward(model, pruned, xs, xr, xg, aux[keep], None, CPU, out_new)["spot"]
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_parallel_members_equal_sequential_members(stack, ensemble_trained):
     """Members trained in worker processes are the members trained one after another."""
     from asign_assets.runtime.parallel import available_cpus
-    from asign_assets.model.training import member_workers
+    from asign_assets.model.ensemble import member_workers
 
     g, emb, remb, gemb, y, meas = stack
     seq, _ = ensemble_trained
@@ -256,7 +260,7 @@ def test_parallel_members_equal_sequential_members(stack, ensemble_trained):
 
 
 def test_uncertainty_scaled_to_out_of_fold_error_and_zero_at_known_spots():
-    from asign_assets.model.training import residual_sigma, uncertainty_from_spread
+    from asign_assets.model.calibration import residual_sigma, uncertainty_from_spread
 
     g = torch.Generator().manual_seed(0)
     spread = torch.rand(50, 4, generator=g) + 0.1
@@ -284,7 +288,7 @@ def _grid(side: int = 12, pitch: float = 200.0) -> np.ndarray:
 
 
 def test_blocked_known_masks_are_whole_blocks_of_two_pitches():
-    from asign_assets.model.training import block_ids, blocked_known_mask, lattice_pitch
+    from asign_assets.model.masks import block_ids, blocked_known_mask, lattice_pitch
 
     xy = _grid()
     assert lattice_pitch(xy) == pytest.approx(200.0)
@@ -312,7 +316,7 @@ def test_blocked_known_masks_are_whole_blocks_of_two_pitches():
 
 
 def test_blocked_folds_are_disjoint_unions_of_blocks():
-    from asign_assets.model.training import block_ids, blocked_folds
+    from asign_assets.model.masks import block_ids, blocked_folds
 
     xy = _grid()
     folds = blocked_folds(xy, 400.0, 5, torch.Generator().manual_seed(3))
@@ -347,33 +351,33 @@ def test_blocked_regime_and_denoised_sources_train_and_record_ranks(stack):
 def test_low_rank_propagation_equals_propagating_the_reconstruction(stack):
     """Propagating the basis coefficients and reconstructing is exact for denoised sources."""
     from asign_assets.graph.propagation import label_propagation, propagation_operator
-    from asign_assets.model.training import _denoise, _propagate, _source_basis
+    from asign_assets.model.labels import denoise, propagate, source_basis
 
     g, emb, remb, gemb, y, meas = stack
     n = int(g.num_nodes)
-    basis = _source_basis(y[meas], 3)
+    basis = source_basis(y[meas], 3)
     src = torch.zeros(n, y.shape[1])
-    src[meas] = _denoise(y[meas], basis)
+    src[meas] = denoise(y[meas], basis)
     known = torch.zeros(n, dtype=torch.bool)
     known[meas[::3]] = True
     op = propagation_operator(g.edge_index, g.edge_weight, n)
     full = label_propagation(None, None, n, src, known, iters=20, operator=op)
-    fast = _propagate(op, src, known, basis, 20)
+    fast = propagate(op, src, known, basis, 20)
     torch.testing.assert_close(fast, full, rtol=1e-4, atol=1e-5)
     assert float((full[~known] - src[meas].mean(0)).abs().max()) > 1e-2  # labels did move
     # without a basis it is plain propagation
-    torch.testing.assert_close(_propagate(op, src, known, None, 20), full)
+    torch.testing.assert_close(propagate(op, src, known, None, 20), full)
 
 
 def test_shifted_regime_learns_from_displaced_copies(stack):
     """Labels come only from the shifted copies (overlap edges), never from the spot itself."""
-    from asign_assets.graph.build import EDGE_OVERLAP
-    from asign_assets.model.training import _prepare
+    from asign_assets.graph.edge_types import EDGE_OVERLAP
+    from asign_assets.model.prepare import prepare
 
     g, emb, remb, gemb, y, meas = stack
     p = replace(FAST, regime="shifted", shift_pitches=0.5, epochs=30, patience=30)
     inputs = ModelInputs(g, emb, remb, gemb, y[meas], meas)
-    pp = _prepare(inputs, p, CPU)
+    pp = prepare(inputs, p, CPU)
     assert pp.copy_local is not None and pp.copy_local.numel() == meas.numel()
     assert torch.equal(pp.label_nodes(torch.arange(3)), pp.copy_local[:3])
     torch.testing.assert_close(pp.y_local[pp.copy_local], y[meas])
@@ -397,7 +401,7 @@ def test_graph_pitch_is_one_sections_lattice_with_several_measured_sections():
     apart; the pitch that blocks and dz edges use must stay the 100 um lattice."""
     from torch_geometric.data import Data
 
-    from asign_assets.model.training import _graph_pitch, lattice_pitch
+    from asign_assets.model.masks import graph_pitch, lattice_pitch
 
     g = np.stack(np.meshgrid(np.arange(8.0), np.arange(8.0)), -1).reshape(-1, 2) * 100.0
     xy = np.concatenate([g, g + 15.0])
@@ -405,4 +409,4 @@ def test_graph_pitch_is_one_sections_lattice_with_several_measured_sections():
     graph = Data(pos=torch.tensor(np.c_[xy, np.zeros(len(xy))]), section=section, num_nodes=len(xy))
     measured = torch.arange(len(xy))
     assert lattice_pitch(xy) == pytest.approx(np.hypot(15, 15))  # what pooling gave
-    assert _graph_pitch(graph, measured) == pytest.approx(100.0)
+    assert graph_pitch(graph, measured) == pytest.approx(100.0)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from asign_assets.graph.build import EDGE_INTRA, EDGE_OVERLAP, EDGE_SIMILARITY
+from asign_assets.graph.edge_types import EDGE_INTRA, EDGE_OVERLAP, EDGE_SIMILARITY
 from asign_assets.evaluation.metrics import gene_pcc
 from asign_assets.graph.propagation import label_propagation
 

@@ -5,7 +5,8 @@ ever formed. Edge types: 0 intra (spatial kNN within a section), 1 overlap
 (spots of neighbouring sections that cover the same tissue in the common frame),
 2 similarity (most similar image embeddings among spots of *other* sections).
 Every edge is stored in both directions; the same pair may appear under two
-types (the paper sums overlap and similarity; see :func:`merge_edges`).
+types (the paper sums overlap and similarity; see :func:`merge_edges`). The type values
+live in :mod:`asign_assets.graph.edge_types`.
 """
 
 from __future__ import annotations
@@ -21,14 +22,11 @@ from scipy.spatial import cKDTree
 from torch_geometric.data import Data
 
 from asign_assets.errors import InputError
+from asign_assets.graph.edge_types import EDGE_INTRA, EDGE_OVERLAP, EDGE_SIMILARITY
 from asign_assets.graph.geometry import disc_iou
 
 __all__ = [
     "GraphParams",
-    "EDGE_INTRA",
-    "EDGE_OVERLAP",
-    "EDGE_SIMILARITY",
-    "EDGE_TYPE_NAMES",
     "build_graph_3d",
     "intra_edges",
     "overlap_edges",
@@ -39,11 +37,6 @@ __all__ = [
     "edges_frame",
     "write_edges_parquet",
 ]
-
-EDGE_INTRA, EDGE_OVERLAP, EDGE_SIMILARITY = 0, 1, 2
-#: Name of each edge type, indexed by its value in ``Data.edge_type``.
-EDGE_TYPE_NAMES = ("intra", "overlap", "similarity")
-
 
 @dataclass(frozen=True)
 class GraphParams:
@@ -359,7 +352,7 @@ def shifted_copy(graph: Data, nodes: torch.Tensor, shift_xy: np.ndarray, params:
     originals' intra edges, and they are joined to the originals only by overlap-type
     edges (:func:`overlap_edges` between the two point sets, with ``params``). Training uses
     it so that labels reach the measured spots across a registration-sized shift, as they do
-    at imputation (training.TrainParams.regime = "shifted").
+    at imputation (model.params.TrainParams.regime = "shifted").
     """
     n, nodes = int(graph.num_nodes), torch.as_tensor(nodes).long()
     k = nodes.numel()

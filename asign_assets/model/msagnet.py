@@ -11,8 +11,8 @@ Per spot, following DESIGN.md section 2:
    each spot with a causal mask, i.e. conditioned top-down global -> region -> spot;
 4. per-level gene heads (LayerNorm + Linear to G genes).
 
-The spot head is residual on an optional ``base`` prediction (the image ridge regressor in
-training.py) and starts at zero, so an untrained network equals its base. Optional ``aux``
+The spot head is residual on an optional ``base`` prediction (the image ridge regressor fitted
+in member.py) and starts at zero, so an untrained network equals its base. Optional ``aux``
 spot inputs (propagated labels, known indicator) enter the spot token additively.
 """
 
@@ -26,7 +26,8 @@ from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import softmax
 
-N_EDGE_TYPES = 3
+from asign_assets.graph.edge_types import N_EDGE_TYPES
+
 EDGE_DIM = 1 + N_EDGE_TYPES  # [weight, one-hot type]
 
 
@@ -34,7 +35,7 @@ def edge_features(
     edge_type: Tensor | None, edge_weight: Tensor | None, num_edges: int, device: torch.device,
     edge_dz: Tensor | None = None, with_dz: bool = False,
 ) -> Tensor:
-    """[E, 4] edge attributes: the weight and a one-hot edge type (0 intra, 1 overlap, 2 similarity).
+    """[E, EDGE_DIM] edge attributes: the weight and a one-hot edge type (graph.edge_types).
 
     With ``with_dz`` a fifth column: the edge's depth difference (in lattice pitches; 0
     where ``edge_dz`` is None), so attention can trust a sibling section more than a

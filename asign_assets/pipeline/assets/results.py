@@ -1,5 +1,5 @@
 """Model and result assets: `model`, `imputed_volume`, `evaluation` (the work is in
-asign_assets.model.training, .imputed and .evaluation)."""
+asign_assets.model (train, inference, checkpoint), .imputed and .evaluation)."""
 
 import json
 from typing import Literal, Optional
@@ -25,7 +25,7 @@ EVAL_CHECK = "asign_beats_baselines"
 
 
 class ModelConfig(dg.Config):
-    """Training preset and overrides of training.TrainParams; None keeps the preset's value (docs/accuracy.md)."""
+    """Training preset and overrides of model.params.TrainParams; None keeps the preset's value (docs/accuracy.md)."""
 
     preset: Literal["cpu", "gpu", "gpu-large"] = "cpu"
     epochs: Optional[int] = None
@@ -35,7 +35,7 @@ class ModelConfig(dg.Config):
     source_rank: Optional[int] = None  # propagated labels: -1 BCV rank of the measured expression, 0 raw, r > 0 fixed
     ridge_rank: Optional[int] = None  # image ridge targets: -1 rank by leave-one-out PCC, 0 raw, r > 0 fixed
     mask: Literal["preset", "random", "blocked"] = "preset"  # known masks / validation folds ("preset": the preset's)
-    regime: Literal["preset", "in_section", "shifted"] = "preset"  # labels from the section itself or a shifted copy (training.TrainParams.regime)
+    regime: Literal["preset", "in_section", "shifted"] = "preset"  # labels from the section itself or a shifted copy (model.params.TrainParams.regime)
     workers: Optional[int] = None  # processes the ensemble members train in (None/0: one per core on CPU for large stacks; 1: this process)
 
 
@@ -50,7 +50,10 @@ class ModelConfig(dg.Config):
 )
 def model(context: dg.AssetExecutionContext, config: ModelConfig, storage: StorageResource, device: DeviceResource) -> dg.MaterializeResult:
     from asign_assets.results.plots import curves_png
-    from asign_assets.model.training import ModelInputs, TrainParams, params_for, save_checkpoint, train_model
+    from asign_assets.model.checkpoint import save_checkpoint
+    from asign_assets.model.inputs import ModelInputs
+    from asign_assets.model.params import TrainParams, params_for
+    from asign_assets.model.train import train_model
 
     store, sid = sample_io(context, storage)
     dev = device.torch_device()
@@ -99,7 +102,9 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, storage: Stora
     "layers model/propagation/blend/uncertainty, own-image and common-frame coordinates, thumbnails for sc.pl.spatial.",
 )
 def imputed_volume(context: dg.AssetExecutionContext, storage: StorageResource, device: DeviceResource) -> dg.MaterializeResult:
-    from asign_assets.model.training import ModelInputs, impute, load_checkpoint
+    from asign_assets.model.checkpoint import load_checkpoint
+    from asign_assets.model.inference import impute
+    from asign_assets.model.inputs import ModelInputs
 
     store, sid = sample_io(context, storage)
     dev = device.torch_device()

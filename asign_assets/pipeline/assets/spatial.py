@@ -142,7 +142,8 @@ def graph_3d(context: dg.AssetExecutionContext, config: GraphConfig, storage: St
     import torch
     import zarr
 
-    from asign_assets.graph.build import EDGE_TYPE_NAMES, GraphParams, build_graph_3d, write_edges_parquet
+    from asign_assets.graph.build import GraphParams, build_graph_3d, write_edges_parquet
+    from asign_assets.graph.edge_types import EDGE_TYPE_NAMES
 
     store, sid = sample_io(context, storage)
     with StageMonitor().run() as mon:
