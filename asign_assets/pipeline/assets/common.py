@@ -18,7 +18,8 @@ import dagster as dg
 import psutil
 
 from asign_assets.ingest.manifest import Manifest
-from asign_assets.storage.store import Storage, default_home
+from asign_assets.runtime.home import default_home
+from asign_assets.storage.store import Storage
 
 samples_partitions = dg.DynamicPartitionsDefinition(name="samples")
 
