@@ -103,7 +103,7 @@ def _set_home(home: str | None) -> str:
     """ASIGN_HOME from the flag or the environment, exported with ASIGN_DEVICE (default auto) for
     the resources' ``dg.EnvVar``s; DAGSTER_HOME defaults under it and gets a dagster.yaml
     (telemetry off) when it has none."""
-    from asign_assets.storage.store import default_home
+    from asign_assets.runtime.home import default_home
 
     if home:
         os.environ["ASIGN_HOME"] = str(Path(home).expanduser().resolve()) if "://" not in home else home
@@ -139,7 +139,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from asign_assets.pipeline.run import materialise_sample
 
     from asign_assets.importers.demo import DemoConfig, make_demo_stack
-    from asign_assets.storage.store import default_local_state
+    from asign_assets.runtime.home import default_local_state
 
     home = _set_home(args.home)
     out = Path(args.out) if args.out else Path(default_local_state()) / "demo-data" / args.sample_id

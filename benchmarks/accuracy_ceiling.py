@@ -158,8 +158,8 @@ def dlpfc_rows(work: Path, data: Path) -> pl.DataFrame:
     import anndata as ad
     import zarr
 
-    from asign_assets.readers.tables import read_counts
-    from asign_assets.importers.visium import VISIUM_PITCH_UM
+    from asign_assets.readers.counts import read_counts
+    from asign_assets.readers.visium import VISIUM_PITCH_UM
 
     rows = []
     for home in sorted(work.glob("home_*")):

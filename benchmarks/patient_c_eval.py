@@ -110,7 +110,7 @@ def prepare(data: Path, cache: Path) -> dict:
 
 
 def read_section_counts(data: Path, s: str):
-    from asign_assets.readers.tables import read_counts
+    from asign_assets.readers.counts import read_counts
 
     return read_counts(data / "ST-cnts" / f"{s}.tsv.gz")
 

@@ -628,7 +628,7 @@ def test_acceptable_inputs_work(case: Case, case_env, caplog):
     stack, home = case_env
     case.mutate(stack)
     Storage(home).register(load_manifest(stack / "manifest.yaml"), replace=True)
-    with caplog.at_level(logging.WARNING, logger="asign_assets.readers.tables"):
+    with caplog.at_level(logging.WARNING, logger="asign_assets.readers.join"):
         result = _materialise(home, [sections, expression, registrations, tiles])
     assert result.success
     sample = home / "samples" / SID

@@ -16,7 +16,8 @@ from asign_assets.errors import InputError
 from asign_assets.readers.images import read_image_size
 from asign_assets.ingest.manifest import MAX_MANIFEST_BYTES, load_manifest
 from asign_assets.readers.paths import require_regular_file
-from asign_assets.readers.tables import read_counts, read_spots
+from asign_assets.readers.counts import read_counts
+from asign_assets.readers.spots import read_spots
 
 MANIFEST = """\
 sample_id: {sid}

@@ -1,10 +1,9 @@
 import numpy as np
-import polars as pl
 from scipy.spatial import cKDTree
 
 from asign_assets.importers.demo import DemoConfig, canonical_spot_positions, make_demo_stack
 from asign_assets.ingest.manifest import load_manifest
-from asign_assets.readers.tables import read_counts
+from asign_assets.readers.counts import read_counts
 
 
 def test_demo_shapes_and_manifest(small_stack):

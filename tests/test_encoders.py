@@ -14,7 +14,6 @@ from asign_assets.imaging.encoders import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     HistologyEncoder,
-    TorchScriptEncoder,
     embed_tiles,
     get_encoder,
 )

@@ -17,7 +17,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from asign_assets.readers import tables as readers
+from asign_assets.readers import counts as readers
 from asign_assets.readers import slide
 from asign_assets.pipeline.run import materialise_sample
 from asign_assets.pipeline.definitions import build_definitions

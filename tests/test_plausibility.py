@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from PIL import Image
 
 from asign_assets.ingest import plausibility as pl_
+from asign_assets.readers.counts import check_count_values
 from asign_assets.errors import InputError
 from asign_assets.ingest.manifest import Checks, Manifest, SectionSpec
 
@@ -168,7 +169,7 @@ def test_count_values_name_the_row_and_column(value, what):
     ids = np.array(["s1", "s2", "s3"], dtype=object)
     genes = np.array(["G1", "G2", "G3"], dtype=object)
     with pytest.raises(InputError) as info:
-        pl_.check_count_values(X, ids, genes, Path("/data/c.tsv"), normalised=False)
+        check_count_values(X, ids, genes, Path("/data/c.tsv"), normalised=False)
     msg = str(info.value)
     assert msg.startswith("/data/c.tsv: field 'row 2, column 'G3''")
     assert what in msg and "spot 's2' (data row 2), gene 'G3' (gene column 3)" in msg
@@ -178,15 +179,15 @@ def test_normalised_counts_are_accepted_when_declared():
     X = sp.csr_matrix(np.array([[0.5, 1.25], [0.0, 3.0]], dtype=np.float32))
     ids, genes = np.array(["a", "b"], dtype=object), np.array(["G1", "G2"], dtype=object)
     with pytest.raises(InputError, match="set checks.counts_normalised: true"):
-        pl_.check_count_values(X, ids, genes, Path("c.tsv"))
-    pl_.check_count_values(X, ids, genes, Path("c.tsv"), normalised=True)
+        check_count_values(X, ids, genes, Path("c.tsv"))
+    check_count_values(X, ids, genes, Path("c.tsv"), normalised=True)
     X2 = sp.csr_matrix(np.array([[-0.5, 1.25], [0.0, 3.0]], dtype=np.float32))  # negative stays an error
     with pytest.raises(InputError, match="negative values"):
-        pl_.check_count_values(X2, ids, genes, Path("c.tsv"), normalised=True)
+        check_count_values(X2, ids, genes, Path("c.tsv"), normalised=True)
 
 
 def test_duplicate_gene_names_after_trimming_quotes_and_spaces(tmp_path):
-    from asign_assets.readers.tables import read_counts
+    from asign_assets.readers.counts import read_counts
 
     p = tmp_path / "c.tsv"
     p.write_text('spot\t"ERBB2"\tGAPDH\t ERBB2 \nA\t1\t2\t3\nB\t4\t5\t6\n')

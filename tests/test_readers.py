@@ -1,5 +1,4 @@
 import gzip
-import json
 
 import h5py
 import numpy as np
@@ -8,7 +7,9 @@ import pytest
 import scipy.sparse as sp
 
 from asign_assets.errors import InputError
-from asign_assets.readers.tables import join_spots_counts, read_counts, read_spots
+from asign_assets.readers.counts import read_counts
+from asign_assets.readers.join import join_spots_counts
+from asign_assets.readers.spots import read_spots
 
 from conftest import her2st_or_skip
 
@@ -126,7 +127,7 @@ def test_spot_table_missing_columns_and_partial_match(tmp_path, caplog):
     c = read_counts(_tsv_gz(tmp_path / "c.tsv.gz", [f"s{i}" for i in range(3)] + ["zz"], ["G"], np.ones((4, 1), int)))
     with pytest.raises(InputError, match="only 3 of 10 spots"):
         join_spots_counts(spots, c, "c.tsv.gz")
-    with caplog.at_level("WARNING", logger="asign_assets.readers.tables"):
+    with caplog.at_level("WARNING", logger="asign_assets.readers.join"):
         joined, _, rep = join_spots_counts(spots, c, "c.tsv.gz", fail_below=0.2)
     assert joined.height == 3 and rep.counts_without_spots == ["zz"]
     assert any("c.tsv.gz" in r.getMessage() and "30%" in r.getMessage() for r in caplog.records)

@@ -1,4 +1,4 @@
-"""Space Ranger folders and scanpy/squidpy AnnData as manifest sections (asign_assets.importers.visium)."""
+"""Space Ranger folders and scanpy/squidpy AnnData as manifest sections (asign_assets.readers.visium, asign_assets.importers.visium)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ from PIL import Image
 
 from asign_assets.errors import InputError
 from asign_assets.ingest.manifest import load_manifest, write_manifest
-from asign_assets.readers.tables import VISIUM_COLS, read_section_spots
-from asign_assets.importers.visium import lattice_um_per_px, manifest_from_visium
+from asign_assets.ingest.sections import read_section_spots
+from asign_assets.readers.spots import VISIUM_COLS
+from asign_assets.readers.visium import lattice_um_per_px
+from asign_assets.importers.visium import manifest_from_visium
 
 from test_readers import _write_10x
 
@@ -190,7 +192,7 @@ def test_positions_preference_parquet_csv_list(tmp_path, caplog):
     _write_positions(outs / "spatial", pos.with_columns(((pl.col("array_row") % 2) == 0).cast(pl.Int64).alias("in_tissue")), "parquet")
     make_outs(tmp_path / "B")
     sections = [{"name": "A", "z_um": 0, "visium": "A"}, {"name": "B", "z_um": 10, "visium": "B", "measured": True}]
-    with caplog.at_level(logging.INFO, logger="asign_assets.importers.visium"):
+    with caplog.at_level(logging.INFO, logger="asign_assets.readers.visium"):
         m = load_manifest(_manifest(tmp_path, sections))
     assert m.sections[0].spots.name == "tissue_positions.parquet"
     assert "using tissue_positions.parquet (preferred over tissue_positions.csv, tissue_positions_list.csv)" in caplog.text
@@ -396,7 +398,7 @@ def test_anndata_is_a_complete_section(tmp_path, asign_home, arrays):
 
 @pytest.mark.parametrize("scale", [0.0, -1.0, float("nan")])
 def test_read_spots_rejects_a_bad_scale(tmp_path, scale):
-    from asign_assets.readers.tables import read_spots
+    from asign_assets.readers.spots import read_spots
 
     outs, _ = make_outs(tmp_path / "A", counts=False, hires=False, lowres=False)
     with pytest.raises(InputError, match="spot scale must be a positive finite number"):

@@ -57,7 +57,7 @@ def truth_matrix(manifest: Manifest, inp: StackInputs, genes: np.ndarray, method
     section. Genes a truth file did not measure are NaN (unmeasured, never zero); metrics skip them.
     """
     from asign_assets.ingest.expression import normalise_to_genes
-    from asign_assets.readers.tables import read_counts
+    from asign_assets.readers.counts import read_counts
 
     rows, mats = [], []
     spots = inp.spots.with_row_index("row")

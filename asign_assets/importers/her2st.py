@@ -32,7 +32,9 @@ import polars as pl
 
 from asign_assets.errors import InputError
 from asign_assets.ingest.manifest import Manifest, SectionSpec, measured_names, write_manifest
-from asign_assets.readers.tables import join_spots_counts, read_counts, read_spots
+from asign_assets.readers.counts import read_counts
+from asign_assets.readers.join import join_spots_counts
+from asign_assets.readers.spots import read_spots
 
 LEGACY_PITCH_UM = 200.0
 LEGACY_DIAMETER_UM = 100.0

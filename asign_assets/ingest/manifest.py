@@ -5,7 +5,7 @@ manifest file. One or more sections are ``measured``: their counts are the input
 model trains on all of them and propagation starts from all of them). Other sections may
 carry ``truth`` counts, which only the evaluation stage may open.
 
-A section may name a Visium source instead of its files (see :mod:`asign_assets.importers.visium`):
+A section may name a Visium source instead of its files (:mod:`asign_assets.readers.sources`):
 ``visium: <Space Ranger outs/ folder>`` or ``anndata: <scanpy/squidpy .h5ad>``. The source
 gives the spots, the image (with the scale that maps full-resolution spot pixels onto it),
 the pixel size, and the counts: as ``counts`` on a measured section, as ``truth`` on
@@ -32,7 +32,9 @@ import yaml
 from asign_assets.ingest import strict_yaml
 from asign_assets.errors import InputError
 from asign_assets.readers.paths import require_regular_file
-from asign_assets.importers.visium import COUNTS_FILE, VISIUM_DIAMETER_UM, VISIUM_PITCH_UM, VisiumSection, resolve_anndata, resolve_visium
+from asign_assets.readers.slide import file_pixel_size_um
+from asign_assets.readers.sources import SECTION_SOURCES, SOURCE_KEYS, SectionSource
+from asign_assets.readers.visium import VisiumSection
 
 SAMPLE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SECTION_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -44,7 +46,9 @@ _STRING_KEYS = frozenset({"sample_id", "name", "description"})
 log = logging.getLogger(__name__)
 
 _TOP_KEYS = {"sample_id", "pixel_size_um", "spot_diameter_um", "spot_pitch_um", "sections", "description", "checks"}
-_SECTION_KEYS = {"name", "z_um", "image", "spots", "counts", "truth", "measured", "pixel_size_um", "visium", "anndata"}
+_SECTION_KEYS = {"name", "z_um", "image", "spots", "counts", "truth", "measured", "pixel_size_um"} | SOURCE_KEYS
+#: How the missing-image error shows the sources: 'visium: <Space Ranger outs/>' or 'anndata: <file.h5ad>'.
+_SOURCE_FORMS = " or ".join(f"'{s.key}: {s.form}'" for s in SECTION_SOURCES)
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ class SectionSpec:
     """One serial section: an H&E image, optionally spots, counts (measured) or truth.
 
     Spot tables hold full-resolution pixels; ``spot_scale`` (image px per spot-table px)
-    maps them onto ``image``, applied by :func:`asign_assets.readers.tables.read_section_spots`.
+    maps them onto ``image``, applied by :func:`asign_assets.ingest.sections.read_section_spots`.
     ``derived`` names the keys filled from ``visium``/``anndata`` or the image file rather
     than written in the manifest, so writing the manifest back keeps the user's form.
     """
@@ -208,29 +212,27 @@ def _path(value: Any, base: Path, src: Path, fld: str, must_exist: bool) -> Path
     return p
 
 
-def _file_pixel_size_um(image: Path) -> tuple[float, str] | None:
-    """Pixel size recorded in the image file itself (TIFF/OME/slide metadata), if any."""
-    try:
-        from asign_assets.readers.slide import file_pixel_size_um
-    except ModuleNotFoundError as exc:
-        if exc.name != "asign_assets.readers.slide":
-            raise
+def _sources_given(sraw: Any) -> list[SectionSource]:
+    """The source keys (``visium``, ``anndata``, ...) a raw section gives, in table order."""
+    return [s for s in SECTION_SOURCES if isinstance(sraw, dict) and sraw.get(s.key)]
+
+
+def _source_lattice(sraw: Any) -> tuple[float, float] | None:
+    """(spot diameter, pitch) in um implied by a raw section's source, or None without one."""
+    given = _sources_given(sraw)
+    return (given[0].spot_diameter_um, given[0].spot_pitch_um) if given else None
+
+
+def _section_source(sraw: dict, base: Path, src: Path, where: str, pitch_um: float) -> tuple[SectionSource, Path, VisiumSection] | None:
+    """The section's source (:data:`SECTION_SOURCES`): (kind, path, what it resolves to), or None."""
+    given = _sources_given(sraw)
+    if len(given) > 1:
+        raise InputError(src, f"give either {given[0].key!r} or {given[1].key!r}, not both", field=where + given[1].key)
+    if not given:
         return None
-    return file_pixel_size_um(image)
-
-
-def _visium_source(sraw: dict, base: Path, src: Path, where: str, pitch_um: float) -> tuple[str, Path, VisiumSection] | None:
-    """The section's ``visium``/``anndata`` source: (key, path, what it resolves to), or None."""
-    if sraw.get("visium") and sraw.get("anndata"):
-        raise InputError(src, "give either 'visium' or 'anndata', not both", field=where + "anndata")
-    explicit_image = bool(sraw.get("image"))
-    if sraw.get("visium"):
-        folder = _path(sraw["visium"], base, src, where + "visium", must_exist=True)
-        return "visium", folder, resolve_visium(folder, explicit_image, pitch_um)
-    if sraw.get("anndata"):
-        file = _path(sraw["anndata"], base, src, where + "anndata", must_exist=True)
-        return "anndata", file, resolve_anndata(file, explicit_image, pitch_um)
-    return None
+    kind = given[0]
+    path = _path(sraw[kind.key], base, src, where + kind.key, must_exist=True)
+    return kind, path, kind.resolve(path, bool(sraw.get("image")), pitch_um)
 
 
 def _pixel_size(
@@ -245,7 +247,7 @@ def _pixel_size(
         if global_px is not None:
             log.info("%s: global pixel_size_um describes full-resolution scans; the %s image uses %s", where.rstrip("."), image.name, vis.pixel_size_source)
         return vis.pixel_size_um, vis.pixel_size_source
-    found = _file_pixel_size_um(image) if image.exists() else None
+    found = file_pixel_size_um(image) if image.exists() else None
     if found is None:
         raise InputError(
             src, "no pixel size: give pixel_size_um globally or per section (the image file does not record one)", field=where + "pixel_size_um",
@@ -259,7 +261,7 @@ def parse_manifest(raw: Any, src: Path, check_files: bool = True) -> Manifest:
     Pixel size of a section, first found: its own ``pixel_size_um``; the global one (not
     for a section showing a Space Ranger/AnnData image, whose frame is not the scan's);
     the Visium lattice; the image file's metadata. ``spot_diameter_um``/``spot_pitch_um``
-    default to Visium's 55/100 when every section is a Visium source.
+    default to the sources' lattice (Visium's 55/100) when every section is a source.
     """
     src = Path(src)
     base = src.resolve().parent
@@ -275,10 +277,10 @@ def parse_manifest(raw: Any, src: Path, check_files: bool = True) -> Manifest:
             field="sample_id",
         )
     sections_raw = raw.get("sections")
-    all_visium = isinstance(sections_raw, list) and bool(sections_raw) and all(
-        isinstance(s, dict) and (s.get("visium") or s.get("anndata")) for s in sections_raw
-    )
-    defaults = {"spot_diameter_um": VISIUM_DIAMETER_UM, "spot_pitch_um": VISIUM_PITCH_UM} if all_visium else {}
+    # Every section a source of one lattice (Visium's): its spot diameter and pitch are the defaults.
+    lattices = {_source_lattice(s) for s in sections_raw} if isinstance(sections_raw, list) and sections_raw else {None}
+    lattice = lattices.pop() if len(lattices) == 1 else None
+    defaults = dict(zip(("spot_diameter_um", "spot_pitch_um"), lattice)) if lattice else {}
     diameter, pitch = (
         _positive_float(raw[k] if raw.get(k) is not None else _require(defaults, k, src), src, k)
         for k in ("spot_diameter_um", "spot_pitch_um")
@@ -316,7 +318,7 @@ def parse_manifest(raw: Any, src: Path, check_files: bool = True) -> Manifest:
         measured = sraw.get("measured", False)
         if not isinstance(measured, bool):
             raise InputError(src, f"must be true or false, got {measured!r}", field=where + "measured")
-        source = _visium_source(sraw, base, src, where, pitch)
+        source = _section_source(sraw, base, src, where, pitch)
         vis = source[2] if source else None
         derived: set[str] = set()
         if sraw.get("image"):
@@ -326,7 +328,7 @@ def parse_manifest(raw: Any, src: Path, check_files: bool = True) -> Manifest:
             derived.add("image")
         else:
             raise InputError(
-                src, "is required but missing (or give 'visium: <Space Ranger outs/>' or 'anndata: <file.h5ad>')", field=where + "image",
+                src, f"is required but missing (or give {_SOURCE_FORMS})", field=where + "image",
             )
         spot_scale = vis.spot_scale if vis is not None and "image" in derived else 1.0
         px, px_source = _pixel_size(sraw, global_px, vis, image, "image" in derived, src, where)
@@ -340,7 +342,7 @@ def parse_manifest(raw: Any, src: Path, check_files: bool = True) -> Manifest:
             if vis is None:
                 raise InputError(src, "'truth: true' takes the counts of the section's visium/anndata source; give a counts path instead", field=where + "truth")
             if vis.counts is None:
-                raise InputError(source[1], f"section {name}: 'truth: true' but the folder has no {COUNTS_FILE}", field=where + "truth")
+                raise InputError(source[1], f"section {name}: 'truth: true' but the folder has no {source[0].counts_file}", field=where + "truth")
             truth = vis.counts
             derived.add("truth")
         elif not truth_raw:
@@ -353,7 +355,7 @@ def parse_manifest(raw: Any, src: Path, check_files: bool = True) -> Manifest:
                 derived.add("spots")
             if measured and counts is None:
                 if vis.counts is None:
-                    raise InputError(source[1] / COUNTS_FILE, f"section {name}: file not found; the measured section needs its counts")
+                    raise InputError(source[1] / (source[0].counts_file or ""), f"section {name}: file not found; the measured section needs its counts")
                 counts = vis.counts
                 derived.add("counts")
         if measured and counts is None:
@@ -363,10 +365,8 @@ def parse_manifest(raw: Any, src: Path, check_files: bool = True) -> Manifest:
         sections.append(
             SectionSpec(
                 name=name, z_um=z, image=image, pixel_size_um=px, measured=measured, spots=spots, counts=counts, truth=truth,
-                spot_scale=spot_scale, pixel_size_source=px_source,
-                visium=source[1] if source and source[0] == "visium" else None,
-                anndata=source[1] if source and source[0] == "anndata" else None,
-                derived=frozenset(derived),
+                spot_scale=spot_scale, pixel_size_source=px_source, derived=frozenset(derived),
+                **({source[0].key: source[1]} if source else {}),
             )
         )
     if not any(s.measured for s in sections):
@@ -445,10 +445,9 @@ def to_dict(manifest: Manifest, relative_to: Path | None = None) -> dict[str, An
         # Keys filled from a visium/anndata source or the image file are left out: loading
         # the manifest again derives them the same way.
         d: dict[str, Any] = {"name": s.name, "z_um": s.z_um}
-        if s.visium is not None:
-            d["visium"] = p(s.visium)
-        if s.anndata is not None:
-            d["anndata"] = p(s.anndata)
+        for kind in SECTION_SOURCES:
+            if getattr(s, kind.key) is not None:
+                d[kind.key] = p(getattr(s, kind.key))
         if "image" not in s.derived:
             d["image"] = p(s.image)
         if "pixel_size_um" not in s.derived:

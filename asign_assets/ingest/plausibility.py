@@ -8,8 +8,10 @@ what was expected. They run in :func:`asign_assets.ingest.sections.prepare_secti
 * spots lie on the tissue (transposed coordinates, another unit, another section);
 * the spot table's lattice spacing agrees with ``spot_pitch_um`` (a wrong pixel size);
 * the tissue area is plausible for the spot count and pitch;
-* no two sections share the same (or a near-identical) image;
-* count values are finite, non-negative and integer-like (unless declared normalised).
+* no two sections share the same (or a near-identical) image.
+
+Count values (finite, non-negative, integer-like unless declared normalised) are checked
+where they are read, by :func:`asign_assets.readers.counts.check_count_values`.
 
 Thresholds and exemptions come from the manifest's ``checks:`` mapping (:class:`Checks`).
 """
@@ -20,18 +22,14 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
 from PIL import Image
 from scipy.spatial import cKDTree
 
 from asign_assets.errors import InputError
 from asign_assets.imaging.tissue import spot_coverage
-
-if TYPE_CHECKING:  # manifest -> visium -> readers -> plausibility: annotations only
-    from asign_assets.ingest.manifest import Checks, Manifest, SectionSpec
+from asign_assets.ingest.manifest import Checks, Manifest, SectionSpec
 
 #: Tissue area / area the spots tile, outside which the pixel size or the image is wrong.
 #: The spots of a legacy ST or Visium array tile the tissue they cover, so the ratio is ~1
@@ -169,38 +167,6 @@ def check_distinct_images(evidence: list[SectionEvidence]) -> dict[tuple[str, st
                     f"true if this is intended", field=f"sections[{eb.index}].image",
                 )
     return out
-
-
-def check_count_values(X: sp.csr_matrix, spot_ids: np.ndarray, genes: np.ndarray, src: Path, normalised: bool = False) -> None:
-    """Counts must be finite, non-negative and (unless ``normalised``) integer-like.
-
-    The first offending entry is named by spot id and gene, with its 1-based data row
-    and gene column, so the user can find it in the file.
-    """
-    X = sp.csr_matrix(X)
-    data = X.data
-    tests = [
-        (~np.isfinite(data), "NaN, empty or infinite values"),
-        (data < 0, "negative values"),
-    ]
-    if not normalised:
-        tests.append((np.mod(np.where(np.isfinite(data), data, 0), 1) != 0, "non-integer values"))
-    for bad, what in tests:
-        hits = np.flatnonzero(bad)
-        if hits.size == 0:
-            continue
-        k = int(hits[0])
-        row = int(np.searchsorted(X.indptr, k, side="right") - 1)
-        col = int(X.indices[k])
-        hint = (
-            "; asign needs raw UMI/read counts, not normalised data (set checks.counts_normalised: true if the table "
-            "is deliberately normalised)" if what == "non-integer values" else ""
-        )
-        raise InputError(
-            src, f"counts contain {what}: {hits.size} entr{'y' if hits.size == 1 else 'ies'}, first {float(data[k])!r} at spot "
-            f"{str(spot_ids[row])!r} (data row {row + 1}), gene {str(genes[col])!r} (gene column {col + 1}){hint}",
-            field=f"row {row + 1}, column {str(genes[col])!r}",
-        )
 
 
 def check_sections(manifest: Manifest, evidence: list[SectionEvidence], tissue_mm2: dict[str, float]) -> dict[str, dict[str, float]]:

@@ -23,8 +23,10 @@ from asign_assets.ingest import plausibility
 from asign_assets.imaging import tissue
 from asign_assets.errors import InputError
 from asign_assets.ingest.manifest import Manifest, SectionSpec, reference_position
-from asign_assets.readers.tables import CountMatrix, JoinReport, join_spots_counts, read_counts, read_section_spots
+from asign_assets.readers.counts import CountMatrix, read_counts
+from asign_assets.readers.join import JoinReport, join_spots_counts
 from asign_assets.readers.slide import Slide
+from asign_assets.readers.spots import read_spots, spots_source
 from asign_assets.storage import layout
 
 THUMB_MAX_SIDE = 1024
@@ -75,6 +77,16 @@ def _check_spots_in_image(spots: pl.DataFrame, spec: SectionSpec, width: int, he
             f"section {spec.name}: {int(outside.sum())} of {len(x)} spots lie outside the {width}x{height} image "
             f"[{spec.image.name}] (spots span {span}){hint}",
         )
+
+
+def read_section_spots(spec: SectionSpec) -> pl.DataFrame | None:
+    """A section's spots in its image's pixel frame, or None when it has no spot table.
+
+    The one way the pipeline reads a section's spots: the table is ``spots``, else a counts
+    file that holds spots too (an ``.h5ad``); the section's ``spot_scale`` is applied here.
+    """
+    source = spots_source(spec.spots, spec.counts)
+    return None if source is None else read_spots(source, scale=spec.spot_scale)
 
 
 def read_measured(spec: SectionSpec, normalised: bool = False) -> tuple[pl.DataFrame, CountMatrix, JoinReport]:

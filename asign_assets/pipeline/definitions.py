@@ -66,7 +66,7 @@ def build_definitions(storage_root: str | None = None, device: str | None = None
     """Definitions with explicit resources (the CLI and tests); without them the resources
     read ``$ASIGN_HOME`` and ``$ASIGN_DEVICE`` through ``dg.EnvVar`` when a run starts."""
     from asign_assets.pipeline.sensors import schedules_and_sensors
-    from asign_assets.storage.store import default_home
+    from asign_assets.runtime.home import default_home
 
     # A bare `dagster dev -m asign_assets.definitions` must work as documented: the EnvVars
     # get their documented defaults (~/.asign, auto) when unset; run workers inherit them.

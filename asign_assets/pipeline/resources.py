@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from asign_assets.storage.store import Storage, default_home
+from asign_assets.runtime.home import default_home
+from asign_assets.storage.store import Storage
 
 
 class StorageResource(dg.ConfigurableResource):

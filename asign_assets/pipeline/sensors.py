@@ -32,7 +32,8 @@ from asign_assets.pipeline.resources import StorageResource
 from asign_assets.errors import AsignError
 from asign_assets.storage.input_digest import sha256_file
 from asign_assets.ingest.manifest import Manifest, load_manifest
-from asign_assets.storage.store import Storage, default_local_state
+from asign_assets.runtime.home import default_local_state
+from asign_assets.storage.store import Storage
 
 JOB_NAME = "full_sample"
 OBSERVE_JOB_NAME = "observe_inputs"

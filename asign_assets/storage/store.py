@@ -33,6 +33,7 @@ from pathlib import Path
 from asign_assets.errors import InputError
 from asign_assets.storage import layout
 from asign_assets.ingest.manifest import SAMPLE_ID_RE, Manifest, load_manifest, write_manifest
+from asign_assets.runtime.home import default_home, default_local_state, is_url
 
 TMP_PREFIX = ".tmp-"
 OLD_PREFIX = ".old-"
@@ -43,7 +44,6 @@ PROVENANCE = "provenance"
 # object and deleted before its first, so readers treat an asset without it as absent.
 COMPLETE_DIR = ".complete"
 READ_RETRIES = 3
-DEFAULT_HOME = "~/.asign"
 # Temporaries are named <prefix><name>-<host>-<pid>-<uuid>, so a sweep can tell a crashed
 # writer (same host, process gone) from a live one, even on a folder shared by machines.
 _WRITER_RE = re.compile(r"^\.(?:tmp|old)-(?P<name>.+)-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{12}$")
@@ -80,14 +80,6 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def default_home() -> str:
-    return os.environ.get("ASIGN_HOME") or str(Path(DEFAULT_HOME).expanduser())
-
-
-def _is_url(root: str) -> bool:
-    return "://" in root and not root.startswith("file://")
-
-
 def check_sample_id(sample_id: str) -> str:
     if not isinstance(sample_id, str) or not SAMPLE_ID_RE.match(sample_id):
         raise InputError(None, f"invalid sample id {sample_id!r}", field="sample_id")
@@ -108,7 +100,7 @@ class Storage:
         root = str(root) if root is not None else default_home()
         if root.startswith("file://"):
             root = root[len("file://"):]
-        self.is_local = not _is_url(root)
+        self.is_local = not is_url(root)
         self.root = str(Path(root).expanduser().resolve()) if self.is_local else root.rstrip("/")
         self._cache: Path | None = None
 
@@ -478,10 +470,6 @@ def _read_digest(manifest_file: Path) -> str | None:
     digest = rec.get("digest")
     return digest if isinstance(digest, str) else None
 
-
-def default_local_state() -> str:
-    home = default_home()
-    return home if not _is_url(home) else str(Path("~/.asign").expanduser())
 
 
 def _remove(p: Path) -> None:

@@ -19,7 +19,8 @@ from asign_assets.pipeline.resources import StorageResource
 from asign_assets.errors import InputError
 from asign_assets.storage.input_digest import FileDigestCache, files_version, input_files, truth_files
 from asign_assets.ingest.manifest import Manifest
-from asign_assets.storage.store import Storage, default_local_state
+from asign_assets.runtime.home import default_local_state
+from asign_assets.storage.store import Storage
 
 
 def digest_cache() -> FileDigestCache:
