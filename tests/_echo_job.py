@@ -1,4 +1,4 @@
-"""Job functions for tests/test_process_jobs.py, imported by the job processes."""
+"""Job functions for tests/runtime/test_process_jobs.py, imported by the job processes."""
 
 
 def upper(payload: bytes) -> bytes:

@@ -1,4 +1,4 @@
-"""A reconstructable `full_sample` job on the multiprocess executor, for tests/test_concurrency.py.
+"""A reconstructable `full_sample` job on the multiprocess executor, for tests/e2e/test_concurrency.py.
 
 Dagster re-imports this file in every step process, so the definitions come from the
 environment: ASIGN_HOME (storage root), ASIGN_DEVICE and DAGSTER_HOME. Run as a script,

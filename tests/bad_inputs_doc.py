@@ -1,4 +1,4 @@
-"""Regenerate the corpus table of docs/bad_inputs.md from tests/test_bad_inputs.py.
+"""Regenerate the corpus table of docs/bad_inputs.md from tests/ingest/test_bad_inputs.py.
 
     PYTHONPATH=. python tests/bad_inputs_doc.py
 
@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "ingest"))
 
 import test_bad_inputs as corpus  # noqa: E402
 

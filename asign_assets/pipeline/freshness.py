@@ -118,7 +118,7 @@ def _dagster_reason(result: dg.AutomationResult, sample_id: str) -> str:
 
 
 #: Op config keys that change how a step runs, never what it writes (worker processes give
-#: the same bytes or states as one by one, tests/test_parallel.py, test_training.py).
+#: the same bytes or states as one by one, tests/runtime/test_parallel.py, test_training.py).
 EXECUTION_ONLY = frozenset({"workers"})
 
 

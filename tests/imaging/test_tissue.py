@@ -10,7 +10,7 @@ import pytest
 
 from asign_assets.imaging.tissue import spot_coverage, tissue_area_mm2, tissue_mask
 
-DLPFC = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dlpfc"
+DLPFC = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "dlpfc"
 
 BG0 = np.array([250.0, 246.0, 248.0])  # near-white on the left ...
 BG1 = np.array([224.0, 202.0, 218.0])  # ... faintly pink on the right

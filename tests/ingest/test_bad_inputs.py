@@ -612,7 +612,7 @@ def test_manifest_files_are_refused_by_the_loader_and_validate(case: Case, base_
     with pytest.raises(InputError) as info:
         load_manifest(stack / "manifest.yaml")
     assert str(stack / "manifest.yaml") in str(info.value) and case.phrase in str(info.value)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
         [sys.executable, "-m", "asign_assets.cli", "validate", str(stack / "manifest.yaml")], capture_output=True, text=True, timeout=60, env=env
     )
@@ -677,6 +677,6 @@ def test_unregistrable_section_fails_the_blocking_check(case_env):
 
 def test_doc_lists_every_case():
     """docs/bad_inputs.md's generated table is rewritten by tests/bad_inputs_doc.py."""
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "bad_inputs.md").read_text()
     missing = [c.id for c in CASES + LOADER_CASES + ACCEPTED if f"| `{c.id}` |" not in doc]
     assert not missing, f"run `PYTHONPATH=. python tests/bad_inputs_doc.py`; missing {missing}"

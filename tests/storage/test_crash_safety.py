@@ -29,7 +29,7 @@ from asign_assets.importers.demo import DemoConfig, make_demo_stack
 from asign_assets.ingest.manifest import load_manifest
 from asign_assets.storage.store import HOST_ID, OLD_PREFIX, TMP_PREFIX, Storage
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SID = "crash"
 RUN_CONFIG = {"ops": {"model": {"config": {"epochs": 5}}}}
 

@@ -7,10 +7,7 @@ import torch
 from asign_assets.evaluation.baselines import fit_ridge, gauss_knn, run_baselines
 from asign_assets.evaluation.metrics import gene_pcc
 
-try:
-    from tests.test_msagnet import make_stack
-except ImportError:
-    from test_msagnet import make_stack
+from _stacks import make_stack
 
 
 def test_run_baselines_shapes_and_sanity():

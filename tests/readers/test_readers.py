@@ -1,6 +1,5 @@
 import gzip
 
-import h5py
 import numpy as np
 import polars as pl
 import pytest
@@ -10,6 +9,8 @@ from asign_assets.errors import InputError
 from asign_assets.readers.counts import read_counts
 from asign_assets.readers.join import join_spots_counts
 from asign_assets.readers.spots import read_spots
+
+from _spaceranger import write_10x
 
 from conftest import her2st_or_skip
 
@@ -37,25 +38,10 @@ def test_her2st_counts_and_selection(tmp_path):
     np.testing.assert_array_equal(sub.X.toarray(), X[:2])
 
 
-def _write_10x(path, barcodes, genes, X):
-    Xc = sp.csc_matrix(np.asarray(X).T)  # genes x barcodes
-    with h5py.File(path, "w") as f:
-        m = f.create_group("matrix")
-        m["data"] = Xc.data.astype(np.int32)
-        m["indices"] = Xc.indices.astype(np.int64)
-        m["indptr"] = Xc.indptr.astype(np.int64)
-        m["shape"] = np.array(Xc.shape, dtype=np.int32)
-        m["barcodes"] = np.array([b.encode() for b in barcodes])
-        ft = m.create_group("features")
-        ft["name"] = np.array([g.encode() for g in genes])
-        ft["id"] = np.array([f"ENSG{i}".encode() for i in range(len(genes))])
-        ft["feature_type"] = np.array([b"Gene Expression"] * (len(genes) - 1) + [b"Antibody Capture"])
-
-
 def test_visium_h5_and_tissue_positions(tmp_path):
     barcodes = ["AAAC-1", "AAAG-1", "AAAT-1"]
     X = np.array([[1, 0, 2, 9], [0, 4, 0, 9], [3, 3, 3, 9]])
-    _write_10x(tmp_path / "filtered_feature_bc_matrix.h5", barcodes, ["G1", "G2", "G3", "ADT"], X)
+    write_10x(tmp_path / "filtered_feature_bc_matrix.h5", barcodes, ["G1", "G2", "G3", "ADT"], X)
     c = read_counts(tmp_path / "filtered_feature_bc_matrix.h5")
     assert list(c.genes) == ["G1", "G2", "G3"]  # antibody feature dropped
     np.testing.assert_array_equal(c.X.toarray(), X[:, :3])

@@ -12,7 +12,7 @@ import pytest
 
 from asign_assets.runtime.process_jobs import JobError, run_in_processes
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def test_parallel_members_from_a_script_without_a_main_guard(tmp_path):
         from dataclasses import replace
         import torch
         sys.path.insert(0, {str(HERE)!r})
-        from test_msagnet import make_stack
+        from _stacks import make_stack
         from asign_assets.model.inputs import ModelInputs
         from asign_assets.model.params import params_for
         from asign_assets.model.train import train_model

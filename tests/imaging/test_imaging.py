@@ -11,7 +11,7 @@ from asign_assets.errors import InputError
 from asign_assets.readers.images import read_image_size, read_rgb, read_thumbnail
 from asign_assets.imaging.tissue import spot_coverage, tissue_area_mm2, tissue_mask
 
-HER2ST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "her2st"
+HER2ST = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "her2st"
 
 
 def _save(tmp_path: Path, name: str, arr: np.ndarray, **kw) -> Path:

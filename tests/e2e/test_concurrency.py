@@ -26,7 +26,7 @@ from asign_assets.storage.store import Storage
 
 from _reliability import array_hashes, file_hashes  # noqa: E402  (tests/ helper)
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]
 ROOT = HERE.parent
 SEEDS = {"conc_a": 0, "conc_b": 1}  # two different tissues, so cross-talk would show
 RUN_CONFIG = {"ops": {"model": {"config": {"epochs": 5}}}}

@@ -97,7 +97,7 @@ def test_billion_laughs_is_refused_within_bounded_memory(tmp_path):
         sys.exit(3)
         """
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "anchors (&a) are not allowed" in out.stdout
@@ -148,7 +148,7 @@ def test_fifo_counts_do_not_hang_validate(tmp_path):
     counts = stack.manifest_path.parent / measured["counts"]
     counts.unlink()
     os.mkfifo(counts)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
         [sys.executable, "-m", "asign_assets.cli", "validate", str(stack.manifest_path)],
         capture_output=True, text=True, timeout=60, env=env,

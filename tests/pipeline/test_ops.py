@@ -18,7 +18,7 @@ from asign_assets.ingest.manifest import load_manifest, write_manifest
 from asign_assets.pipeline.sensors import build_new_samples_sensor, build_observe_schedule, parse_cursor
 from asign_assets.storage.store import Storage
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

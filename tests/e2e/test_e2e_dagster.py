@@ -22,7 +22,7 @@ from _procs import free_port, leftovers, stop  # noqa: E402  (tests/ helper)
 
 from asign_assets.cli import CODE_LOCATION, WORKSPACE_YAML
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_ID = "e2e_tiny"
 STARTUP_TIMEOUT_S = 240
 RUN_TIMEOUT_S = 480

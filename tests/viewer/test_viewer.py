@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # until the package is installed
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # until the package is installed
 from viewer_fixtures import write_fake_result  # noqa: E402
 
 from dash_app import callbacks as cb  # noqa: E402
@@ -326,7 +326,7 @@ def test_app_layout_routes_and_callback_over_http(fake):
 
 def test_import_is_light():
     code = "import sys, dash_app.app, dash_app.callbacks; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[2])
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
 

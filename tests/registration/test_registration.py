@@ -21,7 +21,7 @@ from asign_assets.registration.transform_io import load_transform, save_transfor
 from asign_assets.registration.transforms import inverse_transform_points, to_common_frame, to_own_frame, transform_points
 
 UM = 20.0  # um per mask pixel
-HER2ST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "her2st"
+HER2ST = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "her2st"
 
 
 def _blob(shape=(360, 380)) -> np.ndarray:
@@ -181,7 +181,7 @@ def test_viewer_and_overlay_do_not_import_simpleitk(tmp_path):
     from viewer_fixtures import write_fake_result
 
     r = write_fake_result(tmp_path / "home")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)}
     out = subprocess.run([sys.executable, "-c", _VIEWER_WITHOUT_SITK, str(r.home), r.sample], cwd=root, env=env,
                          capture_output=True, text=True, timeout=120)

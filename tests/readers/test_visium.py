@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -25,92 +24,10 @@ from asign_assets.readers.spots import VISIUM_COLS
 from asign_assets.readers.visium import lattice_um_per_px
 from asign_assets.importers.visium import manifest_from_visium
 
-from test_readers import _write_10x
+from _spaceranger import FULL_H, FULL_W, FULLRES_UM, HIRES, LOWRES, MARK, hex_lattice, make_outs, scan_image, write_10x, write_positions
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DLPFC = Path(os.environ.get("ASIGN_DLPFC", ROOT / ".." / "shared" / "data" / "dlpfc")).resolve()
-
-FULLRES_UM = 0.5  # um per full-resolution pixel of the fake scan
-HIRES, LOWRES = 0.2, 0.05  # tissue_hires_scalef, tissue_lowres_scalef
-FULL_W, FULL_H = 4400, 2800
-TISSUE, MARK = (205, 120, 175), (40, 10, 60)
-
-
-def _lattice(rows: int = 8, cols: int = 16, angle: float = 0.1, jitter_px: float = 1.0, seed: int = 0) -> pl.DataFrame:
-    """A rotated Visium hex lattice in full-resolution px; rows 2..rows-3 are in tissue."""
-    rng = np.random.default_rng(seed)
-    r, c = np.meshgrid(np.arange(rows), np.arange(2 * cols), indexing="ij")
-    keep = (r + c) % 2 == 0  # Visium: array_col of one row are all even or all odd
-    r, c = r[keep], c[keep]
-    u, v = c * 50.0 / FULLRES_UM, r * 50.0 * math.sqrt(3) / FULLRES_UM
-    ca, sa = math.cos(angle), math.sin(angle)
-    x = 600 + 120 * seed + ca * u - sa * v + rng.uniform(-jitter_px, jitter_px, len(r))  # sections differ by seed
-    y = 500 + 60 * seed + sa * u + ca * v + rng.uniform(-jitter_px, jitter_px, len(r))
-    return pl.DataFrame(
-        {
-            "barcode": [f"BC{i:04d}-1" for i in range(len(r))],
-            "in_tissue": ((r >= 2) & (r <= rows - 3)).astype(np.int64),
-            "array_row": r.astype(np.int64),
-            "array_col": c.astype(np.int64),
-            "pxl_row_in_fullres": np.round(y).astype(np.int64),
-            "pxl_col_in_fullres": np.round(x).astype(np.int64),
-        }
-    )
-
-
-def _image(pos: pl.DataFrame, scale: float) -> Image.Image:
-    """H&E-like image at ``scale`` of the scan: tissue over the in-tissue spots, a dark mark on each."""
-    w, h = round(FULL_W * scale), round(FULL_H * scale)
-    img = np.full((h, w, 3), 245, np.uint8)
-    tis = pos.filter(pl.col("in_tissue") == 1)
-    x, y = tis["pxl_col_in_fullres"].to_numpy() * scale, tis["pxl_row_in_fullres"].to_numpy() * scale
-    pad = 120 * scale
-    img[int(y.min() - pad): int(y.max() + pad), int(x.min() - pad): int(x.max() + pad)] = TISSUE
-    img[np.round(y).astype(int), np.round(x).astype(int)] = MARK
-    return Image.fromarray(img)
-
-
-def _write_positions(spatial: Path, pos: pl.DataFrame, kind: str) -> Path:
-    if kind == "parquet":
-        path = spatial / "tissue_positions.parquet"
-        pos.write_parquet(path)
-    elif kind == "csv":
-        path = spatial / "tissue_positions.csv"
-        pos.write_csv(path)
-    else:
-        path = spatial / "tissue_positions_list.csv"
-        pos.write_csv(path, include_header=False)
-    return path
-
-
-def make_outs(
-    root: Path,
-    positions: str = "list",
-    hires: bool = True,
-    lowres: bool = True,
-    counts: bool = True,
-    seed: int = 0,
-    pos: pl.DataFrame | None = None,
-) -> tuple[Path, pl.DataFrame]:
-    """A fake Space Ranger ``outs/`` folder; returns it and its full positions table."""
-    pos = _lattice(seed=seed) if pos is None else pos
-    spatial = root / "spatial"
-    spatial.mkdir(parents=True)
-    _write_positions(spatial, pos, positions)
-    (spatial / "scalefactors_json.json").write_text(json.dumps(
-        {"tissue_hires_scalef": HIRES, "tissue_lowres_scalef": LOWRES, "spot_diameter_fullres": 150.0, "fiducial_diameter_fullres": 220.0}
-    ))
-    if hires:
-        _image(pos, HIRES).save(spatial / "tissue_hires_image.png")
-    if lowres:
-        _image(pos, LOWRES).save(spatial / "tissue_lowres_image.png")
-    if counts:
-        tis = pos.filter(pl.col("in_tissue") == 1)
-        rng = np.random.default_rng(seed)
-        X = rng.poisson(6.0, (tis.height, 31))  # ~180 counts per spot: above the expression stage minimum
-        _write_10x(root / "filtered_feature_bc_matrix.h5", tis["barcode"].to_list(), [f"G{i}" for i in range(30)] + ["ADT"], X)
-    return root, pos
-
 
 def _manifest(tmp_path: Path, sections: list[dict], **top) -> Path:
     p = tmp_path / "m.yaml"
@@ -157,7 +74,7 @@ def test_spots_filtered_and_scaled_onto_the_image(tmp_path, kind, hires):
 
 
 def test_pixel_size_from_the_lattice_within_one_percent(tmp_path):
-    pos = _lattice(rows=10, cols=20, angle=-0.4, jitter_px=2.0, seed=5)
+    pos = hex_lattice(rows=10, cols=20, angle=-0.4, jitter_px=2.0, seed=5)
     # three spots far off the lattice (a corrupt row) must not move the fit
     bad = pl.Series([False] * (pos.height - 3) + [True] * 3)
     pos = pos.with_columns(pl.when(bad).then(pl.col("pxl_col_in_fullres") + 900).otherwise(pl.col("pxl_col_in_fullres")).alias("pxl_col_in_fullres"))
@@ -181,15 +98,15 @@ def test_pixel_size_from_the_lattice_within_one_percent(tmp_path):
 def _save_scan(outs: Path, path: Path) -> None:
     """The full-resolution scan a Space Ranger folder usually lacks."""
     pos = pl.read_csv(outs / "spatial" / "tissue_positions_list.csv", has_header=False, new_columns=list(VISIUM_COLS))
-    _image(pos, 1.0).save(path)
+    scan_image(pos, 1.0).save(path)
 
 
 def test_positions_preference_parquet_csv_list(tmp_path, caplog):
-    pos = _lattice()
+    pos = hex_lattice()
     outs, _ = make_outs(tmp_path / "A", positions="list", pos=pos)
     # each format marks a different row set in tissue, so the chosen file is visible
-    _write_positions(outs / "spatial", pos.with_columns(pl.lit(1, pl.Int64).alias("in_tissue")), "csv")
-    _write_positions(outs / "spatial", pos.with_columns(((pl.col("array_row") % 2) == 0).cast(pl.Int64).alias("in_tissue")), "parquet")
+    write_positions(outs / "spatial", pos.with_columns(pl.lit(1, pl.Int64).alias("in_tissue")), "csv")
+    write_positions(outs / "spatial", pos.with_columns(((pl.col("array_row") % 2) == 0).cast(pl.Int64).alias("in_tissue")), "parquet")
     make_outs(tmp_path / "B")
     sections = [{"name": "A", "z_um": 0, "visium": "A"}, {"name": "B", "z_um": 10, "visium": "B", "measured": True}]
     with caplog.at_level(logging.INFO, logger="asign_assets.readers.visium"):
@@ -207,7 +124,7 @@ def test_explicit_keys_win_over_the_folder(tmp_path, caplog):
     _save_scan(b, tmp_path / "scan.png")
     tis = pos.filter(pl.col("in_tissue") == 1)
     pl.DataFrame({"spot_id": tis["barcode"], "x_px": tis["pxl_col_in_fullres"].cast(pl.Float64), "y_px": tis["pxl_row_in_fullres"].cast(pl.Float64)}).head(40).write_csv(tmp_path / "spots.csv")
-    _write_10x(tmp_path / "other.h5", tis["barcode"].to_list(), ["G0", "G1", "ADT"], np.ones((tis.height, 3), int))
+    write_10x(tmp_path / "other.h5", tis["barcode"].to_list(), ["G0", "G1", "ADT"], np.ones((tis.height, 3), int))
     m = load_manifest(_manifest(tmp_path, [
         {"name": "A", "z_um": 0, "visium": "A/outs", "measured": True, "spots": "spots.csv", "counts": "other.h5", "pixel_size_um": 3.0},
         {"name": "B", "z_um": 10, "visium": "B/outs", "image": "scan.png", "truth": "other.h5"},
@@ -358,8 +275,8 @@ def _visium_anndata(pos: pl.DataFrame, arrays: bool = True, libraries: int = 1):
         a.obs["array_row"] = tis["array_row"].to_numpy()
         a.obs["array_col"] = tis["array_col"].to_numpy()
     a.obsm["spatial"] = np.stack([tis["pxl_col_in_fullres"].to_numpy(), tis["pxl_row_in_fullres"].to_numpy()], 1)
-    hires = np.asarray(_image(pos, HIRES), dtype=np.float32) / 255.0
-    lowres = np.asarray(_image(pos, LOWRES), dtype=np.float32) / 255.0
+    hires = np.asarray(scan_image(pos, HIRES), dtype=np.float32) / 255.0
+    lowres = np.asarray(scan_image(pos, LOWRES), dtype=np.float32) / 255.0
     a.uns["spatial"] = {
         f"lib{i}": {"images": {"hires": hires, "lowres": lowres},
                     "scalefactors": {"tissue_hires_scalef": HIRES, "tissue_lowres_scalef": LOWRES, "spot_diameter_fullres": 150.0}}
@@ -370,7 +287,7 @@ def _visium_anndata(pos: pl.DataFrame, arrays: bool = True, libraries: int = 1):
 
 @pytest.mark.parametrize("arrays", [True, False])
 def test_anndata_is_a_complete_section(tmp_path, asign_home, arrays):
-    pos = _lattice(seed=4)
+    pos = hex_lattice(seed=4)
     _visium_anndata(pos, arrays=arrays).write_h5ad(tmp_path / "a.h5ad")
     make_outs(tmp_path / "B")
     m = load_manifest(_manifest(tmp_path, [
@@ -382,7 +299,7 @@ def test_anndata_is_a_complete_section(tmp_path, asign_home, arrays):
     assert A.image.is_relative_to(asign_home / "cache" / "anndata-images") and A.image.suffix == ".png"
     assert A.spot_scale == HIRES
     img = np.asarray(Image.open(A.image).convert("RGB"))
-    np.testing.assert_array_equal(img, np.asarray(_image(pos, HIRES)))  # float [0, 1] back to the same uint8 pixels
+    np.testing.assert_array_equal(img, np.asarray(scan_image(pos, HIRES)))  # float [0, 1] back to the same uint8 pixels
     spots = read_section_spots(A)
     tis = pos.filter(pl.col("in_tissue") == 1)
     np.testing.assert_allclose(spots["x_px"].to_numpy(), tis["pxl_col_in_fullres"].to_numpy() * HIRES)
@@ -418,7 +335,7 @@ ERROR_CASES = {
     "missing scalef": (lambda o: _set_json(o, '{"tissue_lowres_scalef": 0.05}'), "scalefactors_json.json", "field 'tissue_hires_scalef': scale factor missing"),
     "negative scalef": (lambda o: _set_json(o, '{"tissue_hires_scalef": -0.2}'), "scalefactors_json.json", "must be a positive finite number"),
     "no in-tissue spots": (
-        lambda o: _write_positions(o / "spatial", _lattice().with_columns(pl.lit(0, pl.Int64).alias("in_tissue")), "list"),
+        lambda o: write_positions(o / "spatial", hex_lattice().with_columns(pl.lit(0, pl.Int64).alias("in_tissue")), "list"),
         "tissue_positions_list.csv", "no in-tissue spots",
     ),
     "measured without counts": (lambda o: (o / "filtered_feature_bc_matrix.h5").unlink(), "filtered_feature_bc_matrix.h5", "the measured section needs its counts"),
@@ -481,7 +398,7 @@ def test_mixed_stack_needs_spot_geometry(tmp_path):
     ],
 )
 def test_bad_anndata(tmp_path, asign_home, change, problem):
-    a = _visium_anndata(_lattice())
+    a = _visium_anndata(hex_lattice())
     change(a)
     a.write_h5ad(tmp_path / "a.h5ad")
     make_outs(tmp_path / "B")

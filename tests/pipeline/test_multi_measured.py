@@ -206,7 +206,7 @@ def test_import_visium_takes_several_measured_sections(tmp_path, flags):
     import contextlib
     import io
 
-    from test_visium import make_outs
+    from _spaceranger import make_outs
 
     from asign_assets.cli import main
     from asign_assets.ingest.manifest import load_manifest

@@ -14,10 +14,7 @@ from asign_assets.model.inputs import ModelInputs
 from asign_assets.model.params import TrainParams, params_for
 from asign_assets.model.train import train_model
 
-try:
-    from tests.test_msagnet import make_stack
-except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from test_msagnet import make_stack
+from _stacks import make_stack
 
 CPU = torch.device("cpu")
 FAST = params_for("cpu", hidden=32, heads=4, blocks=1, epochs=60, patience=60, ensemble=1, calibrate=False)
@@ -95,7 +92,7 @@ def test_presets():
         params_for("tpu")
 
 
-HER2ST = __import__("pathlib").Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "her2st"
+HER2ST = __import__("pathlib").Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "her2st"
 
 
 @pytest.mark.slow
@@ -106,7 +103,7 @@ def test_patient_c_measured_c4_beats_baselines(tmp_path):
 
     import polars as pl
 
-    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
     spec = importlib.util.spec_from_file_location("patient_c_eval", root / "benchmarks" / "patient_c_eval.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

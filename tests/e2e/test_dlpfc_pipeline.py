@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-DLPFC = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dlpfc").resolve()
+DLPFC = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "dlpfc").resolve()
 
 
 @pytest.mark.slow
