@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import patient_c_eval as pce  # noqa: E402
 
-from asign_assets.evaluation.baselines import choose_ridge_rank, fit_reduced_rank_ridge, fit_ridge  # noqa: E402
+from asign_assets.stats.ridge import choose_ridge_rank, fit_reduced_rank_ridge, fit_ridge  # noqa: E402
 from asign_assets.ingest.expression import ExpressionParams, build_expression, normalise_to_genes  # noqa: E402
-from asign_assets.evaluation.metrics import gene_pcc  # noqa: E402
+from asign_assets.stats.correlation import gene_pcc  # noqa: E402
 from asign_assets.imaging.nuclei import FEATURES, nuclei_features  # noqa: E402
 from asign_assets.imaging.stain import section_stain_reference  # noqa: E402
 

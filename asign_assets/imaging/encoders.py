@@ -22,7 +22,8 @@ from skimage.color import hed_from_rgb
 
 from asign_assets.errors import InputError
 from asign_assets.runtime.parallel import local_group_path, map_in_processes
-from asign_assets.imaging.tiles import zarr_batched
+from asign_assets.imaging.tiles import TILE_LEVELS, zarr_batched
+from asign_assets.stats.correlation import standardise as zscore
 
 if TYPE_CHECKING:  # pragma: no cover
     import zarr
@@ -39,7 +40,6 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-LEVELS = ("spot", "region", "global")
 
 
 @runtime_checkable
@@ -328,15 +328,6 @@ def get_encoder(spec: str, device: torch.device, **params: Any) -> Encoder:
 # --------------------------------------------------------------------------- embeddings
 
 
-def _standardise(f: np.ndarray) -> np.ndarray:
-    if f.shape[0] == 0:
-        return f
-    mu = f.mean(axis=0, dtype=np.float64)
-    sd = f.std(axis=0, dtype=np.float64)
-    sd[sd < 1e-8] = 1.0  # constant features become 0, not NaN
-    return ((f - mu) / sd).astype(np.float32)
-
-
 def _embed_section(
     tiles_root: "str | zarr.Group", out_root: "str | zarr.Group", encoder: Encoder, batch_size: int, standardise: bool, threads: int, sec: str
 ) -> dict:
@@ -349,7 +340,7 @@ def _embed_section(
         tiles_root, out_root = zarr.open_group(tiles_root, mode="r"), zarr.open_group(out_root, mode="r+")
     src = tiles_root[sec]
     feats: dict[str, np.ndarray] = {}
-    for level in LEVELS:
+    for level in TILE_LEVELS:
         arr = src[level]
         n = arr.shape[0]
         out = np.zeros((n, encoder.dim), dtype=np.float32)
@@ -358,7 +349,7 @@ def _embed_section(
             with zarr_batched():
                 tiles = np.asarray(arr[b0:b1])
             out[b0:b1] = encoder.encode(tiles)
-        feats[level] = _standardise(out) if standardise else out
+        feats[level] = (zscore(out.astype(np.float64)).astype(np.float32) if len(out) else out) if standardise else out
     grp = out_root.require_group(sec)
     for level, f in feats.items():
         a = grp.create_array(level, shape=f.shape, dtype=np.float32, chunks=(max(1, min(f.shape[0], 4096)), max(1, f.shape[1])), overwrite=True)
@@ -395,7 +386,7 @@ def embed_tiles(
     process; ``started_s``/``seconds`` in a row are its start after the call and its own
     wall time (overlapping when ``workers`` > 1); ``workers`` in the result is the number used.
     """
-    missing = [s for s in sections if s not in tiles_root or any(lv not in tiles_root[s] for lv in LEVELS)]
+    missing = [s for s in sections if s not in tiles_root or any(lv not in tiles_root[s] for lv in TILE_LEVELS)]
     if missing:
         raise InputError("tiles.zarr", f"no tiles for section(s) {missing}")
     if batch_size < 1:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch_geometric.utils import k_hop_subgraph
 
-from asign_assets.evaluation.baselines import fit_reduced_rank_ridge
+from asign_assets.stats.ridge import fit_reduced_rank_ridge
 from asign_assets.graph.propagation import propagation_operator
 from asign_assets.model.calibration import uncertainty_from_spread
 from asign_assets.model.determinism import deterministic

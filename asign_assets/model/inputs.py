@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from asign_assets.evaluation.metrics import standardise
+from asign_assets.stats.correlation import standardise
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch_geometric.utils import scatter
 
-from asign_assets.evaluation.metrics import rowwise_pcc
+from asign_assets.stats.correlation import rowwise_pcc
 
 
 def pcc_loss(pred: Tensor, y: Tensor) -> Tensor:

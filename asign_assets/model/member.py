@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import LRScheduler
 
-from asign_assets.evaluation.baselines import fit_reduced_rank_ridge
-from asign_assets.evaluation.metrics import rowwise_pcc
+from asign_assets.stats.ridge import fit_reduced_rank_ridge
+from asign_assets.stats.correlation import rowwise_pcc
 from asign_assets.model.labels import aux_inputs, denoise, propagate, source_basis
 from asign_assets.model.losses import TileTargets, spot_loss, tile_targets, training_loss
 from asign_assets.model.masks import blocked_known_mask

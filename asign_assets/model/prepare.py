@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch_geometric.utils import k_hop_subgraph
 
-from asign_assets.evaluation.baselines import choose_ridge_rank
+from asign_assets.stats.ridge import choose_ridge_rank
 from asign_assets.graph.build import GraphParams, shifted_copy
 from asign_assets.graph.propagation import PropagationOperator, propagation_operator
 from asign_assets.model.inputs import ModelInputs

@@ -230,7 +230,7 @@ def spot_agreement(volume: np.ndarray, grid: VolumeGrid, xyz_um: np.ndarray, val
 def spearman_columns(a: np.ndarray, b: np.ndarray, block: int = 16) -> np.ndarray:
     """Spearman correlation of each column of ``a`` with the same column of ``b`` (NaN:
     constant), ``block`` columns at a time (ranks of a 100k x 250 matrix would take ~1 GB)."""
-    from asign_assets.evaluation.metrics import average_ranks
+    from asign_assets.stats.correlation import average_ranks
 
     out = np.empty(np.shape(a)[1])
     for g0 in range(0, len(out), block):

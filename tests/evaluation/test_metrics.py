@@ -125,7 +125,7 @@ def test_rowwise_pcc_gradient_is_finite_for_a_constant_target_row():
     zero in a sparse Visium batch) scores 0 and must not turn every gradient into NaN."""
     import torch
 
-    from asign_assets.evaluation.metrics import rowwise_pcc
+    from asign_assets.stats.correlation import rowwise_pcc
 
     pred = torch.randn(5, 30, requires_grad=True)
     y = torch.randn(5, 30)
@@ -140,7 +140,7 @@ def test_rowwise_pcc_gradient_is_finite_for_a_constant_target_row():
 def test_average_ranks_equal_scipy_with_ties_and_nan(shape, axis):
     from scipy.stats import rankdata
 
-    from asign_assets.evaluation.metrics import average_ranks
+    from asign_assets.stats.correlation import average_ranks
 
     rng = np.random.default_rng(3)
     x = rng.integers(0, 12, shape).astype(float)  # many ties

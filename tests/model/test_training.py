@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from asign_assets.evaluation.metrics import gene_pcc
+from asign_assets.stats.correlation import gene_pcc
 from asign_assets.model.checkpoint import load_checkpoint, save_checkpoint
 from asign_assets.model.inference import impute
 from asign_assets.model.inputs import ModelInputs
