@@ -122,7 +122,7 @@ def _set_home(home: str | None) -> str:
 def _run_config(args: argparse.Namespace) -> dict:
     ops: dict = {}
     if getattr(args, "encoder", None):
-        from asign_assets.pipeline.assets.imaging import ENCODER_KINDS
+        from asign_assets.imaging.encoder_names import ENCODER_KINDS
 
         kind, _, path = args.encoder.strip().partition(":")
         if kind not in ENCODER_KINDS or (kind == "torchscript") != bool(path):

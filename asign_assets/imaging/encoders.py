@@ -305,13 +305,6 @@ class TorchScriptEncoder:
         return y.reshape(y.shape[0], -1).float().cpu().numpy()
 
 
-def encoder_spec(kind: str, path: str | None = None) -> str:
-    """The encoder string of a kind and its weights file (``torchscript`` + path -> ``torchscript:path``)."""
-    if kind == "histology" and path:
-        raise InputError("encoder", "the histology encoder takes no weights file; leave encoder_path empty", field="encoder_path")
-    return f"{kind}:{path or ''}" if kind == "torchscript" else kind
-
-
 def get_encoder(spec: str, device: torch.device, **params: Any) -> Encoder:
     """``'histology'`` or ``'torchscript:/path/model.pt'`` -> an encoder on ``device``."""
     spec = (spec or "").strip()

@@ -64,7 +64,7 @@ def test_encoder_is_a_choice_with_a_path():
     assert EmbeddingsConfig().encoder == "histology"
     with pytest.raises(Exception):
         EmbeddingsConfig(encoder="torchscript:/x.pt")
-    from asign_assets.imaging.encoders import encoder_spec
+    from asign_assets.imaging.encoder_names import encoder_spec
 
     assert encoder_spec("torchscript", "/m.pt") == "torchscript:/m.pt" and encoder_spec("histology") == "histology"
 

@@ -3,7 +3,7 @@
 import dataclasses
 import time
 
-from typing import Literal, Optional, get_args
+from typing import Optional
 
 import dagster as dg
 import numpy as np
@@ -14,6 +14,7 @@ from asign_assets.pipeline.resources import DeviceResource, StorageResource, sam
 from asign_assets.pipeline.assets.metadata import StageMonitor, digest_arrays, log_progress, md_table, path_meta
 from asign_assets.pipeline.assets.ingest import sections
 from asign_assets.pipeline.assets.sources import raw_inputs
+from asign_assets.imaging.encoder_names import EncoderKind, encoder_spec
 from asign_assets.imaging.tiles import TileParams
 from asign_assets.pipeline.config import params_from
 from asign_assets.storage import layout
@@ -31,10 +32,6 @@ class TilesConfig(dg.Config):
     global_downsample: int = TileParams.global_downsample
     spot_downsample: Optional[int] = None  # None: automatic (never store patches finer than the finest scan)
     workers: Optional[int] = None  # sections tiled at once (worker processes, one decoded image each); None: min(CPUs, sections, 4); 1: one by one
-
-
-EncoderKind = Literal["histology", "torchscript"]
-ENCODER_KINDS: tuple[str, ...] = get_args(EncoderKind)
 
 
 class EmbeddingsConfig(dg.Config):
@@ -106,7 +103,7 @@ def embeddings(context: dg.AssetExecutionContext, config: EmbeddingsConfig, stor
     within each section (zarr). CNN/TorchScript encoders run in the `gpu` pool."""
     import zarr
 
-    from asign_assets.imaging.encoders import embed_tiles, encoder_spec, get_encoder
+    from asign_assets.imaging.encoders import embed_tiles, get_encoder
     from asign_assets.runtime.parallel import resolve_workers
 
     store, sid = sample_io(context, storage)
